@@ -1,0 +1,316 @@
+import difflib
+import json
+import os
+import pathlib
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+
+class ConfigError(ValueError):
+    """Raised for a configuration that cannot be read or is invalid.
+
+    Validation reports every problem it finds in one message, one per line.
+    """
+
+
+class _Key(NamedTuple):
+    """One configuration key: its type, default, valid range and a description of
+    that range. A default of `None` means the key must be given."""
+
+    kind: type  # bool, int, float, str or list
+    default: Any
+    expected: str  # the valid range, in words
+    valid: Callable[[Any], bool] = lambda value: True
+    item: type | None = None  # the element type of a list
+
+
+def _format(value: Any) -> str:
+    """Writes a value as TOML (strings quoted, booleans lower case)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_format, value)) + "]"
+    return repr(value)
+
+
+def _one_of(*options: str) -> _Key:
+    """A string key taking one of `options`, by default the first."""
+    return _Key(
+        str,
+        options[0],
+        f"one of {', '.join(map(_format, options))}",
+        options.__contains__,
+    )
+
+
+_PROCESSES = ("discrete", "midpoint", "central", "stable")
+
+_SCHEMA: dict[str, dict[str, _Key]] = {
+    "opt": {
+        "name": _one_of("gd", "scalar_rmsprop", "rmsprop"),
+        "lr": _Key(float, None, "a float > 0", lambda v: v > 0),
+        "beta2": _Key(
+            float, 0.99, "a float in the open interval (0, 1)", lambda v: 0 < v < 1
+        ),
+        "eps": _Key(float, 0.0, "a float >= 0", lambda v: v >= 0),
+        "bias_correction": _Key(bool, False, "a boolean"),
+    },
+    "data": {
+        "name": _one_of("digits"),
+        "n": _Key(int, 1000, "an integer >= 1", lambda v: v >= 1),
+        "n_test": _Key(int, 500, "an integer >= 0", lambda v: v >= 0),
+        "classes": _Key(int, 10, "an integer from 2 to 10", lambda v: 2 <= v <= 10),
+        "criterion": _one_of("mse", "ce"),
+        "chunk_size": _Key(
+            int, 0, "an integer >= 0 (0: the whole dataset at once)", lambda v: v >= 0
+        ),
+    },
+    "model": {
+        "name": _one_of("mlp"),
+        "width": _Key(int, 32, "an integer >= 1", lambda v: v >= 1),
+        "depth": _Key(int, 2, "an integer >= 1", lambda v: v >= 1),
+        "activation": _one_of("tanh", "relu", "gelu", "softplus", "silu"),
+    },
+    "eig": {
+        "frequency": _Key(int, 1, "an integer >= 1", lambda v: v >= 1),
+        "track_threshold": _Key(float, 1.5, "a float > 0", lambda v: v > 0),
+        "initial_neigs": _Key(int, 1, "an integer >= 1", lambda v: v >= 1),
+        "max_neigs": _Key(int, 8, "an integer >= 1", lambda v: v >= 1),
+        "tol": _Key(float, 1e-7, "a float > 0", lambda v: v > 0),
+        "max_iters": _Key(int, 100, "an integer >= 1", lambda v: v >= 1),
+    },
+    "run": {
+        "steps": _Key(int, 500, "an integer >= 1", lambda v: v >= 1),
+        "seed": _Key(int, 0, "an integer"),
+        "precision": _one_of("float64", "float32"),
+        "processes": _Key(
+            list,
+            ["discrete", "midpoint"],
+            "a non-empty list of distinct names from "
+            + ", ".join(map(_format, _PROCESSES)),
+            lambda v: 0 < len(v) == len(set(v)) and set(v) <= set(_PROCESSES),
+            item=str,
+        ),
+        "chunk": _Key(int, 25, "an integer >= 1", lambda v: v >= 1),
+        "save_w_every": _Key(int, 0, "an integer >= 0 (0: never)", lambda v: v >= 0),
+    },
+    "central": {
+        "tau": _Key(float, 0.25, "a float > 0", lambda v: v > 0),
+        "rtol": _Key(float, 1e-6, "a float > 0", lambda v: v > 0),
+        "atol": _Key(float, 1e-8, "a float > 0", lambda v: v > 0),
+        "nsubsteps": _Key(int, 4, "an integer >= 1", lambda v: v >= 1),
+        "solver": _one_of("tsit5", "euler"),
+        "sdcp_threshold": _Key(float, 1.95, "a float > 0", lambda v: v > 0),
+    },
+    "stable": {
+        "max_Seff": _Key(float, 100.0, "a float > 0", lambda v: v > 0),
+    },
+    "checkpoint": {
+        "frequency": _Key(int, 0, "an integer >= 0 (0: never)", lambda v: v >= 0),
+        "steps": _Key(
+            list,
+            [],
+            "a list of integers >= 0",
+            lambda v: min(v, default=0) >= 0,
+            item=int,
+        ),
+    },
+}
+
+
+def _has_type(value: Any, type_: type) -> bool:
+    if type_ is float:  # an integer is accepted where a float is expected
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if type_ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, type_)
+
+
+def _unknown(kind: str, name: str, valid: Sequence[str], prefix: str = "") -> str:
+    """Names an unknown section or key, suggesting the closest valid one."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    if close:
+        return f"unknown {kind} {prefix + name!r}; did you mean {prefix + close[0]!r}?"
+    names = ", ".join(repr(prefix + v) for v in valid)
+    return f"unknown {kind} {prefix + name!r}; valid {kind}s are {names}"
+
+
+def _check(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Fills in defaults and collects every problem with `raw`."""
+    problems = [
+        _unknown("section", section, list(_SCHEMA))
+        for section in raw
+        if section not in _SCHEMA
+    ]
+    cfg = {}
+    for section, keys in _SCHEMA.items():
+        table = raw.get(section, {})
+        if not isinstance(table, Mapping):
+            problems.append(f"{section} = {_format(table)} must be a table [{section}]")
+            table = {}
+        problems += [
+            _unknown("key", key, list(keys), prefix=f"{section}.")
+            for key in table
+            if key not in keys
+        ]
+        cfg[section] = {}
+        for key, spec in keys.items():
+            name = f"{section}.{key}"
+            value = table.get(key, spec.default)
+            if value is None:
+                problems.append(f"missing required key {name!r} ({spec.expected})")
+            elif not _has_type(value, spec.kind) or (
+                spec.item is not None
+                and not all(_has_type(v, spec.item) for v in value)
+            ):
+                problems.append(
+                    f"{name} = {_format(value)} has the wrong type; "
+                    f"expected {spec.expected}"
+                )
+            elif not spec.valid(value):
+                problems.append(
+                    f"{name} = {_format(value)} is invalid; expected {spec.expected}"
+                )
+            elif spec.kind is float:
+                value = float(value)
+            elif spec.kind is list:
+                value = list(value)
+            cfg[section][key] = value
+    eig = cfg["eig"]
+    if (
+        _has_type(eig["initial_neigs"], int)
+        and _has_type(eig["max_neigs"], int)
+        and eig["initial_neigs"] > eig["max_neigs"]
+    ):
+        problems.append(
+            f"eig.initial_neigs = {eig['initial_neigs']} exceeds "
+            f"eig.max_neigs = {eig['max_neigs']}"
+        )
+    return cfg, problems
+
+
+def _error(problems: Sequence[str], source: str) -> ConfigError:
+    plural = "s" if len(problems) > 1 else ""
+    header = f"{len(problems)} problem{plural} in the configuration {source}:"
+    return ConfigError("\n".join([header, *(f"  - {p}" for p in problems)]))
+
+
+def validate_config(raw: Mapping) -> dict[str, dict[str, Any]]:
+    """Checks a configuration and fills in its defaults.
+
+    **Arguments:**
+
+    - `raw`: a mapping from section name to a mapping from key to value, as read from
+        TOML; missing sections and keys take their defaults.
+
+    **Returns:**
+
+    A new nested dict holding every section and key; an integer given for a float
+    key is converted to `float`.
+
+    Raises a `ConfigError` listing every unknown section or key (with the closest
+    valid name), wrong type, out-of-range value and missing required key.
+    """
+    cfg, problems = _check(raw)
+    if problems:
+        raise _error(problems, "given")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parses a command-line override `section.key=value`.
+
+    **Arguments:**
+
+    - `text`: the override. The value is read as a TOML value (so `0.1`, `true`,
+        `"abc"` and `[1, 2]` work); if it is not valid TOML it is kept as the raw
+        string, so `opt.name=rmsprop` needs no quotes.
+
+    **Returns:**
+
+    The tuple `(section, key, value)`.
+    """
+    name, eq, value = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not eq or not dot or not section or not key:
+        raise ConfigError(
+            f"malformed override {text!r}; expected the form section.key=value"
+        )
+    value = value.strip()
+    try:
+        value = tomllib.loads(f"value = {value}")["value"]
+    except tomllib.TOMLDecodeError:
+        pass
+    return section, key, value
+
+
+def load_config(
+    path: str | os.PathLike | None, overrides: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """Reads a TOML configuration, applies overrides and validates the result.
+
+    **Arguments:**
+
+    - `path`: the TOML file, or `None` for all defaults.
+    - `overrides`: strings `section.key=value` (see `parse_override`), applied in
+        order on top of the file.
+
+    **Returns:**
+
+    The complete configuration, as from `validate_config`.
+
+    Raises a `ConfigError` for a missing or malformed file, and for every problem
+    with the overrides or the merged configuration, all reported together.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            with path.open("rb") as f:
+                raw = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"malformed TOML in {path}: {e}") from e
+    merged = {s: dict(t) if isinstance(t, Mapping) else t for s, t in raw.items()}
+    problems = []
+    for text in overrides:
+        try:
+            section, key, value = parse_override(text)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        table = merged.setdefault(section, {})
+        if isinstance(table, dict):
+            table[key] = value
+    cfg, invalid = _check(merged)
+    problems += invalid
+    if problems:
+        source = "from defaults" if path is None else f"from {path}"
+        raise _error(problems, source + (" and overrides" if overrides else ""))
+    return cfg
+
+
+def config_to_toml(cfg: Mapping) -> str:
+    """Writes a configuration as TOML that `load_config` reads back to the same
+    dict.
+
+    **Arguments:**
+
+    - `cfg`: a configuration; it is validated and completed first.
+
+    **Returns:**
+
+    The TOML text, with every section and key.
+    """
+    lines = []
+    for section, table in validate_config(cfg).items():
+        lines += [
+            f"[{section}]",
+            *(f"{k} = {_format(v)}" for k, v in table.items()),
+            "",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,408 @@
+"""The HDF5 run file: named time series, one row per logged step, readable mid-run.
+
+This layer knows nothing about the mathematics; it stores what it is given under the
+names it is given (`discrete/train_loss`, `distances/discrete-midpoint`, ...).
+"""
+
+import difflib
+import json
+import math
+import os
+import pathlib
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+import h5py
+import numpy as np
+
+
+_FORMAT = "centralflows-run"
+_FORMAT_VERSION = 1
+_RESERVED_ATTRS = ("format", "format_version", "json_keys")
+_FILL: dict[str, float | int] = {"float64": np.nan, "int64": -1}
+_ROW_CHUNK = 256  # rows per chunk, at most
+_CHUNK_BYTES = 1 << 20  # bytes per chunk, at most (large rows get fewer rows per chunk)
+_VARIABLE_CHUNK = 16  # chunk length along a variable-width axis
+
+
+class SeriesSpec(NamedTuple):
+    """The per-row shape and dtype of one time series.
+
+    **Arguments:**
+
+    - `shape`: the shape of one row: `()` for a scalar, `(k,)` for a vector; a `None`
+        entry is a variable-width axis that starts at width 1 and grows as wider rows
+        are written.
+    - `dtype`: `"float64"` (prefilled with NaN) or `"int64"` (prefilled with -1).
+    """
+
+    shape: tuple[int | None, ...]
+    dtype: str = "float64"
+
+
+def _check_specs(num_rows: int, series: Mapping[str, SeriesSpec]) -> None:
+    if (
+        isinstance(num_rows, bool)
+        or not isinstance(num_rows, int | np.integer)
+        or num_rows < 1
+    ):
+        raise ValueError(f"`num_rows` must be a positive integer, got {num_rows!r}.")
+    for name, spec in series.items():
+        parts = name.split("/") if isinstance(name, str) else []
+        if len(parts) < 2 or not all(parts):
+            raise ValueError(
+                f"Series name {name!r} must be a path 'group/name' of non-empty parts, "
+                "such as 'discrete/train_loss'."
+            )
+        if parts[0] == "step":
+            raise ValueError(
+                f"Series name {name!r}: 'step' is reserved for the step counter."
+            )
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in series:
+                raise ValueError(
+                    f"Series {name!r} lies inside series {prefix!r}; a name cannot be "
+                    "both a series and a group."
+                )
+        if not isinstance(spec, SeriesSpec):
+            raise ValueError(f"Series {name!r}: expected a SeriesSpec, got {spec!r}.")
+        if not isinstance(spec.shape, tuple) or not all(
+            d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1)
+            for d in spec.shape
+        ):
+            raise ValueError(
+                f"Series {name!r}: shape must be a tuple of positive ints or None, "
+                f"got {spec.shape!r}."
+            )
+        if spec.dtype not in _FILL:
+            raise ValueError(
+                f"Series {name!r}: dtype must be one of {sorted(_FILL)}, "
+                f"got {spec.dtype!r}."
+            )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _encode_attrs(attrs: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    encoded: dict[str, Any] = {}
+    json_keys: list[str] = []
+    for key, value in attrs.items():
+        if key in _RESERVED_ATTRS:
+            raise ValueError(f"Attribute {key!r} is reserved by the run-file format.")
+        if value is None or isinstance(value, dict | list | tuple):
+            try:
+                encoded[key] = json.dumps(value, default=_json_default)
+            except TypeError as e:
+                raise ValueError(
+                    f"Attribute {key!r} cannot be stored as JSON: {e}."
+                ) from e
+            json_keys.append(key)
+        elif isinstance(value, str) or np.asarray(value).dtype.kind in "biufc":
+            encoded[key] = value
+        else:
+            raise ValueError(
+                f"Attribute {key!r}: cannot store a {type(value).__name__}; use a "
+                "number, string, numeric array, dict or list."
+            )
+    return encoded, json_keys
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    row_bytes = 8 * math.prod(shape[1:])
+    rows = max(1, min(shape[0], _ROW_CHUNK, _CHUNK_BYTES // max(row_bytes, 1)))
+    return (rows, *shape[1:])
+
+
+class RunWriter:
+    """Writes a run file: one row per logged step, every series preallocated (NaN),
+    readable during the run (SWMR).
+    """
+
+    path: pathlib.Path
+    num_rows: int
+
+    def __init__(
+        self,
+        file: h5py.File,
+        path: pathlib.Path,
+        num_rows: int,
+        series: Mapping[str, SeriesSpec],
+    ):
+        """Private: use [`RunWriter.create`][]."""
+        self._file = file
+        self.path = path
+        self.num_rows = num_rows
+        self._series = dict(series)
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        num_rows: int,
+        series: Mapping[str, SeriesSpec],
+        attrs: Mapping[str, Any],
+        overwrite: bool = False,
+    ) -> "RunWriter":
+        """Create a run file with every series preallocated and switch it to SWMR mode.
+
+        **Arguments:**
+
+        - `path`: where to write the file; parent directories are created.
+        - `num_rows`: the number of rows (logged steps) every series holds.
+        - `series`: maps HDF5 paths such as `"discrete/train_loss"` to their
+            [`centralflows.SeriesSpec`][]; `"/step"` is always added.
+        - `attrs`: root attributes; dicts, lists, tuples and `None` are stored as
+            JSON (tuples come back as lists), numbers, strings and numeric arrays as
+            themselves.
+        - `overwrite`: whether to replace an existing file at `path`.
+
+        **Returns:**
+
+        An open `RunWriter`; close it (or use it as a context manager) when done.
+        """
+        path = pathlib.Path(path)
+        _check_specs(num_rows, series)
+        num_rows = int(num_rows)
+        encoded_attrs, json_keys = _encode_attrs(attrs)
+        exists_message = (
+            f"Run file {str(path)!r} already exists; pass `overwrite=True` "
+            "(`--overwrite` on the command line) to replace it."
+        )
+        if not overwrite and path.exists():
+            raise FileExistsError(exists_message)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            file = h5py.File(path, "w" if overwrite else "w-", libver="latest")
+        except FileExistsError as e:  # created by someone else since the check above
+            raise FileExistsError(exists_message) from e
+        try:
+            file.create_dataset(
+                "step",
+                shape=(num_rows,),
+                dtype="int64",
+                chunks=_chunks((num_rows,)),
+                fillvalue=-1,
+            )
+            for name, spec in series.items():
+                shape = (num_rows, *(1 if d is None else d for d in spec.shape))
+                chunk_row = (_VARIABLE_CHUNK if d is None else d for d in spec.shape)
+                file.create_dataset(
+                    name,
+                    shape=shape,
+                    maxshape=(num_rows, *spec.shape),
+                    dtype=spec.dtype,
+                    chunks=_chunks((num_rows, *chunk_row)),
+                    fillvalue=_FILL[spec.dtype],
+                )
+            file.attrs.update(encoded_attrs)
+            file.attrs["json_keys"] = json.dumps(json_keys)
+            file.attrs["format"] = _FORMAT
+            file.attrs["format_version"] = _FORMAT_VERSION
+            file.swmr_mode = True  # attributes cannot be written after this
+        except BaseException:  # an I/O failure: leave no half-made run file behind
+            file.close()
+            path.unlink()
+            raise
+        return cls(file, path, num_rows, series)
+
+    def write(self, start: int, rows: Mapping[str, np.ndarray]) -> None:
+        """Write consecutive rows of some series, mark them in `/step`, and flush.
+
+        **Arguments:**
+
+        - `start`: the first row to write.
+        - `rows`: maps series names to arrays whose first axis is rows; all must hold
+            the same number of rows. Series left out keep their fill values. A
+            variable-width axis grows to fit a wider array; a narrower one fills the
+            leading columns and the rest of its rows is fill (NaN, or -1 for int64).
+
+        **Returns:**
+
+        Nothing.
+        """
+        if not self._file:
+            raise ValueError(f"RunWriter for {str(self.path)!r} is closed.")
+        if not rows:
+            raise ValueError("`write` needs at least one series.")
+        if (
+            isinstance(start, bool)
+            or not isinstance(start, int | np.integer)
+            or start < 0
+        ):
+            raise ValueError(f"`start` must be a non-negative integer, got {start!r}.")
+        start = int(start)
+        arrays: dict[str, np.ndarray] = {}
+        for name, value in rows.items():
+            if name not in self._series:
+                close = difflib.get_close_matches(name, self._series, n=5, cutoff=0.5)
+                raise KeyError(f"Unknown series {name!r}; close names: {close}.")
+            spec = self._series[name]
+            array = np.asarray(value)
+            if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+                raise ValueError(
+                    f"Series {name!r}: cannot store {array.dtype} values in a "
+                    f"{spec.dtype} series."
+                )
+            if array.ndim != 1 + len(spec.shape) or any(
+                d is not None and d != n for d, n in zip(spec.shape, array.shape[1:])
+            ):
+                raise ValueError(
+                    f"Series {name!r}: expected an array of shape "
+                    f"(rows, *{spec.shape}), got {array.shape}."
+                )
+            arrays[name] = array
+        lengths = {name: len(array) for name, array in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"Series in one `write` differ in row count: {lengths}.")
+        stop = start + next(iter(lengths.values()))
+        if stop > self.num_rows:
+            raise ValueError(
+                f"Rows [{start}, {stop}) do not fit in a run file of {self.num_rows} "
+                f"rows (series {sorted(arrays)})."
+            )
+        for name, array in arrays.items():
+            dataset = self._file[name]
+            width = tuple(max(w, n) for w, n in zip(dataset.shape[1:], array.shape[1:]))
+            if width != dataset.shape[1:]:
+                dataset.resize((self.num_rows, *width))
+            if array.shape[1:] != width:
+                padded = np.full((len(array), *width), _FILL[self._series[name].dtype])
+                padded[tuple(slice(0, n) for n in array.shape)] = array
+                array = padded
+            dataset[start:stop] = array
+        self._file["step"][start:stop] = np.arange(start, stop)
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file; closing twice is harmless."""
+        if self._file:
+            self._file.close()
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Run(Mapping[str, Mapping[str, np.ndarray]]):
+    """A finished or in-progress run read back from its file as numpy arrays.
+
+    Indexing by a top-level group gives its series, with nested groups joined by `/`:
+    `run["discrete"]["train_loss"]`, `run["distances"]["discrete-midpoint"]`.
+    """
+
+    path: pathlib.Path
+    attrs: dict[str, Any]
+    step: np.ndarray
+
+    def __init__(
+        self,
+        path: pathlib.Path,
+        attrs: dict[str, Any],
+        step: np.ndarray,
+        groups: dict[str, dict[str, np.ndarray]],
+    ):
+        """Private: use [`centralflows.load_run`][]."""
+        self.path = path
+        self.attrs = attrs
+        self.step = step
+        self._groups = groups
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's configuration (the `config` attribute), or `{}` if it has none."""
+        return self.attrs.get("config", {})
+
+    @property
+    def num_rows(self) -> int:
+        """The number of rows every series was preallocated with."""
+        return len(self.step)
+
+    @property
+    def steps_done(self) -> int:
+        """The number of leading rows written so far."""
+        unwritten = np.flatnonzero(self.step < 0)
+        return int(unwritten[0]) if len(unwritten) else len(self.step)
+
+    def __getitem__(self, group: str) -> dict[str, np.ndarray]:
+        try:
+            return self._groups[group]
+        except KeyError:
+            raise KeyError(
+                f"No group {group!r} in {str(self.path)!r}; groups: {list(self)}."
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def __repr__(self) -> str:
+        return (
+            f"Run({str(self.path)!r}, steps_done={self.steps_done}/{self.num_rows}, "
+            f"groups={list(self)})"
+        )
+
+
+def _decode_attr(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """Read every series of a run file into numpy arrays (SWMR read mode, so it works
+    while a writer is running).
+
+    **Arguments:**
+
+    - `path`: the run file.
+
+    **Returns:**
+
+    A [`centralflows.Run`][] holding the attributes (JSON values decoded), `/step` and
+    every series, grouped by top-level group.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No run file at {str(path)!r}.")
+    if not h5py.is_hdf5(path):
+        raise ValueError(
+            f"{str(path)!r} is not an HDF5 file, so not a centralflows run file."
+        )
+    with h5py.File(path, "r", libver="latest", swmr=True) as file:
+        if file.attrs.get("format") != _FORMAT:
+            raise ValueError(
+                f"{str(path)!r} is not a centralflows run file (its 'format' "
+                f"attribute is {file.attrs.get('format')!r}, expected {_FORMAT!r})."
+            )
+        version = file.attrs["format_version"]
+        if version > _FORMAT_VERSION:
+            raise ValueError(
+                f"{str(path)!r} has run-file format version {version}; this "
+                f"centralflows reads up to version {_FORMAT_VERSION}. Upgrade it."
+            )
+        json_keys = set(json.loads(file.attrs["json_keys"]))
+        attrs = {
+            key: json.loads(value) if key in json_keys else _decode_attr(value)
+            for key, value in file.attrs.items()
+            if key != "json_keys"
+        }
+        # `/step` first: the writer marks rows in `/step` after writing them, so every
+        # row that `step` calls done is also done in the series read after it.
+        step = file["step"][()]
+        groups: dict[str, dict[str, np.ndarray]] = {}
+
+        def read(name: str, obj: h5py.HLObject) -> None:
+            if isinstance(obj, h5py.Dataset) and "/" in name:
+                group, _, key = name.partition("/")
+                groups.setdefault(group, {})[key] = obj[()]
+
+        file.visititems(read)
+    return Run(path, attrs, step, groups)
