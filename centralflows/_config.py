@@ -46,7 +46,7 @@ def _one_of(*options: str) -> _Key:
     )
 
 
-_PROCESSES = ("discrete", "midpoint", "central", "stable")
+_PROCESSES = ("discrete", "midpoint")  # central and stable arrive with the flows
 
 _SCHEMA: dict[str, dict[str, _Key]] = {
     "opt": {
@@ -79,7 +79,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "track_threshold": _Key(float, 1.5, "a float > 0", lambda v: v > 0),
         "initial_neigs": _Key(int, 1, "an integer >= 1", lambda v: v >= 1),
         "max_neigs": _Key(int, 8, "an integer >= 1", lambda v: v >= 1),
-        "tol": _Key(float, 1e-7, "a float > 0", lambda v: v > 0),
+        "tol": _Key(float, 1e-5, "a float > 0", lambda v: v > 0),
         "max_iters": _Key(int, 100, "an integer >= 1", lambda v: v >= 1),
     },
     "run": {

@@ -72,6 +72,7 @@ class Objective(eqx.Module):
     train: PyTree[Array] | None
     test: PyTree[Array] | None
     chunk_size: int | None = eqx.field(static=True)
+    num_params: int = eqx.field(static=True)
 
     @classmethod
     def from_function(cls, loss: Callable[[PyTree], Scalar], params: PyTree) -> "Objective":
@@ -84,8 +85,8 @@ class Objective(eqx.Module):
 
         **Returns:** an `Objective` without data (no accuracy, no test split).
         """
-        _, unravel = jfu.ravel_pytree(params)
-        return cls(None, None, loss, unravel, None, None, None)
+        flat, unravel = jfu.ravel_pytree(params)
+        return cls(None, None, loss, unravel, None, None, None, flat.size)
 
     @classmethod
     def supervised(
@@ -125,8 +126,10 @@ class Objective(eqx.Module):
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
         if chunk_size is not None and chunk_size >= num:
             chunk_size = None
-        _, unravel = jfu.ravel_pytree(params)
-        return cls(example_loss, example_accuracy, None, unravel, train, test, chunk_size)
+        flat, unravel = jfu.ravel_pytree(params)
+        return cls(
+            example_loss, example_accuracy, None, unravel, train, test, chunk_size, flat.size
+        )
 
     def _mean(self, fn: Callable, w: Vector, data: PyTree[Array]) -> Any:
         params = self.unravel(w)

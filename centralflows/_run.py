@@ -186,8 +186,11 @@ def run(
     names = _check_processes(processes)
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, _ = jfu.ravel_pytree(w0)
-    if w.shape != jfu.ravel_pytree(objective.unravel(w))[0].shape:
-        raise ValueError("`w0` does not match the parameter structure of the objective.")
+    if w.shape != (objective.num_params,):
+        raise ValueError(
+            f"`w0` has {w.size} parameters, which does not match the objective's "
+            f"{objective.num_params}."
+        )
     _check_start(objective, w)
     key = jr.key(0) if key is None else key
 
@@ -231,8 +234,8 @@ def run(
                 }
                 if keep:
                     for name in names:
-                        snap = (t + np.arange(rows)) % save_w_every != 0
-                        flat[f"{name}/w"][snap] = np.nan
+                        skipped = (t + np.arange(rows)) % save_w_every != 0
+                        flat[f"{name}/w"] = np.where(skipped[:, None], np.nan, flat[f"{name}/w"])
                 writer.write(t, flat)
                 t += rows
                 states = tuple(

@@ -1,0 +1,55 @@
+"""Classify a logged trajectory: stable, edge of stability, or diverged."""
+
+from typing import Literal, NamedTuple
+
+import numpy as np
+from jaxtyping import Float
+
+
+class Regime(NamedTuple):
+    """The regime of one process, with the step where it began (`None` for stable).
+
+    - `"stable"`: the effective sharpness stayed below 2.
+    - `"edge of stability"`: it reached 2 (at `step`, the EOS onset) and hovered there.
+    - `"unsettled"`: it reached 2 but has not (yet) settled near 2.
+    - `"diverged"`: the loss became non-finite or exceeded `blowup` times its initial value.
+    """
+
+    kind: Literal["stable", "edge of stability", "unsettled", "diverged"]
+    step: int | None
+    hover: float | None  # median effective sharpness over the second half after onset
+
+
+def classify(
+    train_loss: Float[np.ndarray, " t"],
+    sharpness: Float[np.ndarray, " t"],
+    *,
+    blowup: float = 10.0,
+    band: float = 0.1,
+) -> Regime:
+    """The regime of a run from its loss and top effective eigenvalue series.
+
+    **Arguments:**
+
+    - `train_loss`: the logged loss (NaN rows, not yet run, are ignored at the end).
+    - `sharpness`: the top effective eigenvalue (NaN where not computed).
+    - `blowup`: loss growth factor counted as divergence.
+    - `band`: relative half-width around 2 counted as hovering.
+
+    **Returns:** a [`Regime`][].
+    """
+    done = np.flatnonzero(~np.isnan(train_loss))
+    loss = train_loss[: done[-1] + 1] if done.size else train_loss[:0]
+    bad = ~np.isfinite(loss) | (loss > blowup * loss[0]) if loss.size else np.zeros(0, bool)
+    if bad.any():
+        return Regime("diverged", int(np.argmax(bad)), None)
+    s = sharpness[: loss.size]
+    above = np.flatnonzero(s >= 2)
+    if not above.size:
+        return Regime("stable", None, None)
+    onset = int(above[0])
+    after = s[onset:]
+    after = after[np.isfinite(after)]
+    hover = float(np.median(after[after.size // 2 :]))
+    kind = "edge of stability" if abs(hover - 2) <= 2 * band else "unsettled"
+    return Regime(kind, onset, hover)

@@ -1,0 +1,137 @@
+"""The `centralflows` command: run a named config, summarise a run file."""
+
+import argparse
+import datetime
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from ._config import ConfigError, load_config
+from ._regimes import classify
+from ._runfile import load_run
+
+_EPILOG = """examples:
+  centralflows run configs/gd-mlp-digits.toml
+  centralflows run configs/gd-mlp-digits.toml --set opt.lr=0.3 --runs discrete --steps 200
+  centralflows info runs/gd-mlp-digits-20261123-120000.h5
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="centralflows",
+        description="Optimizers at the edge of stability, run side by side and logged to HDF5.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a config and write one run file")
+    run.add_argument("config", help="a TOML config, e.g. configs/gd-mlp-digits.toml")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (repeatable), e.g. --set opt.lr=0.3",
+    )
+    run.add_argument("--runs", nargs="+", metavar="PROCESS", help="processes to run")
+    run.add_argument("--steps", type=int, help="number of optimizer steps")
+    run.add_argument("--out", default="runs", help="output directory (default: runs)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing run file")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    info = commands.add_parser("info", help="summarise a run file")
+    info.add_argument("run_file", help="a run file written by `centralflows run`")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.runs is not None:
+        overrides.append("run.processes=" + repr(list(args.runs)).replace("'", '"'))
+    if args.steps is not None:
+        overrides.append(f"run.steps={args.steps}")
+    cfg = load_config(args.config, overrides)
+
+    import jax
+
+    jax.config.update("jax_enable_x64", cfg["run"]["precision"] == "float64")
+
+    from ._experiment import make_eig_config, make_optimizer, make_problem
+    from ._run import run
+
+    optimizer = make_optimizer(cfg["opt"])
+    eig = make_eig_config(cfg["eig"])
+    objective, w0 = make_problem(cfg)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = pathlib.Path(args.out) / f"{pathlib.Path(args.config).stem}-{stamp}.h5"
+    print(f"writing {path}", file=sys.stderr)
+    result = run(
+        objective,
+        w0,
+        optimizer,
+        steps=cfg["run"]["steps"],
+        processes=cfg["run"]["processes"],
+        eig=eig,
+        save_w_every=cfg["run"]["save_w_every"] or None,
+        out=path,
+        overwrite=args.overwrite,
+        chunk=cfg["run"]["chunk"],
+        key=jax.random.key(cfg["run"]["seed"]),
+        attrs={"config": cfg, "command": " ".join(sys.argv)},
+        progress=not args.quiet,
+    )
+    print(_summary(result))
+    print(result.path)
+    return 0
+
+
+def _last(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite[-1]) if finite.size else float("nan")
+
+
+def _summary(result) -> str:
+    lines = [f"run file: {result.path}", f"steps done: {result.steps_done - 1} of "
+             f"{result.num_rows - 1}"]
+    opt = result.config.get("opt")
+    if opt:
+        lines.append("optimizer: " + ", ".join(f"{k}={v}" for k, v in opt.items()))
+    for group in result:
+        series = result[group]
+        if "train_loss" not in series:
+            continue
+        sharpness = series["effective_hessian_eigs"][:, 0]
+        regime = classify(series["train_loss"], sharpness)
+        where = "" if regime.step is None else f" (step {regime.step})"
+        hover = "" if regime.hover is None else f", hovering at {regime.hover:.3f}"
+        metrics = ", ".join(
+            f"{name}={_last(series[name]):.4g}"
+            for name in ("train_loss", "train_acc", "test_loss", "test_acc")
+            if name in series
+        )
+        lines.append(f"{group}: {regime.kind}{where}{hover}")
+        lines.append(f"  final {metrics}, effective sharpness={_last(sharpness):.4g}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `centralflows` command.
+
+    **Returns:** the exit status: 0 on success, 2 for invalid input.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        print(_summary(load_run(args.run_file)))
+        return 0
+    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"centralflows: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

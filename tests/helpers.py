@@ -1,0 +1,52 @@
+"""Small problems shared by the tests."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+import centralflows as cf
+from centralflows.models import MLP, accuracy, mse
+
+
+def small_mlp_objective(*, num=40, width=8, depth=1, in_size=5, classes=3, seed=0, chunk_size=None):
+    """A tanh MLP with the squared loss on random data: a few hundred parameters."""
+    kx, ky, km = jr.split(jr.key(seed), 3)
+    x = jr.normal(kx, (num, in_size))
+    y = jax.nn.one_hot(jr.randint(ky, (num,), 0, classes), classes)
+    model = MLP(in_size, classes, width=width, depth=depth, activation="tanh", key=km)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    objective = cf.Objective.supervised(
+        lambda p, x, y: mse(eqx.combine(p, static)(x), y),
+        params,
+        (x, y),
+        example_accuracy=lambda p, x, y: accuracy(eqx.combine(p, static)(x), y),
+        chunk_size=chunk_size,
+    )
+    return objective, jax.flatten_util.ravel_pytree(params)[0]
+
+
+def dense_hessian(objective, w):
+    return jax.hessian(objective.value)(w)
+
+
+OPTIMIZERS = (
+    cf.GD(lr=0.3),
+    cf.ScalarRMSProp(lr=0.05, beta2=0.9, eps=1e-8),
+    cf.RMSProp(lr=0.01, beta2=0.9, eps=1e-8, bias_correction=True),
+)
+
+
+def advance_state(optimizer, objective, w, steps=3):
+    """A non-trivial optimizer state after a few steps from `w`."""
+    state = optimizer.init(w, objective.grad(w))
+    for _ in range(steps):
+        w, state = optimizer.step(w, state, objective.grad(w))
+    return w, state
+
+
+def tree_allclose(a, b, **kwargs):
+    return all(
+        bool(jnp.allclose(x, y, **kwargs))
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )

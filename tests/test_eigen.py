@@ -1,0 +1,120 @@
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+import scipy.linalg
+
+import centralflows as cf
+from centralflows._eigen import lobpcg, preconditioner_diagonal, random_vectors
+from centralflows._processes import grow_tracking, init_tracking, refresh_tracking
+
+from .helpers import OPTIMIZERS, advance_state, dense_hessian, small_mlp_objective
+
+CONFIG = cf.EigConfig(tol=1e-10, max_iters=500)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: type(o).__name__)
+@pytest.mark.parametrize("k", [1, 3])
+def test_effective_eigs_match_dense(optimizer, k, getkey):
+    objective, w0 = small_mlp_objective()
+    w, state = advance_state(optimizer, objective, w0)
+    p = preconditioner_diagonal(optimizer.preconditioner(state, w))
+    assert w.size > 5 * k  # the matrix-free LOBPCG path
+    eigs = cf.track_eigs(
+        lambda vs: objective.hvps(w, vs), p, random_vectors(getkey(), k, w.size, w.dtype), CONFIG
+    )
+    hessian = np.asarray(dense_hessian(objective, w))
+    # Generalized problem H u = λ P u, solved densely.
+    values, vectors = scipy.linalg.eigh(hessian, np.diag(np.asarray(p)))
+    np.testing.assert_allclose(eigs.values, values[::-1][:k], rtol=1e-8)
+    u = np.asarray(eigs.vectors)
+    np.testing.assert_allclose(u @ np.diag(p) @ u.T, np.eye(k), atol=1e-10)  # UᵀPU = I
+    residual = u @ hessian - eigs.values[:, None] * u * np.asarray(p)
+    assert np.abs(residual).max() < 1e-6 * np.abs(values).max()
+    # The same eigenvectors up to sign (eigenvalues here are simple).
+    overlap = np.abs(np.sum(u * np.asarray(p) * vectors[:, ::-1][:, :k].T, axis=1))
+    np.testing.assert_allclose(overlap, 1, atol=1e-6)
+    assert np.all(np.asarray(eigs.residuals) < 1e-8)
+
+
+def test_tiny_problem_uses_dense_solve():
+    # n = 4 < 5k: no LOBPCG; exact eigenpairs of a known matrix.
+    a = jnp.diag(jnp.array([4.0, 3.0, 2.0, 1.0]))
+    p = jnp.array([2.0, 1.0, 1.0, 4.0])
+    eigs = cf.track_eigs(lambda vs: vs @ a, p, jnp.ones((2, 4)), CONFIG)
+    np.testing.assert_allclose(eigs.values, [3.0, 2.0], rtol=1e-12)
+    assert int(eigs.hvps) == 4
+
+
+def test_lobpcg_on_known_spectrum(getkey):
+    n = 300
+    q, _ = jnp.linalg.qr(jr.normal(getkey(), (n, n)))
+    spectrum = jnp.linspace(-5.0, 10.0, n)
+    a = (q * spectrum) @ q.T
+    theta, x, residuals, iterations = lobpcg(
+        lambda v: a @ v, jr.normal(getkey(), (n, 4)), tol=1e-10, max_iters=500
+    )
+    np.testing.assert_allclose(theta, spectrum[::-1][:4], rtol=1e-9)
+    np.testing.assert_allclose(x.T @ x, np.eye(4), atol=1e-10)
+    assert int(iterations) < 500
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: type(o).__name__)
+def test_warm_start_needs_fewer_hvps(optimizer, getkey):
+    objective, w = small_mlp_objective(num=60, width=16)
+    w, state = advance_state(optimizer, objective, w)
+    config = cf.EigConfig(max_iters=500)  # the default tolerance
+    p = preconditioner_diagonal(optimizer.preconditioner(state, w))
+    hvps = lambda x: lambda vs: objective.hvps(x, vs)
+    k = 2
+    first = cf.track_eigs(hvps(w), p, random_vectors(getkey(), k, w.size, w.dtype), config)
+    # A nearby point, as between two logged times of a smooth trajectory. Measured here:
+    # warm 6-12 HVPs against cold 32-44 (k = 2, default tolerance).
+    w_next = w - 1e-3 * objective.grad(w) / jnp.linalg.norm(objective.grad(w))
+    p_next = p
+    cold = cf.track_eigs(
+        hvps(w_next), p_next, random_vectors(getkey(), k, w.size, w.dtype), config
+    )
+    warm = cf.track_eigs(hvps(w_next), p_next, first.vectors, config)
+    np.testing.assert_allclose(warm.values, cold.values, rtol=1e-6)
+    assert int(warm.hvps) * 2 <= int(cold.hvps), (int(warm.hvps), int(cold.hvps))
+
+
+def test_tracking_grows_past_threshold(getkey):
+    # Effective spectrum (diagonal) 3, 2.5, 1.8, 1.0, 0.5, ...: with threshold 1.5 the
+    # tracked set must grow to include 1.0, the first eigenvalue below the threshold.
+    spectrum = jnp.concatenate([jnp.array([3.0, 2.5, 1.8, 1.0]), jnp.linspace(0.5, 0.0, 36)])
+
+    objective = cf.Objective.from_function(lambda w: 0.5 * jnp.sum(spectrum * w**2), spectrum)
+    optimizer = cf.GD(lr=1.0)
+    w = jnp.ones(40)
+    config = cf.EigConfig(tol=1e-10, max_iters=500, track_threshold=1.5, max_neigs=6)
+    tracking = init_tracking(getkey(), optimizer, w, config)
+    p = jnp.ones(40)
+    tracking = refresh_tracking(tracking, objective, w, p, config)
+    sizes = [tracking.effective.num]
+    while (grown := grow_tracking(tracking, getkey(), config)) is not None:
+        tracking = refresh_tracking(grown, objective, w, p, config)
+        sizes.append(tracking.effective.num)
+    assert sizes == [1, 2, 3, 4]
+    np.testing.assert_allclose(tracking.effective.values, [3.0, 2.5, 1.8, 1.0], rtol=1e-9)
+
+
+def test_raw_eigs_tracked_for_diagonal_preconditioner(getkey):
+    objective, w0 = small_mlp_objective()
+    optimizer = cf.RMSProp(lr=0.01, beta2=0.9)
+    w, state = advance_state(optimizer, objective, w0)
+    tracking = init_tracking(getkey(), optimizer, w, CONFIG)
+    assert tracking.raw is not None
+    p = preconditioner_diagonal(optimizer.preconditioner(state, w))
+    tracking = refresh_tracking(tracking, objective, w, p, CONFIG)
+    top = np.linalg.eigvalsh(np.asarray(dense_hessian(objective, w)))[-1]
+    np.testing.assert_allclose(tracking.raw.values[0], top, rtol=1e-8)
+
+
+def test_eig_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="frequency"):
+        cf.EigConfig(frequency=0)
+    with pytest.raises(ValueError, match="initial_neigs"):
+        cf.EigConfig(initial_neigs=5, max_neigs=2)

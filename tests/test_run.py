@@ -1,0 +1,146 @@
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+import centralflows as cf
+
+from .helpers import dense_hessian, small_mlp_objective
+
+EIG = cf.EigConfig(tol=1e-10, max_iters=300, initial_neigs=2)
+
+
+@pytest.fixture(scope="module")
+def gd_run():
+    objective, w0 = small_mlp_objective()
+    result = cf.run(
+        objective,
+        w0,
+        cf.GD(lr=0.5),
+        steps=12,
+        processes=("discrete", "midpoint"),
+        eig=EIG,
+        save_w_every=1,
+        chunk=5,  # several chunks, the last one partial
+        progress=False,
+    )
+    return objective, w0, result
+
+
+def test_discrete_matches_manual_loop(gd_run):
+    objective, w0, result = gd_run
+    w = w0
+    for t in range(13):
+        np.testing.assert_allclose(result["discrete"]["w"][t], w, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(result["discrete"]["train_loss"][t], objective.value(w), rtol=1e-12)
+        grad = objective.grad(w)
+        np.testing.assert_allclose(result["discrete"]["grad_norm_sq"][t], jnp.sum(grad**2), rtol=1e-12)
+        w = w - 0.5 * grad
+    np.testing.assert_array_equal(result.step, np.arange(13))
+
+
+def test_midpoint_is_second_order_average(gd_run):
+    _, w0, result = gd_run
+    wd, wm = result["discrete"]["w"], result["midpoint"]["w"]
+    np.testing.assert_allclose(wm[0], w0, rtol=1e-12)
+    for t in range(1, 12):
+        expected = (wd[t - 1] + 2 * wd[t] + wd[t + 1]) / 4
+        np.testing.assert_allclose(wm[t], expected, rtol=1e-12, atol=1e-14)
+    distance = np.linalg.norm(wd - wm, axis=1)
+    np.testing.assert_allclose(result["distances"]["discrete-midpoint"], distance, rtol=1e-10, atol=1e-14)
+    assert distance[5] > 0  # the processes really differ
+
+
+def test_logged_eigs_match_dense(gd_run):
+    objective, _, result = gd_run
+    for t in (0, 7, 12):
+        w = result["discrete"]["w"][t]
+        eigs = np.linalg.eigvalsh(np.asarray(dense_hessian(objective, jnp.asarray(w))))[::-1]
+        np.testing.assert_allclose(result["discrete"]["hessian_eigs"][t, :2], eigs[:2], rtol=1e-8)
+        np.testing.assert_allclose(
+            result["discrete"]["effective_hessian_eigs"][t, :2], 0.5 * eigs[:2], rtol=1e-8
+        )
+    np.testing.assert_allclose(result["discrete"]["opt.lr"], 0.5)
+
+
+def test_rmsprop_eigs_use_the_applied_preconditioner():
+    objective, w0 = small_mlp_objective()
+    optimizer = cf.RMSProp(lr=0.02, beta2=0.9, eps=1e-8)
+    result = cf.run(objective, w0, optimizer, steps=4, eig=EIG, save_w_every=1, progress=False)
+    state = optimizer.init(w0, objective.grad(w0))
+    w = w0
+    for t in range(5):
+        grad = objective.grad(w)
+        w_next, state = optimizer.step(w, state, grad)
+        p = np.asarray(optimizer.diagonal(state))  # P(s_{t+1}), the one step t applies
+        hessian = np.asarray(dense_hessian(objective, w))
+        values = scipy.linalg.eigh(hessian, np.diag(p), eigvals_only=True)[::-1]
+        row = result["discrete"]["effective_hessian_eigs"][t]
+        np.testing.assert_allclose(row[:2], values[:2], rtol=1e-8)
+        raw = result["discrete"]["hessian_eigs"][t]
+        np.testing.assert_allclose(raw[:2], np.linalg.eigvalsh(hessian)[::-1][:2], rtol=1e-8)
+        w = w_next
+    assert set(result["discrete"]) >= {"opt.nu_l1", "opt.ess_mean", "opt.ess_harmonic_mean"}
+
+
+def test_eig_frequency_leaves_nan_between(tmp_path):
+    objective, w0 = small_mlp_objective()
+    eig = cf.EigConfig(frequency=3, tol=1e-8)
+    result = cf.run(objective, w0, cf.GD(lr=0.1), steps=7, eig=eig, progress=False)
+    top = result["discrete"]["effective_hessian_eigs"][:, 0]
+    computed = np.arange(8) % 3 == 0
+    assert np.all(np.isfinite(top[computed])) and np.all(np.isnan(top[~computed]))
+    assert np.all(np.isfinite(result["discrete"]["train_loss"]))
+
+
+def test_plain_function_on_a_pytree_reproduces_closed_form(tmp_path):
+    # L = ½ Σ a_i w_i², GD: w_t = (1 − η a)^t w_0, for a dict of parameters.
+    a = {"x": jnp.array([1.0, 3.0]), "y": jnp.array([[0.5]])}
+    w0 = {"x": jnp.array([1.0, -2.0]), "y": jnp.array([[4.0]])}
+    loss = lambda w: 0.5 * sum(jnp.sum(a[k] * w[k] ** 2) for k in w)
+    path = tmp_path / "quad.h5"
+    result = cf.run(loss, w0, cf.GD(lr=0.2), steps=6, out=path, save_w_every=2, progress=False)
+    flat_a = np.array([1.0, 3.0, 0.5])
+    flat_w0 = np.array([1.0, -2.0, 4.0])
+    for t in (0, 2, 4, 6):
+        np.testing.assert_allclose(result["discrete"]["w"][t], (1 - 0.2 * flat_a) ** t * flat_w0, rtol=1e-12)
+    assert np.all(np.isnan(result["discrete"]["w"][1::2]))  # only every second step saved
+    # Tiny problem (n = 3 < 5k is false for k = 1, but the value is exact either way).
+    np.testing.assert_allclose(result["discrete"]["effective_hessian_eigs"][:, 0], 0.2 * 3.0, rtol=1e-9)
+    with h5py.File(path, "r") as f:
+        assert "discrete/train_loss" in f and "step" in f
+        assert f.attrs["format"] == "centralflows-run"
+
+
+def test_bad_input_is_rejected_before_any_file(tmp_path):
+    objective, w0 = small_mlp_objective()
+    out = tmp_path / "run.h5"
+    cases = [
+        (dict(processes=("discrete", "midpont")), "did you mean 'midpoint'"),
+        (dict(steps=0), "steps"),
+        (dict(save_w_every=0), "save_w_every"),
+    ]
+    for kwargs, message in cases:
+        kwargs = {"steps": 3, **kwargs}
+        with pytest.raises(ValueError, match=message):
+            cf.run(objective, w0, cf.GD(lr=0.1), out=out, progress=False, **kwargs)
+        assert not out.exists()
+    with pytest.raises(ValueError, match="non-finite"):
+        cf.run(objective, w0.at[0].set(jnp.nan), cf.GD(lr=0.1), steps=3, out=out, progress=False)
+    with pytest.raises(ValueError, match="not finite"):
+        cf.run(lambda w: jnp.log(-jnp.sum(w**2)), jnp.ones(3), cf.GD(lr=0.1), steps=3, out=out, progress=False)
+    with pytest.raises(ValueError, match="scalar"):
+        cf.run(lambda w: w**2, jnp.ones(3), cf.GD(lr=0.1), steps=3, out=out, progress=False)
+    with pytest.raises(ValueError, match="does not match"):
+        cf.run(objective, w0[:-1], cf.GD(lr=0.1), steps=3, out=out, progress=False)
+    assert not out.exists()
+
+
+def test_existing_run_file_is_never_overwritten_by_default(tmp_path):
+    out = tmp_path / "run.h5"
+    out.write_bytes(b"precious")
+    with pytest.raises(FileExistsError):
+        cf.run(lambda w: jnp.sum(w**2), jnp.ones(3), cf.GD(lr=0.1), steps=2, out=out, progress=False)
+    assert out.read_bytes() == b"precious"
