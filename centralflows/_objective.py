@@ -21,7 +21,7 @@ def _chunked_mean(
 ) -> Any:
     """Mean over the leading axis of `data` of `per_example(example)`, summed chunk by chunk.
 
-    Padding rows (when the chunk size does not divide the data) carry zero weight.
+    Padding rows (when the chunk size does not divide the data) are masked out.
     """
     num = jtu.tree_leaves(data)[0].shape[0]
     batched = jax.vmap(per_example)
@@ -31,24 +31,28 @@ def _chunked_mean(
     pad = num_chunks * chunk_size - num
 
     def _split(x):
-        x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+        # Pad with copies of the last example (a real input), masked out below.
+        x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
         return x.reshape((num_chunks, chunk_size) + x.shape[1:])
 
-    weights = _split(jnp.ones(num))
+    mask = (jnp.arange(num_chunks * chunk_size) < num).reshape(num_chunks, chunk_size)
     chunks = jtu.tree_map(_split, data)
 
     def _body(total, chunk):
-        chunk_data, chunk_weight = chunk
+        chunk_data, chunk_mask = chunk
         values = batched(chunk_data)
         partial = jtu.tree_map(
-            lambda v: jnp.tensordot(chunk_weight.astype(v.dtype), v, axes=1), values
+            lambda v: jnp.sum(
+                jnp.where(chunk_mask.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0), axis=0
+            ),
+            values,
         )
         return jtu.tree_map(jnp.add, total, partial), None
 
     first = jtu.tree_map(lambda x: x[0], chunks)
     shapes = jax.eval_shape(batched, first)
     zero = jtu.tree_map(lambda s: jnp.zeros(s.shape[1:], s.dtype), shapes)
-    total, _ = jax.lax.scan(_body, zero, (chunks, weights))
+    total, _ = jax.lax.scan(_body, zero, (chunks, mask))
     return jtu.tree_map(lambda t: t / num, total)
 
 

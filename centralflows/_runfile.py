@@ -328,8 +328,7 @@ class Run(Mapping[str, Mapping[str, np.ndarray]]):
     @property
     def steps_done(self) -> int:
         """The number of leading rows written so far."""
-        unwritten = np.flatnonzero(self.step < 0)
-        return int(unwritten[0]) if len(unwritten) else len(self.step)
+        return _rows_done(self.step)
 
     def __getitem__(self, group: str) -> dict[str, np.ndarray]:
         try:
@@ -354,6 +353,12 @@ class Run(Mapping[str, Mapping[str, np.ndarray]]):
 
 def _decode_attr(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _rows_done(step: np.ndarray) -> int:
+    """The number of leading rows marked written in `/step`."""
+    unwritten = np.flatnonzero(step < 0)
+    return int(unwritten[0]) if len(unwritten) else len(step)
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:
@@ -395,14 +400,18 @@ def load_run(path: str | os.PathLike[str]) -> Run:
             if key != "json_keys"
         }
         # `/step` first: the writer marks rows in `/step` after writing them, so every
-        # row that `step` calls done is also done in the series read after it.
+        # row that `step` calls done is also done in the series read after it. Rows
+        # past those (a write in flight, or cut short by a crash) are shown as unwritten.
         step = file["step"][()]
+        done = _rows_done(step)
         groups: dict[str, dict[str, np.ndarray]] = {}
 
         def read(name: str, obj: h5py.HLObject) -> None:
             if isinstance(obj, h5py.Dataset) and "/" in name:
                 group, _, key = name.partition("/")
-                groups.setdefault(group, {})[key] = obj[()]
+                values = obj[()]
+                values[done:] = _FILL[str(values.dtype)]
+                groups.setdefault(group, {})[key] = values
 
         file.visititems(read)
     return Run(path, attrs, step, groups)

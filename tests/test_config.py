@@ -83,8 +83,8 @@ def test_shipped_configs_load():
         ("data.n=200", ("data", "n", 200)),
         ("opt.bias_correction=true", ("opt", "bias_correction", True)),
         (
-            'run.processes=["central", "stable"]',
-            ("run", "processes", ["central", "stable"]),
+            'run.processes=["midpoint", "discrete"]',
+            ("run", "processes", ["midpoint", "discrete"]),
         ),
         ("checkpoint.steps=[1,2]", ("checkpoint", "steps", [1, 2])),
         ("opt.name=rmsprop", ("opt", "name", "rmsprop")),  # bare string
@@ -114,7 +114,7 @@ def test_overrides_apply(tmp_path):
             "opt.lr=0.01",
             "opt.beta2=0.9",
             "opt.bias_correction=true",
-            'run.processes=["central"]',
+            'run.processes=["midpoint"]',
             "model.width=8",
         ],
     )
@@ -125,7 +125,7 @@ def test_overrides_apply(tmp_path):
         "eps": 0.0,
         "bias_correction": True,
     }
-    assert cfg["run"]["processes"] == ["central"]
+    assert cfg["run"]["processes"] == ["midpoint"]
     assert cfg["model"]["width"] == 8
     # Later overrides win.
     assert load_config(path, ["opt.lr=0.1", "opt.lr=0.2"])["opt"]["lr"] == 0.2
@@ -176,7 +176,7 @@ def test_section_not_a_table():
         ("data.classes=11", r"data\.classes = 11 .*from 2 to 10"),
         ("data.criterion=l2", r'data\.criterion = "l2" .*"mse", "ce"'),
         ("model.activation=sigmoid", r'model\.activation = "sigmoid" .*"tanh"'),
-        ('run.processes=["discrete", "foo"]', r'run\.processes = .*"foo".*"stable"'),
+        ('run.processes=["discrete", "foo"]', r'run\.processes = .*"foo".*"midpoint"'),
         ("run.processes=[]", r"run\.processes = \[\] .*non-empty"),
         ("run.processes=[1]", r"run\.processes = \[1\] has the wrong type"),
         ("run.precision=float16", r'run\.precision = "float16"'),
@@ -220,7 +220,7 @@ def test_round_trip(tmp_path):
             "opt.lr=3e-4",
             "opt.eps=1e-12",
             "opt.bias_correction=true",
-            'run.processes=["central", "stable", "discrete"]',
+            'run.processes=["midpoint", "discrete"]',
             "checkpoint.steps=[0, 10, 100]",
             "eig.tol=1e-9",
             "central.atol=1",  # an int for a float key

@@ -8,6 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 from equinox import AbstractClassVar, AbstractVar
 from jaxtyping import Array, ArrayLike, Float, Scalar
 
@@ -31,14 +32,13 @@ def check_hyperparameter(name: str, value, bad, requirement: str):
 
     **Returns:** `value` (as an array when traced).
     """
-    message = f"`{name}` must be {requirement}"
-    if isinstance(value, jax.core.Tracer):
-        return eqx.error_if(value, bad(value), message + ".")
+    message = f"`{name}` must be {requirement} and finite"
     if callable(value):
         return value
-    if bool(jnp.any(bad(jnp.asarray(value)))) or not bool(
-        jnp.all(jnp.isfinite(jnp.asarray(value)))
-    ):
+    if isinstance(value, jax.core.Tracer):
+        return eqx.error_if(value, bad(value) | ~jnp.isfinite(value), message + ".")
+    concrete = np.asarray(value)
+    if np.any(bad(concrete)) or not np.all(np.isfinite(concrete)):
         raise ValueError(f"{message}, got {value!r}.")
     return value
 
