@@ -23,12 +23,15 @@ from tqdm.auto import tqdm
 from ._eigen import EigConfig
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
+from ._flow_processes import FLOW_PROCESSES
+from ._integrate import FlowOptions
 from ._processes import PROCESSES, AbstractProcess, grow_tracking
 from ._runfile import Run, RunWriter, SeriesSpec, load_run
 
-_VARIABLE_WIDTH = ("effective_hessian_eigs", "hessian_eigs", "eig_residuals")
+_VARIABLE_WIDTH = ("effective_hessian_eigs", "hessian_eigs", "eig_residuals", "predicted_variances")
 _PACKAGES = ("centralflows", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix")
 _PACKAGES += ("numpy", "h5py")
+_ALL_PROCESSES = ("discrete", "midpoint", "central", "stable")
 
 
 def package_versions() -> dict[str, str]:
@@ -48,15 +51,15 @@ def _check_processes(processes: Sequence[str]) -> tuple[str, ...]:
     if not processes:
         raise ValueError("`processes` must name at least one process.")
     for name in processes:
-        if name not in PROCESSES:
-            close = difflib.get_close_matches(str(name), PROCESSES, n=1)
+        if name not in _ALL_PROCESSES:
+            close = difflib.get_close_matches(str(name), _ALL_PROCESSES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"unknown process {name!r}{hint} Valid processes: {', '.join(PROCESSES)}."
+                f"unknown process {name!r}{hint} Valid processes: {', '.join(_ALL_PROCESSES)}."
             )
     if len(set(processes)) != len(processes):
         raise ValueError(f"`processes` lists a process twice: {list(processes)}.")
-    return tuple(sorted(processes, key=list(PROCESSES).index))
+    return tuple(sorted(processes, key=_ALL_PROCESSES.index))
 
 
 def _pairs(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -70,37 +73,80 @@ def _advance_chunk(
     t0: Scalar,
     t_stop: Scalar,
     length: int,
-    keep_positions: bool,
 ):
-    """Advance every process through times `t0 .. t0+length-1`; times ≥ `t_stop` are no-ops."""
+    """Advance the discrete-time processes through times `t0 .. t0+length-1` in one
+    compiled scan; times ≥ `t_stop` are no-ops.
+
+    **Returns:** `(states, records)`, records holding each process's series and `"w"`.
+    """
 
     def body(states, t):
-        new_states, positions, records = [], {}, {}
+        new_states, records = [], {}
         for process, state in zip(processes, states):
             new, position, record = process.advance(state, t)
             new = jtu.tree_map(lambda a, b: jnp.where(t < t_stop, a, b), new, state)
             new_states.append(new)
-            positions[process.name] = position
-            records[process.name] = record
-        records["distances"] = {
-            f"{a}-{b}": jnp.linalg.norm(positions[a] - positions[b])
-            for a, b in _pairs(positions)
-        }
-        if keep_positions:
-            for name, position in positions.items():
-                records[name]["w"] = position
+            records[process.name] = {**record, "w": position}
         return tuple(new_states), records
 
     times = t0 + jnp.arange(length)
     return jax.lax.scan(body, states, times)
 
 
-def _series_specs(records: PyTree) -> dict[str, SeriesSpec]:
+def _advance_flows(flows, states, t0: int, rows: int, key: PRNGKeyArray):
+    """Advance the flows through times `t0 .. t0+rows-1`, one unit of time per call."""
+    records = {flow.name: [] for flow in flows}
+    states = list(states)
+    for t in range(t0, t0 + rows):
+        for i, flow in enumerate(flows):
+            states[i], position, record = flow.advance_unit(
+                states[i], t, jr.fold_in(key, t), _grow
+            )
+            records[flow.name].append({**record, "w": np.asarray(position)})
+    stacked = {
+        name: {field: _stack_padded([r[field] for r in rows_]) for field in rows_[0]}
+        for name, rows_ in records.items()
+    }
+    return tuple(states), stacked
+
+
+def _stack_padded(rows: list[np.ndarray]) -> np.ndarray:
+    """Stack rows whose leading axis may differ (the tracked set grew), padding with NaN."""
+    width = max((row.shape[0] for row in rows if row.ndim), default=0)
+    padded = [
+        np.pad(row.astype(float), [(0, width - row.shape[0])] + [(0, 0)] * (row.ndim - 1),
+               constant_values=np.nan) if row.ndim else row
+        for row in rows
+    ]
+    return np.stack(padded)
+
+
+def _cross_process(records: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """Distances between every pair of processes, and the central flow's deltas
+    `Uᵀ P (w − w_central)` along its critical directions (their squares average to X)."""
+    out = {"distances": {}}
+    for a, b in _pairs(records):
+        out["distances"][f"{a}-{b}"] = np.linalg.norm(records[a]["w"] - records[b]["w"], axis=1)
+    central = records.get("central")
+    if central is not None:
+        u, p = central.pop("_critical_vectors"), central.pop("_p_diag")
+        out["deltas"] = {
+            name: np.einsum("tkn,tn->tk", u, p * (rec["w"] - central["w"]))
+            for name, rec in records.items()
+            if name in ("discrete", "midpoint")
+        }
+        if not out["deltas"]:
+            del out["deltas"]
+    return out
+
+
+def _series_specs(records: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, SeriesSpec]:
+    """One series per logged field; eigenvalue-like fields may grow in width."""
     specs = {}
     for group, fields in records.items():
-        for field, shape in fields.items():
-            row = tuple(shape.shape[1:])
-            if field in _VARIABLE_WIDTH:
+        for field, values in fields.items():
+            row = tuple(values.shape[1:])
+            if field in _VARIABLE_WIDTH or group == "deltas":
                 row = (None,)
             specs[f"{group}/{field}"] = SeriesSpec(row)
     return specs
@@ -146,6 +192,8 @@ def run(
     processes: Sequence[str] = ("discrete",),
     eig: EigConfig = EigConfig(),
     save_w_every: int | None = None,
+    central: FlowOptions = FlowOptions(),
+    stable: FlowOptions = FlowOptions(),
     out: str | pathlib.Path | None = None,
     overwrite: bool = False,
     chunk: int = 25,
@@ -156,8 +204,9 @@ def run(
     """Run processes side by side from `w0` for `steps` optimizer steps, logging every step.
 
     Times `0, 1, …, steps` are logged (`steps + 1` rows). All processes advance together
-    in compiled chunks of `chunk` steps; between chunks the run file is flushed and
-    tracked eigenpairs are added where the smallest exceeds `eig.track_threshold`.
+    in chunks of `chunk` steps (the discrete-time ones in one compiled scan, the flows
+    one unit of time per compiled segment); after each chunk the run file is flushed.
+    Tracked eigenpairs are added where the smallest exceeds `eig.track_threshold`.
 
     **Arguments:**
 
@@ -165,9 +214,10 @@ def run(
     - `w0`: initial parameters (any pytree).
     - `optimizer`: e.g. `GD(lr=0.1)`, `RMSProp(lr=1e-3, beta2=0.99)`.
     - `steps`: number of optimizer steps.
-    - `processes`: any of `"discrete"`, `"midpoint"`.
+    - `processes`: any of `"discrete"`, `"midpoint"`, `"central"`, `"stable"`.
     - `eig`: eigen-tracking settings.
     - `save_w_every`: also store the (flat) parameters every this many steps.
+    - `central`, `stable`: how the central and stable flows are integrated.
     - `out`: the run file to write (`None`: a temporary file, read back and deleted).
     - `overwrite`: replace an existing `out`.
     - `chunk`: steps per compiled chunk.
@@ -194,16 +244,24 @@ def run(
     _check_start(objective, w)
     key = jr.key(0) if key is None else key
 
-    procs = tuple(PROCESSES[name](objective, optimizer, eig) for name in names)
-    keys = jr.split(key, len(procs) + 1)
-    states = tuple(p.init(w, k) for p, k in zip(procs, keys[1:]))
+    path = pathlib.Path(out) if out is not None else None
+    if path is not None and path.exists() and not overwrite:
+        raise FileExistsError(
+            f"Run file {str(path)!r} already exists; pass `overwrite=True` "
+            "(`--overwrite` on the command line) to replace it."
+        )
+    scanned = tuple(PROCESSES[n](objective, optimizer, eig) for n in names if n in PROCESSES)
+    options = {"central": central, "stable": stable}
+    flows = tuple(
+        FLOW_PROCESSES[n](objective, optimizer, eig, options[n])
+        for n in names
+        if n in FLOW_PROCESSES
+    )
+    keys = jr.split(key, len(names) + 1)
+    scanned_states = tuple(p.init(w, k) for p, k in zip(scanned, keys[1:]))
+    flow_states = tuple(p.init(w, k) for p, k in zip(flows, keys[1 + len(scanned) :]))
     num_rows = steps + 1
     chunk = min(chunk, num_rows)
-    keep = save_w_every is not None
-    _, shapes = eqx.filter_eval_shape(
-        _advance_chunk, procs, states, jnp.asarray(0), jnp.asarray(num_rows), chunk, keep
-    )
-    series = _series_specs(shapes)
     file_attrs = {
         "created": datetime.datetime.now(datetime.UTC).isoformat(),
         "versions": package_versions(),
@@ -211,36 +269,60 @@ def run(
         "steps": steps,
         "optimizer": repr(optimizer),
         "eig": dataclasses.asdict(eig),
+        "central": repr(central) if "central" in names else None,
+        "stable": repr(stable) if "stable" in names else None,
         "dtype": str(w.dtype),
         "num_params": int(w.size),
         **(attrs or {}),
     }
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = pathlib.Path(out) if out is not None else pathlib.Path(tmp) / "run.h5"
-        with RunWriter.create(
-            path, num_rows=num_rows, series=series, attrs=file_attrs, overwrite=overwrite
-        ) as writer, tqdm(total=steps, disable=not progress, unit="step") as bar:
-            t = 0
+    with tempfile.TemporaryDirectory() as tmp, tqdm(
+        total=steps, disable=not progress, unit="step"
+    ) as bar:
+        path = path if path is not None else pathlib.Path(tmp) / "run.h5"
+        writer = None
+        t = 0
+        try:
             while t < num_rows:
-                states, records = _advance_chunk(
-                    procs, states, jnp.asarray(t), jnp.asarray(num_rows), chunk, keep
-                )
                 rows = min(chunk, num_rows - t)
+                records = {}
+                if scanned:
+                    scanned_states, scan_records = _advance_chunk(
+                        scanned, scanned_states, jnp.asarray(t), jnp.asarray(num_rows), chunk
+                    )
+                    for name, fields in scan_records.items():
+                        records[name] = {f: np.asarray(v)[:rows] for f, v in fields.items()}
+                    scanned_states = tuple(
+                        _grow(p, s, jr.fold_in(jr.fold_in(keys[0], 0), t))
+                        for p, s in zip(scanned, scanned_states)
+                    )
+                if flows:
+                    flow_states, flow_records = _advance_flows(
+                        flows, flow_states, t, rows, jr.fold_in(jr.fold_in(keys[0], 1), t)
+                    )
+                    records.update(flow_records)
+                records.update(_cross_process(records))
+                for name in names:
+                    positions = records[name].pop("w")
+                    if save_w_every is not None:
+                        skipped = (t + np.arange(rows)) % save_w_every != 0
+                        records[name]["w"] = np.where(skipped[:, None], np.nan, positions)
                 flat = {
-                    f"{group}/{field}": np.asarray(values)[:rows]
+                    f"{group}/{field}": values
                     for group, fields in records.items()
                     for field, values in fields.items()
                 }
-                if keep:
-                    for name in names:
-                        skipped = (t + np.arange(rows)) % save_w_every != 0
-                        flat[f"{name}/w"] = np.where(skipped[:, None], np.nan, flat[f"{name}/w"])
+                if writer is None:
+                    specs = _series_specs(records)
+                    writer = RunWriter.create(
+                        path, num_rows=num_rows, series=specs, attrs=file_attrs,
+                        overwrite=overwrite,
+                    )
                 writer.write(t, flat)
                 t += rows
-                states = tuple(
-                    _grow(p, s, jr.fold_in(keys[0], t)) for p, s in zip(procs, states)
-                )
                 bar.update(min(rows, steps - bar.n))
                 bar.set_postfix(_progress_summary(flat, names[0]))
+        finally:
+            if writer is not None:
+                writer.close()
         return load_run(path)

@@ -1,0 +1,232 @@
+"""The stable and central flows as processes observed at integer times."""
+
+import abc
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray, Scalar
+
+from ._eigen import EigConfig, preconditioner_diagonal
+from ._flows import Basis, CentralFlow, FlowState, StableFlow, ritz_at
+from ._integrate import FlowOptions, Segment, integrate_segment
+from ._objective import Objective
+from ._optimizers import AbstractOptimizer
+from ._processes import Record, Tracking, eig_record, init_tracking, refresh_tracking
+
+Vector = Float[Array, " n"]
+_MAX_SEGMENTS = 16  # events handled per unit of time before giving up on it
+
+
+class FlowProcessState(eqx.Module):
+    """A flow at time t: its point, tracked eigenpairs and what has happened so far."""
+
+    y: FlowState
+    tracking: Tracking
+    eos_time: Scalar  # NaN until the edge of stability is reached
+    stop_time: Scalar  # NaN unless the flow was stopped (see `stop_reason`)
+
+
+class AbstractFlowProcess(eqx.Module):
+    """A flow advanced one unit of time per call, with eigenpairs refreshed by LOBPCG at
+    every integer time and frozen (Rayleigh–Ritz inside the vector field) in between."""
+
+    name: ClassVar[str]
+    objective: eqx.AbstractVar[Objective]
+    optimizer: eqx.AbstractVar[AbstractOptimizer]
+    eig: eqx.AbstractVar[EigConfig]
+    options: eqx.AbstractVar[FlowOptions]
+
+    def init(self, w0: Vector, key: PRNGKeyArray) -> FlowProcessState:
+        y = FlowState(w0, self.optimizer.init(w0, self.objective.grad(w0)))
+        tracking = init_tracking(key, self.optimizer, w0, self.eig)
+        nan = jnp.array(jnp.nan, w0.dtype)
+        return FlowProcessState(y, tracking, nan, nan)
+
+    def p_diag(self, y: FlowState) -> Vector:
+        return preconditioner_diagonal(self.optimizer.preconditioner(y.opt_state, y.w))
+
+    @eqx.filter_jit
+    def refresh(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
+        """Recompute `tracking` at the current point by warm-started LOBPCG."""
+        tracking = refresh_tracking(
+            tracking, self.objective, state.y.w, self.p_diag(state.y), self.eig
+        )
+        return eqx.tree_at(lambda s: s.tracking, state, tracking)
+
+    def observed_point(self, state: FlowProcessState):
+        return state.y.w, self.p_diag(state.y)
+
+    def retrack(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
+        return self.refresh(state, tracking)
+
+    def _base_record(self, state: FlowProcessState, grad_norm_sq: Scalar) -> Record:
+        y = state.y
+        record = dict(self.objective.metrics(y.w))
+        record["grad_norm_sq"] = grad_norm_sq
+        summary = self.optimizer.summary(y.opt_state)
+        record.update({f"opt.{k}": jnp.asarray(v, y.w.dtype) for k, v in summary.items()})
+        record.update(eig_record(state.tracking, self.p_diag(y), True))
+        record["eos_time"] = state.eos_time
+        record["stop_time"] = state.stop_time
+        return record
+
+    @abc.abstractmethod
+    def field(self, num_critical: int) -> CentralFlow | StableFlow:
+        """The vector field with `num_critical` critical directions."""
+
+    @abc.abstractmethod
+    def plan(self, state: FlowProcessState) -> tuple[int, tuple | None]:
+        """From concrete eigenvalues: `(num_critical, event)`, where `event` is `None`,
+        `(kind, index, threshold)` (Ritz value `index` rising through `threshold`; kind
+        `"eos"`, `"ceiling"` or `"enter"`) or `("activation",)` (the stability
+        constraint becoming active: the central flow's EOS onset)."""
+
+    @abc.abstractmethod
+    def observe(self, state: FlowProcessState, num_critical: int) -> Record:
+        """Everything logged at the current time."""
+
+    @eqx.filter_jit
+    def segment(
+        self,
+        state: FlowProcessState,
+        t0: Scalar,
+        t1: Scalar,
+        num_critical: int,
+        event: tuple | None,
+    ) -> Segment:
+        basis = state.tracking.effective.vectors
+        condition = None
+        if event is not None and event[0] != "activation":
+            _, index, threshold = event
+            ritz = lambda y, b: ritz_at(self.objective, self.optimizer, y, b)
+            condition = lambda y, b: ritz(y, b).values[index] - threshold
+        elif event is not None:  # −λ_min(α): X = 0 stops being a solution
+            terms = lambda y, b: self.field(num_critical).terms(y, b)
+            condition = lambda y, b: -jnp.linalg.eigvalsh(terms(y, b).alpha)[0]
+        return integrate_segment(
+            self.field(num_critical), state.y, t0, t1, basis, self.options, condition
+        )
+
+    def advance_unit(
+        self, state: FlowProcessState, t: int, key: PRNGKeyArray, grow
+    ) -> tuple[FlowProcessState, Vector, Record]:
+        """Log time `t` and integrate to `t + 1`, re-planning at every event.
+
+        **Returns:** `(state_at_t_plus_1, position_at_t, record_at_t)`.
+        """
+        state = grow(self, self.refresh(state, state.tracking), key)
+        k, event = self.plan(state)
+        record = {name: np.asarray(v) for name, v in self.observe(state, k).items()}
+        position = state.y.w
+        steps = rejected = segments = 0
+        now = float(t)
+        while now < t + 1 and np.isnan(float(state.stop_time)):
+            segment = self.segment(state, jnp.asarray(now), jnp.asarray(t + 1.0), k, event)
+            steps += int(segment.steps)
+            rejected += int(segment.rejected)
+            segments += 1
+            if bool(segment.failed) or not bool(jnp.all(jnp.isfinite(segment.y.w))):
+                state = eqx.tree_at(lambda s: s.stop_time, state, jnp.asarray(now))
+                break
+            state = eqx.tree_at(lambda s: s.y, state, segment.y)
+            now = float(segment.t)
+            if bool(segment.event):
+                state = self.on_event(state, event, now)
+                if segments >= _MAX_SEGMENTS:
+                    break
+                state = grow(self, self.refresh(state, state.tracking), jr.fold_in(key, segments))
+                k, event = self.plan(state)
+        record["solver_steps"] = np.asarray(steps, float)
+        record["rejected_steps"] = np.asarray(rejected, float)
+        record["rhs_evals"] = np.asarray(steps * self.options.evals_per_step, float)
+        record["segments"] = np.asarray(segments, float)
+        return state, position, record
+
+    def on_event(self, state: FlowProcessState, event: tuple, time: float) -> FlowProcessState:
+        """Update the state after `event` stopped a segment at `time`."""
+        if event[0] in ("activation", "eos"):
+            return eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(time))
+        if event[0] == "ceiling":
+            return eqx.tree_at(lambda s: s.stop_time, state, jnp.asarray(time))
+        return state
+
+
+class StableFlowProcess(AbstractFlowProcess):
+    """The stable flow, `dw/dt = −P⁻¹∇L`: stopped when its effective sharpness exceeds
+    `options.max_seff`; its EOS onset is where the sharpness crosses 2."""
+
+    objective: Objective
+    optimizer: AbstractOptimizer
+    eig: EigConfig
+    options: FlowOptions
+    name: ClassVar[str] = "stable"
+
+    def field(self, num_critical: int) -> StableFlow:
+        del num_critical
+        return StableFlow(self.objective, self.optimizer)
+
+    def plan(self, state):
+        before_eos = np.isnan(float(state.eos_time))
+        if before_eos:
+            return 0, ("eos", 0, 2.0)
+        return 0, ("ceiling", 0, self.options.max_seff)
+
+    @eqx.filter_jit
+    def observe(self, state, num_critical):
+        grad = self.objective.grad(state.y.w)
+        return self._base_record(state, jnp.sum(grad**2))
+
+
+class CentralFlowProcess(AbstractFlowProcess):
+    """The central flow, with the critical set re-planned at every integer time and
+    whenever a tracked eigenvalue rises through `options.sdcp_threshold`."""
+
+    objective: Objective
+    optimizer: AbstractOptimizer
+    eig: EigConfig
+    options: FlowOptions
+    name: ClassVar[str] = "central"
+
+    def field(self, num_critical: int) -> CentralFlow:
+        return CentralFlow(self.objective, self.optimizer, self.options.tau, num_critical)
+
+    def plan(self, state):
+        values = np.asarray(state.tracking.effective.values)
+        # Slack for an eigenvalue that an event just stopped on, at the threshold.
+        k = int(np.sum(values > self.options.sdcp_threshold * (1 - 1e-7)))
+        if k >= 1 and np.isnan(float(state.eos_time)):
+            return k, ("activation",)
+        if k < values.size:
+            return k, ("enter", k, self.options.sdcp_threshold)
+        return k, None
+
+    @eqx.filter_jit
+    def observe(self, state, num_critical):
+        basis = state.tracking.effective.vectors
+        terms = self.field(num_critical).terms(state.y, basis)
+        record = self._base_record(state, terms.grad_norm_sq)
+        m = basis.shape[0]
+        variances = jnp.full((m,), jnp.nan, state.y.w.dtype)
+        variances = variances.at[:num_critical].set(jnp.linalg.eigvalsh(terms.X)[::-1])
+        record.update(
+            predicted_loss=terms.predicted_loss,
+            predicted_grad_norm_sq=terms.predicted_grad_norm_sq,
+            predicted_variances=variances,
+            sigma_trace=terms.sigma_trace,
+            sdcp_residual=terms.sdcp.residual,
+            num_critical=jnp.asarray(num_critical, state.y.w.dtype),
+        )
+        # For the driver's deltas Uᵀ P (w_other − w_central); not logged as such.
+        critical = jnp.arange(m)[:, None] < num_critical
+        record["_critical_vectors"] = jnp.where(critical, terms.ritz.vectors, jnp.nan)
+        record["_p_diag"] = self.p_diag(state.y)
+        return record
+
+
+FLOW_PROCESSES: dict[str, type[AbstractFlowProcess]] = {
+    "central": CentralFlowProcess,
+    "stable": StableFlowProcess,
+}

@@ -1,0 +1,199 @@
+"""Stable and central flows: vector fields `(t, y, args) -> dy/dt` for diffrax."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+from jaxtyping import Array, Float, PyTree, Scalar
+
+from ._eigen import preconditioner_diagonal
+from ._objective import Objective
+from ._optimizers import AbstractOptimizer
+from ._sdcp import SDCPSolution, sdcp_solve
+
+Vector = Float[Array, " n"]
+Basis = Float[Array, "m n"]
+
+
+class FlowState(eqx.Module):
+    """The state a flow integrates: parameters and optimizer state."""
+
+    w: Vector
+    opt_state: PyTree
+
+
+def _direction(optimizer: AbstractOptimizer, state: FlowState, vector: Vector) -> Vector:
+    """`P(s)⁻¹ v`."""
+    return lx.linear_solve(optimizer.preconditioner(state.opt_state, state.w), vector).value
+
+
+class StableFlow(eqx.Module):
+    r"""The flow the optimizer would follow without oscillating (for GD, gradient flow).
+
+    $dw/dt = -P(s)^{-1}\nabla L(w)$, $ds/dt = f(s, \nabla L(w))$ (paper eq. 3 and §4).
+    """
+
+    objective: Objective
+    optimizer: AbstractOptimizer
+
+    def __call__(self, t: Scalar, y: FlowState, args) -> FlowState:
+        del t, args
+        grad = self.objective.grad(y.w)
+        return FlowState(-_direction(self.optimizer, y, grad), self.optimizer.drift(y.opt_state, grad))
+
+
+class RitzPairs(eqx.Module):
+    """Rayleigh–Ritz pairs of `H u = λ P u` in a frozen basis: values descending,
+    vectors P-orthonormal, with their Hessian products."""
+
+    values: Float[Array, " m"]
+    vectors: Basis
+    hessian_vectors: Basis
+    coefficients: Float[Array, "m m"]  # vectors = coefficientsᵀ · basis
+
+
+def ritz_pairs(hessian_basis: Basis, basis: Basis, p_diag: Vector) -> RitzPairs:
+    """Rayleigh–Ritz for `H u = λ P u` in `span(basis)`, given `H · basis`.
+
+    **Arguments:**
+
+    - `hessian_basis`: rows `H v_a`.
+    - `basis`: rows `v_a` (linearly independent).
+    - `p_diag`: the diagonal of P.
+
+    **Returns:** `RitzPairs` (values descending).
+    """
+    a = basis @ hessian_basis.T
+    a = (a + a.T) / 2
+    gram = (basis * p_diag) @ basis.T
+    chol = jnp.linalg.cholesky((gram + gram.T) / 2)
+    inner = jax.scipy.linalg.solve_triangular(chol, a, lower=True)
+    inner = jax.scipy.linalg.solve_triangular(chol, inner.T, lower=True)
+    values, z = jnp.linalg.eigh((inner + inner.T) / 2)
+    coefficients = jax.scipy.linalg.solve_triangular(chol.T, z[:, ::-1], lower=False)
+    return RitzPairs(
+        values[::-1], coefficients.T @ basis, coefficients.T @ hessian_basis, coefficients
+    )
+
+
+def ritz_at(
+    objective: Objective, optimizer: AbstractOptimizer, y: FlowState, basis: Basis
+) -> RitzPairs:
+    """Rayleigh–Ritz pairs of the effective Hessian at `y` in `span(basis)`."""
+    p_diag = preconditioner_diagonal(optimizer.preconditioner(y.opt_state, y.w))
+    return ritz_pairs(objective.hvps(y.w, basis), basis, p_diag)
+
+
+class CentralTerms(eqx.Module):
+    """Everything the central flow computes at one point (for logging and predictions)."""
+
+    derivative: FlowState
+    ritz: RitzPairs
+    X: Float[Array, "k k"]
+    sdcp: SDCPSolution
+    loss: Scalar
+    grad_norm_sq: Scalar
+    predicted_loss: Scalar
+    predicted_grad_norm_sq: Scalar
+    sigma_trace: Scalar
+    alpha: Float[Array, "k k"]
+
+
+class CentralFlow(eqx.Module):
+    r"""The time-averaged trajectory of an optimizer at the edge of stability.
+
+    Models the iterates as `w̄(t) + δ` with `E δδᵀ = Σ = U X Uᵀ` on the `num_critical`
+    top eigenvectors `U` (Rayleigh–Ritz in a basis frozen for the segment, passed as
+    `args`), and averages the update to second order (paper eqs. 12, 24, 33):
+
+    - `dw/dt = −P⁻¹[∇L + ½∇⟨H, Σ⟩]`,
+    - `ds/dt = f(s, ∇L) + ½ ∇²_g f[HΣH]`,
+
+    with `X` from the stabilized complementarity problem `X ⪰ 0`, `α + B[X] ⪰ 0`,
+    `⟨X, α + B[X]⟩ = 0`, where `dM/dt = a + B[X]` for `M = Uᵀ(2P − H)U` and
+    `α = a + M/τ` (Baumgarte relaxation with time constant `tau`).
+
+    ??? cite "Reference"
+        ```bibtex
+        @inproceedings{cohen2025central,
+          title={Understanding Optimization in Deep Learning with Central Flows},
+          author={Cohen, Jeremy and Damian, Alex and Talwalkar, Ameet and Kolter, Zico
+                  and Lee, Jason D.},
+          booktitle={International Conference on Learning Representations},
+          year={2025}}
+        ```
+    """
+
+    objective: Objective
+    optimizer: AbstractOptimizer
+    tau: float | Scalar
+    num_critical: int = eqx.field(static=True)
+
+    def terms(self, y: FlowState, basis: Basis) -> CentralTerms:
+        """All terms of the central flow at `y`, with the critical space from `basis`."""
+        k = self.num_critical
+        w, s = y.w, y.opt_state
+        loss, grad = self.objective.value_and_grad(w)
+        p_fn = lambda state: preconditioner_diagonal(self.optimizer.preconditioner(state, w))
+        p_diag = p_fn(s)
+        hessian_basis, pullback = jax.vjp(
+            lambda x: self.objective.hvps(x, basis), w
+        )
+        ritz = ritz_pairs(hessian_basis, basis, p_diag)
+        u, hu, lam = ritz.vectors[:k], ritz.hessian_vectors[:k], ritz.values[:k]
+        coefficients = ritz.coefficients[:, :k]
+
+        # G_ij = ∇_w(u_iᵀ H(w) u_j), U fixed: one pullback per pair i ≤ j (paper eq. 33).
+        rows, cols = jnp.triu_indices(k)
+        cotangents = coefficients.T[cols][:, :, None] * u[rows][:, None, :]
+        pairs = jax.vmap(lambda c: pullback(c)[0])(cotangents)
+        third = jnp.zeros((k, k, w.size), w.dtype).at[rows, cols].set(pairs)
+        third = third.at[cols, rows].set(pairs)
+
+        drift = lambda g: self.optimizer.drift(s, g)
+
+        def second_order_drift(h_i, h_j):
+            # ½ ∂²/∂a∂b f(s, g + a h_i + b h_j): the E_δ correction for g → g + Hδ.
+            inner = lambda a: jax.jvp(lambda b: drift(grad + a * h_i + b * h_j), (0.0,), (1.0,))[1]
+            return jtu.tree_map(lambda x: x / 2, jax.jvp(inner, (0.0,), (1.0,))[1])
+
+        drift_pairs = jax.vmap(jax.vmap(second_order_drift, (None, 0)), (0, None))(hu, hu)
+        base_drift = drift(grad)
+
+        def rates(x):
+            """(dw/dt, ds/dt, dM/dt) for a given X: affine in X."""
+            dw = -(grad + 0.5 * jnp.einsum("ij,ijn->n", x, third)) / p_diag
+            ds = jtu.tree_map(
+                lambda d0, d2: d0 + jnp.einsum("ij,ij...->...", x, d2), base_drift, drift_pairs
+            )
+            dp = jax.jvp(p_fn, (s,), (ds,))[1]
+            dm = 2 * (u * dp) @ u.T - jnp.einsum("ijn,n->ij", third, dw)
+            return dw, ds, dm
+
+        zero = jnp.zeros((k, k), w.dtype)
+        a = rates(zero)[2]
+        operator = jax.jacfwd(lambda x: rates(x)[2])(zero)
+        operator = (operator + jnp.swapaxes(operator, 2, 3)) / 2
+        m = jnp.diag(2 - lam)  # Uᵀ(2P − H)U with UᵀPU = I, UᵀHU = Λ
+        alpha = a + m / self.tau
+        sdcp = sdcp_solve(alpha, operator)
+        x = sdcp.X
+        dw, ds, _ = rates(x)
+        hh = hu @ hu.T
+        return CentralTerms(
+            derivative=FlowState(dw, ds),
+            ritz=ritz,
+            X=x,
+            sdcp=sdcp,
+            loss=loss,
+            grad_norm_sq=jnp.sum(grad**2),
+            predicted_loss=loss + 0.5 * jnp.sum(x * jnp.diag(lam)),  # L + ½ tr(ΛX)
+            predicted_grad_norm_sq=jnp.sum(grad**2) + jnp.sum(x * hh),  # ‖∇L‖² + tr(HΣH)
+            sigma_trace=jnp.sum(x * (u @ u.T)),
+            alpha=alpha,
+        )
+
+    def __call__(self, t: Scalar, y: FlowState, args: Basis) -> FlowState:
+        del t
+        return self.terms(y, args).derivative

@@ -1,0 +1,130 @@
+"""Integrating the flows with diffrax, one segment at a time."""
+
+from collections.abc import Callable
+
+import diffrax as dfx
+import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import optimistix as optx
+from jaxtyping import Array, Bool, Int, Scalar
+
+from ._flows import Basis, CentralFlow, FlowState, StableFlow
+
+# Right-hand-side evaluations per step (first-same-as-last counted once).
+_EVALS_PER_STEP = {dfx.Euler: 1, dfx.Heun: 2, dfx.Tsit5: 6, dfx.Dopri5: 6, dfx.Bosh3: 3}
+
+
+class FlowOptions(eqx.Module):
+    """How a flow is integrated (config sections `[central]` and `[stable]`).
+
+    **Arguments:**
+
+    - `solver`: a diffrax solver (default `Tsit5()`; `Euler()` for the reference scheme).
+    - `stepsize_controller`: e.g. `PIDController(rtol, atol)` or `ConstantStepSize()`.
+    - `dt0`: the first step size (every step's, for `ConstantStepSize`).
+    - `tau`: the relaxation time of the stability constraint (central flow).
+    - `sdcp_threshold`: tracked eigenvalues above this enter the critical set.
+    - `max_seff`: the stable flow stops when its effective sharpness exceeds this.
+    - `max_steps`: solver steps allowed per segment.
+    """
+
+    solver: dfx.AbstractSolver = dfx.Tsit5()
+    stepsize_controller: dfx.AbstractStepSizeController = dfx.PIDController(
+        rtol=1e-6, atol=1e-8
+    )
+    dt0: float = 0.1
+    tau: float = 0.25
+    sdcp_threshold: float = 1.95
+    max_seff: float = 100.0
+    max_steps: int = eqx.field(default=1024, static=True)
+
+    def __check_init__(self):
+        for name in ("dt0", "tau", "sdcp_threshold", "max_seff"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+        if type(self.solver) not in _EVALS_PER_STEP:
+            names = ", ".join(cls.__name__ for cls in _EVALS_PER_STEP)
+            raise ValueError(f"Unsupported solver {self.solver!r}; use one of {names}.")
+
+    @classmethod
+    def euler(cls, nsubsteps: int, **kwargs) -> "FlowOptions":
+        """The reference code's scheme: Euler with `dt = τ = 1/nsubsteps` (parity mode)."""
+        if nsubsteps < 1:
+            raise ValueError(f"`nsubsteps` must be >= 1, got {nsubsteps}.")
+        dt = 1.0 / nsubsteps
+        return cls(dfx.Euler(), dfx.ConstantStepSize(), dt, dt, **kwargs)
+
+    @property
+    def evals_per_step(self) -> int:
+        """Right-hand-side evaluations per solver step."""
+        return _EVALS_PER_STEP[type(self.solver)]
+
+
+class Segment(eqx.Module):
+    """The end of one integrated segment."""
+
+    y: FlowState
+    t: Scalar  # where it stopped: t1, or an event time
+    event: Bool[Array, ""]  # whether the event stopped it
+    steps: Int[Array, ""]  # accepted + rejected
+    rejected: Int[Array, ""]
+    failed: Bool[Array, ""]  # e.g. max_steps reached, or a non-finite step
+
+
+def integrate_segment(
+    field: CentralFlow | StableFlow,
+    y0: FlowState,
+    t0: Scalar,
+    t1: Scalar,
+    basis: Basis,
+    options: FlowOptions,
+    condition: Callable[[FlowState, Basis], Scalar] | None = None,
+) -> Segment:
+    """Integrate `field` from `t0` to `t1`, stopping early where `condition` rises through 0.
+
+    **Arguments:**
+
+    - `field`: the vector field; `basis` is passed to it as `args`.
+    - `y0`, `t0`, `t1`: initial state and interval.
+    - `basis`: the eigenvector basis frozen for this segment.
+    - `options`: solver settings.
+    - `condition`: `(y, basis) -> scalar`; where it crosses 0 upwards the segment ends,
+      the time located by Newton's method on the solver's dense output.
+
+    **Returns:** a `Segment`.
+    """
+    event = None
+    if condition is not None:
+        event = dfx.Event(
+            lambda t, y, args, **kwargs: condition(y, args),
+            optx.Newton(rtol=1e-10, atol=1e-10),
+            direction=True,
+        )
+    solution = dfx.diffeqsolve(
+        dfx.ODETerm(field),
+        options.solver,
+        t0,
+        t1,
+        jnp.minimum(options.dt0, t1 - t0),
+        y0,
+        basis,
+        saveat=dfx.SaveAt(t1=True),
+        stepsize_controller=options.stepsize_controller,
+        event=event,
+        max_steps=options.max_steps,
+        throw=False,
+    )
+    fired = jnp.array(False) if event is None else jnp.asarray(solution.event_mask)
+    ok = (solution.result == dfx.RESULTS.successful) | (
+        solution.result == dfx.RESULTS.event_occurred
+    )
+    return Segment(
+        jtu.tree_map(lambda x: x[-1], solution.ys),
+        solution.ts[-1],
+        fired,
+        solution.stats["num_steps"],
+        solution.stats["num_rejected_steps"],
+        ~ok,
+    )

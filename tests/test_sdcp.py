@@ -1,0 +1,77 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from centralflows._sdcp import apply_operator, natural_residual, psd_projection, sdcp_solve
+
+
+def random_instance(seed, k, rank=None):
+    """α symmetric; B[X]_ij = Σ_r (G_r)_ij ⟨G_r, X⟩ + c X_ij: PSD, like the central flow's."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(k, k))
+    alpha = (a + a.T) / 2
+    rank = rank or k * (k + 1) // 2
+    g = rng.normal(size=(rank, k, k))
+    g = (g + np.transpose(g, (0, 2, 1))) / 2
+    operator = np.einsum("rij,rlm->ijlm", g, g) + 1e-3 * np.einsum("il,jm->ijlm", np.eye(k), np.eye(k))
+    return jnp.asarray(alpha), jnp.asarray(operator)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), k=st.integers(1, 4))
+def test_solution_satisfies_kkt(seed, k):
+    alpha, operator = random_instance(seed, k)
+    sol = sdcp_solve(alpha, operator)
+    x = np.asarray(sol.X)
+    y = np.asarray(alpha + apply_operator(operator, sol.X))
+    scale = 1 + np.abs(alpha).max()
+    np.testing.assert_allclose(x, x.T, atol=1e-12)
+    assert np.linalg.eigvalsh(x).min() >= -1e-9 * scale  # X ⪰ 0
+    assert np.linalg.eigvalsh((y + y.T) / 2).min() >= -1e-9 * scale  # α + B[X] ⪰ 0
+    assert abs(np.sum(x * y)) <= 1e-9 * scale**2  # complementarity
+    assert float(sol.residual) <= 1e-9 * scale
+
+
+@settings(max_examples=40, deadline=None)
+@given(alpha=st.floats(-5, 5), b=st.floats(0.01, 10))
+def test_closed_form_k1(alpha, b):
+    sol = sdcp_solve(jnp.array([[alpha]]), jnp.array([[[[b]]]]))
+    assert float(sol.X[0, 0]) == pytest.approx(max(0.0, -alpha / b), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_general_path_agrees_with_closed_form_on_decoupled_problems(seed):
+    # A diagonal operator decouples the diagonal entries: X_ii = max(0, −α_ii/B_iiii),
+    # and off-diagonal α must vanish for that to be exact.
+    rng = np.random.default_rng(seed)
+    k = 3
+    alpha = jnp.diag(jnp.asarray(rng.normal(size=k)))
+    b = rng.uniform(0.5, 2.0, size=(k, k))
+    b = (b + b.T) / 2
+    operator = jnp.einsum("il,jm,ij->ijlm", jnp.eye(k), jnp.eye(k), jnp.asarray(b))
+    sol = sdcp_solve(alpha, operator)
+    closed = [sdcp_solve(alpha[i : i + 1, i : i + 1], operator[i : i + 1, i : i + 1, i : i + 1, i : i + 1]).X[0, 0] for i in range(k)]
+    np.testing.assert_allclose(jnp.diag(sol.X), closed, atol=1e-12)
+    np.testing.assert_allclose(sol.X - jnp.diag(jnp.diag(sol.X)), 0, atol=1e-12)
+
+
+def test_projection_derivative_matches_finite_differences_at_a_repeated_eigenvalue():
+    y = jnp.diag(jnp.array([1.0, 1.0, -0.5]))  # repeated eigenvalue 1
+    dy = jnp.array([[0.3, 0.1, -0.2], [0.1, -0.4, 0.5], [-0.2, 0.5, 0.2]])
+    _, jvp = jax.jvp(psd_projection, (y,), (dy,))
+    h = 1e-6
+    fd = (psd_projection(y + h * dy) - psd_projection(y - h * dy)) / (2 * h)
+    np.testing.assert_allclose(jvp, fd, atol=1e-8)
+    assert np.all(np.isfinite(jvp))
+
+
+def test_implicit_derivative_matches_finite_differences():
+    alpha, operator = random_instance(7, 3)
+    f = lambda s: jnp.sum(sdcp_solve(alpha * s, operator).X ** 2)
+    grad = jax.grad(f)(1.0)
+    h = 1e-6
+    fd = (f(1.0 + h) - f(1.0 - h)) / (2 * h)
+    assert float(grad) == pytest.approx(float(fd), rel=1e-5)
+    assert float(jnp.abs(natural_residual(sdcp_solve(alpha, operator).X, alpha, operator)).max()) < 1e-10
