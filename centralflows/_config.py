@@ -46,7 +46,7 @@ def _one_of(*options: str) -> _Key:
     )
 
 
-_PROCESSES = ("discrete", "midpoint")  # central and stable arrive with the flows
+_PROCESSES = ("discrete", "midpoint", "central", "stable")
 
 _SCHEMA: dict[str, dict[str, _Key]] = {
     "opt": {

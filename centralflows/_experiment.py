@@ -3,12 +3,14 @@
 from collections.abc import Mapping
 from typing import Any
 
+import diffrax as dfx
 import equinox as eqx
 import jax.flatten_util as jfu
 import jax.random as jr
 from jaxtyping import Array, Float
 
 from ._eigen import EigConfig
+from ._integrate import FlowOptions
 from ._objective import Objective
 from ._optimizers import GD, AbstractOptimizer, RMSProp, ScalarRMSProp
 from .data import load_digits
@@ -30,6 +32,23 @@ def make_optimizer(opt: Mapping[str, Any]) -> AbstractOptimizer:
 def make_eig_config(eig: Mapping[str, Any]) -> EigConfig:
     """The eigen-tracking settings of a config's `[eig]` section."""
     return EigConfig(**eig)
+
+
+def make_flow_options(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[FlowOptions, FlowOptions]:
+    """The central and stable flows' integration settings (`[central]`, `[stable]`).
+
+    `solver = "euler"` is the reference scheme: Euler with `dt = τ = 1/nsubsteps` (so
+    `tau` is ignored); `"tsit5"` is adaptive with `rtol`/`atol` and relaxation `tau`.
+    The stable flow uses the same solver.
+    """
+    central = cfg["central"]
+    limits = dict(sdcp_threshold=central["sdcp_threshold"], max_seff=cfg["stable"]["max_Seff"])
+    if central["solver"] == "euler":
+        options = FlowOptions.euler(central["nsubsteps"], **limits)
+        return options, options
+    controller = dfx.PIDController(rtol=central["rtol"], atol=central["atol"])
+    options = FlowOptions(dfx.Tsit5(), controller, tau=central["tau"], **limits)
+    return options, options
 
 
 def make_problem(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[Objective, Float[Array, " n"]]:

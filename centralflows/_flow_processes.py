@@ -14,7 +14,7 @@ from ._flows import Basis, CentralFlow, FlowState, StableFlow, ritz_at
 from ._integrate import FlowOptions, Segment, integrate_segment
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
-from ._processes import Record, Tracking, eig_record, init_tracking, refresh_tracking
+from ._processes import Record, Tracking, eig_record, grow, init_tracking, refresh_tracking
 
 Vector = Float[Array, " n"]
 _MAX_SEGMENTS = 16  # events handled per unit of time before giving up on it
@@ -110,16 +110,26 @@ class AbstractFlowProcess(eqx.Module):
             self.field(num_critical), state.y, t0, t1, basis, self.options, condition
         )
 
+    def observe_now(
+        self, state: FlowProcessState, key: PRNGKeyArray
+    ) -> tuple[FlowProcessState, int, tuple | None, Record]:
+        """Refresh (and grow) the tracked eigenpairs, plan the critical set, and log.
+
+        **Returns:** `(state, num_critical, event, record)`.
+        """
+        state = grow(self, self.refresh(state, state.tracking), key)
+        k, event = self.plan(state)
+        record = {name: np.asarray(v) for name, v in self.observe(state, k).items()}
+        return state, k, event, record
+
     def advance_unit(
-        self, state: FlowProcessState, t: int, key: PRNGKeyArray, grow
+        self, state: FlowProcessState, t: int, key: PRNGKeyArray
     ) -> tuple[FlowProcessState, Vector, Record]:
         """Log time `t` and integrate to `t + 1`, re-planning at every event.
 
         **Returns:** `(state_at_t_plus_1, position_at_t, record_at_t)`.
         """
-        state = grow(self, self.refresh(state, state.tracking), key)
-        k, event = self.plan(state)
-        record = {name: np.asarray(v) for name, v in self.observe(state, k).items()}
+        state, k, event, record = self.observe_now(state, key)
         position = state.y.w
         steps = rejected = segments = 0
         now = float(t)

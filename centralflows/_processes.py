@@ -239,4 +239,13 @@ class Midpoint(AbstractProcess):
         return mid, p_diag
 
 
+def grow(process, state: PyTree, key: PRNGKeyArray) -> PyTree:
+    """Add tracked eigenpairs while the smallest one exceeds the tracking threshold."""
+    retrack = eqx.filter_jit(process.retrack)
+    while (tracking := grow_tracking(state.tracking, key, process.eig)) is not None:
+        key = jr.split(key)[0]
+        state = retrack(state, tracking)
+    return state
+
+
 PROCESSES: dict[str, type[AbstractProcess]] = {"discrete": Discrete, "midpoint": Midpoint}

@@ -25,7 +25,7 @@ from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._flow_processes import FLOW_PROCESSES
 from ._integrate import FlowOptions
-from ._processes import PROCESSES, AbstractProcess, grow_tracking
+from ._processes import PROCESSES, AbstractProcess, grow
 from ._runfile import Run, RunWriter, SeriesSpec, load_run
 
 _VARIABLE_WIDTH = ("effective_hessian_eigs", "hessian_eigs", "eig_residuals", "predicted_variances")
@@ -99,9 +99,7 @@ def _advance_flows(flows, states, t0: int, rows: int, key: PRNGKeyArray):
     states = list(states)
     for t in range(t0, t0 + rows):
         for i, flow in enumerate(flows):
-            states[i], position, record = flow.advance_unit(
-                states[i], t, jr.fold_in(key, t), _grow
-            )
+            states[i], position, record = flow.advance_unit(states[i], t, jr.fold_in(key, t))
             records[flow.name].append({**record, "w": np.asarray(position)})
     stacked = {
         name: {field: _stack_padded([r[field] for r in rows_]) for field in rows_[0]}
@@ -150,15 +148,6 @@ def _series_specs(records: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, 
                 row = (None,)
             specs[f"{group}/{field}"] = SeriesSpec(row)
     return specs
-
-
-def _grow(process: AbstractProcess, state: PyTree, key: PRNGKeyArray) -> PyTree:
-    """Add tracked eigenpairs while the smallest one exceeds the tracking threshold."""
-    retrack = eqx.filter_jit(process.retrack)
-    while (tracking := grow_tracking(state.tracking, key, process.eig)) is not None:
-        key = jr.split(key)[0]
-        state = retrack(state, tracking)
-    return state
 
 
 def _last_finite(values: np.ndarray) -> float:
@@ -293,7 +282,7 @@ def run(
                     for name, fields in scan_records.items():
                         records[name] = {f: np.asarray(v)[:rows] for f, v in fields.items()}
                     scanned_states = tuple(
-                        _grow(p, s, jr.fold_in(jr.fold_in(keys[0], 0), t))
+                        grow(p, s, jr.fold_in(jr.fold_in(keys[0], 0), t))
                         for p, s in zip(scanned, scanned_states)
                     )
                 if flows:

@@ -84,6 +84,12 @@ def sdcp_solve(
     **Returns:** an `SDCPSolution`; `residual` is the max-norm of the natural residual.
     """
     k = alpha.shape[0]
+    # A tiny multiple of the identity makes X unique where B is singular (e.g. on
+    # off-diagonal entries that no third derivative couples), moving the solution by
+    # O(1e-10) relative, and keeps Newton's Jacobian invertible.
+    scale = jnp.max(jnp.abs(operator), initial=0.0)
+    identity = jnp.einsum("il,jm->ijlm", jnp.eye(k), jnp.eye(k))
+    operator = operator + 1e-10 * scale * identity
     diagonal = jnp.einsum("iiii->i", operator)
     safe = jnp.where(diagonal > 0, diagonal, 1)
     guess = jnp.diag(jnp.where(diagonal > 0, jnp.maximum(0, -jnp.diag(alpha) / safe), 0))

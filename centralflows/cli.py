@@ -59,12 +59,13 @@ def _run(args: argparse.Namespace) -> int:
 
     jax.config.update("jax_enable_x64", cfg["run"]["precision"] == "float64")
 
-    from ._experiment import make_eig_config, make_optimizer, make_problem
+    from ._experiment import make_eig_config, make_flow_options, make_optimizer, make_problem
     from ._run import run
 
     optimizer = make_optimizer(cfg["opt"])
     eig = make_eig_config(cfg["eig"])
     objective, w0 = make_problem(cfg)
+    central, stable = make_flow_options(cfg)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = pathlib.Path(args.out) / f"{pathlib.Path(args.config).stem}-{stamp}.h5"
     print(f"writing {path}", file=sys.stderr)
@@ -76,6 +77,8 @@ def _run(args: argparse.Namespace) -> int:
         processes=cfg["run"]["processes"],
         eig=eig,
         save_w_every=cfg["run"]["save_w_every"] or None,
+        central=central,
+        stable=stable,
         out=path,
         overwrite=args.overwrite,
         chunk=cfg["run"]["chunk"],

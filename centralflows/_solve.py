@@ -1,0 +1,160 @@
+"""The standalone flow API: `central_flow(...)` and `stable_flow(...)`."""
+
+from collections.abc import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.flatten_util as jfu
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
+
+from ._eigen import EigConfig
+from ._flow_processes import AbstractFlowProcess, CentralFlowProcess, StableFlowProcess
+from ._integrate import FlowOptions
+from ._objective import Objective
+from ._optimizers import AbstractOptimizer
+
+
+class FlowSolution(eqx.Module):
+    """A flow observed at the times `ts`.
+
+    - `ts`: the save times.
+    - `w`: parameters at each save time, as pytrees shaped like `w0` (leading time axis).
+    - `opt_state`: the optimizer state at each save time.
+    - `loss`, `effective_sharpness`: the training loss and top eigenvalue of P⁻¹H.
+    - `predicted_loss`, `predicted_variances`: the central flow's predictions for the
+      time-averaged loss and the oscillation variances (eigenvalues of X; NaN beyond the
+      critical ones). For the stable flow these are the loss and NaN.
+    - `eos_onset`: when the edge of stability began (NaN if it did not): for the central
+      flow, when the stability constraint became active; for the stable flow, when its
+      effective sharpness crossed 2.
+    - `stop_time`: where the flow was stopped (NaN if it ran to the end).
+    - `stats`: solver steps, right-hand-side evaluations and segments per unit of time.
+    """
+
+    ts: Float[Array, " T"]
+    w: PyTree
+    opt_state: PyTree
+    loss: Float[Array, " T"]
+    effective_sharpness: Float[Array, " T"]
+    predicted_loss: Float[Array, " T"]
+    predicted_variances: Float[Array, "T k"]
+    eos_onset: Scalar
+    stop_time: Scalar
+    stats: dict[str, Array]
+
+
+def _solve(
+    cls: type[AbstractFlowProcess],
+    loss: Objective | Callable[[PyTree], Scalar],
+    w0: PyTree,
+    optimizer: AbstractOptimizer,
+    t1: int,
+    saveat: Sequence[int] | None,
+    eig: EigConfig,
+    options: FlowOptions,
+    key: PRNGKeyArray | None,
+) -> FlowSolution:
+    if isinstance(t1, bool) or not isinstance(t1, int) or t1 < 0:
+        raise ValueError(f"`t1` must be a non-negative integer (steps), got {t1!r}.")
+    ts = [t1] if saveat is None else sorted(int(t) for t in saveat)
+    if any(t < 0 or t > t1 for t in ts) or (saveat is not None and list(saveat) != ts):
+        raise ValueError(f"`saveat` must be increasing integer times in [0, t1], got {saveat!r}.")
+    objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
+    w, unravel_w0 = jfu.ravel_pytree(w0)
+    if w.shape != (objective.num_params,):
+        raise ValueError(
+            f"`w0` has {w.size} parameters; the objective has {objective.num_params}."
+        )
+    key = jr.key(0) if key is None else key
+    process = cls(objective, optimizer, eig, options)
+    state = process.init(w, key)
+    saved, records, stats = [], [], []
+    for t in range(t1 + 1):
+        unit_key = jr.fold_in(key, t)
+        if t in ts:
+            state, _, _, record = process.observe_now(state, unit_key)
+            saved.append(state.y)
+            records.append(record)
+        if t < t1:
+            state, _, record = process.advance_unit(state, t, unit_key)
+            stats.append(record)
+    width = max(r.get("predicted_variances", jnp.zeros(1)).size for r in records)
+
+    def variances(r):
+        v = r.get("predicted_variances", jnp.full(width, jnp.nan))
+        return jnp.pad(jnp.asarray(v), (0, width - v.size), constant_values=jnp.nan)
+
+    stacked = jtu.tree_map(lambda *xs: jnp.stack(xs), *saved)
+    return FlowSolution(
+        ts=jnp.asarray(ts, w.dtype),
+        w=jax.vmap(unravel_w0)(stacked.w),
+        opt_state=stacked.opt_state,
+        loss=jnp.asarray([r["train_loss"] for r in records]),
+        effective_sharpness=jnp.asarray([r["effective_hessian_eigs"][0] for r in records]),
+        predicted_loss=jnp.asarray(
+            [r.get("predicted_loss", r["train_loss"]) for r in records]
+        ),
+        predicted_variances=jnp.stack([variances(r) for r in records]),
+        eos_onset=state.eos_time,
+        stop_time=state.stop_time,
+        stats={
+            name: jnp.asarray([r[name] for r in stats])
+            for name in ("solver_steps", "rejected_steps", "rhs_evals", "segments")
+        },
+    )
+
+
+def central_flow(
+    loss: Objective | Callable[[PyTree], Scalar],
+    w0: PyTree,
+    optimizer: AbstractOptimizer,
+    t1: int,
+    *,
+    saveat: Sequence[int] | None = None,
+    eig: EigConfig = EigConfig(),
+    options: FlowOptions = FlowOptions(),
+    key: PRNGKeyArray | None = None,
+) -> FlowSolution:
+    """Integrate the central flow of `optimizer` on `loss` from `w0` to time `t1`.
+
+    Time is measured in optimizer steps. Eigenpairs of the effective Hessian are tracked
+    by LOBPCG at every integer time; between them, the flow (a diffrax solve per unit of
+    time, ended early by events) uses Rayleigh–Ritz in the frozen tracked basis.
+
+    **Arguments:**
+
+    - `loss`: an `Objective` or a function of the parameter pytree.
+    - `w0`: initial parameters.
+    - `optimizer`: `GD`, `ScalarRMSProp` or `RMSProp`.
+    - `t1`: final (integer) time.
+    - `saveat`: integer times to save at (default: `[t1]`).
+    - `eig`: eigen-tracking settings.
+    - `options`: solver, tolerances, relaxation time `tau`; `FlowOptions.euler(n)` for
+      the reference scheme.
+    - `key`: PRNG key for the initial eigenvector guesses.
+
+    **Returns:** a `FlowSolution`.
+    """
+    return _solve(CentralFlowProcess, loss, w0, optimizer, t1, saveat, eig, options, key)
+
+
+def stable_flow(
+    loss: Objective | Callable[[PyTree], Scalar],
+    w0: PyTree,
+    optimizer: AbstractOptimizer,
+    t1: int,
+    *,
+    saveat: Sequence[int] | None = None,
+    eig: EigConfig = EigConfig(),
+    options: FlowOptions = FlowOptions(),
+    key: PRNGKeyArray | None = None,
+) -> FlowSolution:
+    """Integrate the stable flow `dw/dt = −P⁻¹∇L` (gradient flow for GD) to time `t1`.
+
+    Arguments and returns as for [`centralflows.central_flow`][]; the flow stops (see
+    `stop_time`) once its effective sharpness exceeds `options.max_seff`.
+    """
+    return _solve(StableFlowProcess, loss, w0, optimizer, t1, saveat, eig, options, key)

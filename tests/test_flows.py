@@ -1,0 +1,94 @@
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import centralflows as cf
+from centralflows._flows import FlowState
+
+from .helpers import small_mlp_objective
+
+# The analytic toy of DESIGN §6: L = ½ a(y) x² + b y, a(y) = s0 − c y.
+S0, C, B, ETA, TAU = 1.0, 1.0, 0.1, 0.5, 0.25
+Y_STAR = (S0 - 2 / ETA) / C  # where η a(y*) = 2
+T_STAR = (2 / ETA - S0) / (C * ETA * B)  # gradient flow from y = 0 reaches y* at t = 60
+
+
+def toy_loss(w):
+    return 0.5 * (S0 - C * w["y"]) * w["x"] ** 2 + B * w["y"]
+
+
+TOY_W0 = {"x": jnp.array(0.0), "y": jnp.array(0.0)}
+OPTIONS = cf.FlowOptions(tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10))
+
+
+@pytest.fixture(scope="module")
+def toy_central():
+    return cf.central_flow(toy_loss, TOY_W0, cf.GD(ETA), 100, saveat=[0, 30, 59, 61, 100], options=OPTIONS)
+
+
+def test_toy_stable_flow_is_gradient_flow():
+    sol = cf.stable_flow(toy_loss, TOY_W0, cf.GD(ETA), 80, saveat=[0, 40, 80], options=OPTIONS)
+    # dy/dt = −ηb: y(t) = −ηbt; the sharpness η a(y) crosses 2 at t* exactly.
+    np.testing.assert_allclose(sol.w["y"], -ETA * B * np.array([0, 40, 80]), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sol.effective_sharpness, ETA * (S0 + C * ETA * B * np.array([0, 40, 80])), rtol=1e-9)
+    assert float(sol.eos_onset) == pytest.approx(T_STAR, abs=1e-4)
+
+
+def test_toy_central_flow_onset_and_rest(toy_central):
+    sol = toy_central
+    # Before EOS the central flow is gradient flow.
+    np.testing.assert_allclose(sol.w["y"][:3], -ETA * B * np.array([0, 30, 59]), rtol=1e-9)
+    assert np.all(np.isnan(sol.predicted_variances[:2, 0]))
+    # With sharpening at rate dλ/dt = cη²b, the relaxed constraint activates when
+    # (2 − λ)/τ equals that rate: τ before the sharpness would reach 2.
+    # Located on Tsit5's dense output, whose interpolant is accurate to ~1e-7 here.
+    assert float(sol.eos_onset) == pytest.approx(T_STAR - TAU, abs=1e-4)
+    # At rest: y = y*, S_eff = 2, Σ = σ² e_x eₓᵀ with σ² = 2b/c, i.e. X = σ²/η.
+    assert float(sol.w["y"][-1]) == pytest.approx(Y_STAR, abs=1e-6)
+    assert float(sol.effective_sharpness[-1]) == pytest.approx(2.0, abs=1e-6)
+    assert float(sol.predicted_variances[-1, 0]) * ETA == pytest.approx(2 * B / C, rel=1e-5)
+    assert float(sol.predicted_loss[-1]) == pytest.approx(B * Y_STAR + 2 * B / (ETA * C), rel=1e-5)
+
+
+def test_toy_central_vector_field_vanishes_at_equilibrium():
+    objective = cf.Objective.from_function(toy_loss, TOY_W0)
+    optimizer = cf.GD(ETA)
+    w = jnp.array([0.0, Y_STAR])
+    y = FlowState(w, optimizer.init(w, objective.grad(w)))
+    terms = cf.CentralFlow(objective, optimizer, TAU, 1).terms(y, jnp.eye(2))
+    np.testing.assert_allclose(terms.derivative.w, 0, atol=1e-10)
+    assert float(terms.X[0, 0]) * ETA == pytest.approx(2 * B / C, rel=1e-9)  # B regularized by 1e-10
+    assert float(terms.sdcp.residual) < 1e-12
+
+
+def two_direction_loss(w):
+    # Two oscillating directions x1, x2 whose sharpnesses both depend on y1, y2.
+    a1 = 1.0 - 1.0 * w[2] - 0.5 * w[3]
+    a2 = 0.8 - 0.5 * w[2] - 1.0 * w[3]
+    return 0.5 * a1 * w[0] ** 2 + 0.5 * a2 * w[1] ** 2 + 0.1 * (w[2] + w[3])
+
+
+def test_two_simultaneously_critical_directions():
+    sol = cf.central_flow(
+        two_direction_loss, jnp.zeros(4), cf.GD(ETA), 200, saveat=[200],
+        eig=cf.EigConfig(initial_neigs=2), options=OPTIONS,
+    )
+    # Equilibrium: both sharpnesses at 2/η and x1² = x2² = 2b/(c + d) = 0.2/1.5.
+    np.testing.assert_allclose(sol.predicted_variances[-1, :2] * ETA, 0.2 / 1.5, rtol=1e-4)
+    a1 = 1.0 - sol.w[-1, 2] - 0.5 * sol.w[-1, 3]
+    a2 = 0.8 - 0.5 * sol.w[-1, 2] - sol.w[-1, 3]
+    np.testing.assert_allclose([a1 * ETA, a2 * ETA], 2.0, rtol=1e-5)
+
+
+def test_below_threshold_central_equals_stable():
+    objective, w0 = small_mlp_objective()
+    optimizer = cf.GD(lr=0.05)  # effective sharpness stays far below 2
+    central = cf.central_flow(objective, w0, optimizer, 20, saveat=[0, 10, 20], options=OPTIONS)
+    stable = cf.stable_flow(objective, w0, optimizer, 20, saveat=[0, 10, 20], options=OPTIONS)
+    assert float(jnp.max(central.effective_sharpness)) < 1.0
+    np.testing.assert_allclose(central.w, stable.w, rtol=1e-10, atol=1e-12)
+    assert np.all(np.isnan(central.predicted_variances))
+    np.testing.assert_allclose(central.predicted_loss, central.loss)
+    assert np.isnan(float(central.eos_onset))
