@@ -50,7 +50,6 @@ class RitzPairs(eqx.Module):
     values: Float[Array, " m"]
     vectors: Basis
     hessian_vectors: Basis
-    coefficients: Float[Array, "m m"]  # vectors = coefficientsᵀ · basis
 
 
 def ritz_pairs(hessian_basis: Basis, basis: Basis, p_diag: Vector) -> RitzPairs:
@@ -73,7 +72,7 @@ def ritz_pairs(hessian_basis: Basis, basis: Basis, p_diag: Vector) -> RitzPairs:
     values, z = jnp.linalg.eigh((inner + inner.T) / 2)
     coefficients = jax.scipy.linalg.solve_triangular(chol.T, z[:, ::-1], lower=False)
     return RitzPairs(
-        values[::-1], coefficients.T @ basis, coefficients.T @ hessian_basis, coefficients
+        values[::-1], coefficients.T @ basis, coefficients.T @ hessian_basis
     )
 
 
@@ -137,17 +136,13 @@ class CentralFlow(eqx.Module):
         loss, grad = self.objective.value_and_grad(w)
         p_fn = lambda state: preconditioner_diagonal(self.optimizer.preconditioner(state, w))
         p_diag = p_fn(s)
-        hessian_basis, pullback = jax.vjp(
-            lambda x: self.objective.hvps(x, basis), w
-        )
-        ritz = ritz_pairs(hessian_basis, basis, p_diag)
+        ritz = ritz_pairs(self.objective.hvps(w, basis), basis, p_diag)
         u, hu, lam = ritz.vectors[:k], ritz.hessian_vectors[:k], ritz.values[:k]
-        coefficients = ritz.coefficients[:, :k]
 
-        # G_ij = ∇_w(u_iᵀ H(w) u_j), U fixed: one pullback per pair i ≤ j (paper eq. 33).
+        # G_ij = ∇_w(u_iᵀ H(w) u_j) with U held fixed, one third-order product per pair
+        # i ≤ j (paper eq. 33): the gradient of a Hessian-vector product contraction.
         rows, cols = jnp.triu_indices(k)
-        cotangents = coefficients.T[cols][:, :, None] * u[rows][:, None, :]
-        pairs = jax.vmap(lambda c: pullback(c)[0])(cotangents)
+        pairs = jax.vmap(lambda a, b: self.objective.third_order(w, a, b))(u[rows], u[cols])
         third = jnp.zeros((k, k, w.size), w.dtype).at[rows, cols].set(pairs)
         third = third.at[cols, rows].set(pairs)
 

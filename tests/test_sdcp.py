@@ -44,14 +44,14 @@ def check_kkt(alpha, operator, sol):
     assert float(sol.residual) <= 1e-9 * scale
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31), k=st.integers(2, 4))
 def test_decoupled_singular_instances_satisfy_kkt(seed, k):
     alpha, operator = decoupled_instance(seed, k)
     check_kkt(alpha, operator, sdcp_solve(alpha, operator))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31), k=st.integers(1, 4))
 def test_solution_satisfies_kkt(seed, k):
     alpha, operator = random_instance(seed, k)
