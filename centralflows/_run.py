@@ -20,7 +20,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree, Scalar
 from tqdm.auto import tqdm
 
-from ._eigen import EigConfig
+from ._eigen import EigConfig, preconditioner_diagonal
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._flow_processes import FLOW_PROCESSES
@@ -162,14 +162,24 @@ def _progress_summary(flat: Mapping[str, np.ndarray], name: str) -> dict[str, st
     return {"loss": f"{loss:.4g}", "S_eff": f"{sharpness:.3f}"}
 
 
-def _check_start(objective: Objective, w: jax.Array) -> None:
+def _check_start(objective: Objective, optimizer: AbstractOptimizer, w: jax.Array) -> None:
+    """Reject a start where the loss or the preconditioner is unusable, before any work."""
     if not bool(jnp.all(jnp.isfinite(w))):
         raise ValueError("The initial parameters `w0` contain non-finite values.")
-    loss = objective.value(w)
+    loss, grad = objective.value_and_grad(w)
     if loss.shape != ():
         raise ValueError(f"The loss must return a scalar; it returned shape {loss.shape}.")
     if not bool(jnp.isfinite(loss)):
         raise ValueError(f"The loss at `w0` is not finite ({float(loss)}).")
+    state = optimizer.update(optimizer.init(w, grad), grad)
+    p_diag = preconditioner_diagonal(optimizer.preconditioner(state, w))
+    bad = int(jnp.sum(~(jnp.isfinite(p_diag) & (p_diag > 0))))
+    if bad:
+        raise ValueError(
+            f"The preconditioner after the first step is singular in {bad} of {w.size} "
+            "coordinates (e.g. RMSProp with `eps=0` where the gradient is exactly zero); "
+            "use `eps > 0`."
+        )
 
 
 def run(
@@ -230,7 +240,7 @@ def run(
             f"`w0` has {w.size} parameters, which does not match the objective's "
             f"{objective.num_params}."
         )
-    _check_start(objective, w)
+    _check_start(objective, optimizer, w)
     key = jr.key(0) if key is None else key
 
     path = pathlib.Path(out) if out is not None else None
