@@ -92,3 +92,48 @@ def test_below_threshold_central_equals_stable():
     assert np.all(np.isnan(central.predicted_variances))
     np.testing.assert_allclose(central.predicted_loss, central.loss)
     assert np.isnan(float(central.eos_onset))
+
+
+def test_euler_parity_mode_converges_to_the_adaptive_flow():
+    # Start just before EOS from a GD iterate; Euler with dt = τ = 1/n is first order in
+    # 1/n towards the τ → 0 flow (approximated by the adaptive solver with small τ).
+    objective, w0 = small_mlp_objective()
+    optimizer = cf.GD(lr=0.9)
+    start = jnp.asarray(cf.run(objective, w0, optimizer, steps=40, save_w_every=40, progress=False)["discrete"]["w"][40])
+    fine = cf.FlowOptions(tau=1 / 32, stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10))
+    reference = cf.central_flow(objective, start, optimizer, 15, options=fine)
+    assert float(reference.eos_onset) < 15  # the comparison covers the EOS phase
+    errors = [
+        float(jnp.linalg.norm(cf.central_flow(objective, start, optimizer, 15, options=cf.FlowOptions.euler(n)).w - reference.w))
+        for n in (2, 4, 8)
+    ]
+    # Measured: 3.2e-3, 1.6e-3, 8.1e-4: halving with each doubling.
+    assert errors[0] > errors[1] > errors[2]
+    assert 1.6 < errors[0] / errors[1] < 2.5 and 1.6 < errors[1] / errors[2] < 2.5
+
+
+@pytest.mark.parametrize(
+    "optimizer, steps",
+    [
+        (cf.GD(lr=0.9), 80),
+        (cf.ScalarRMSProp(lr=0.05, beta2=0.9, eps=1e-8), 90),
+        (cf.RMSProp(lr=0.003, beta2=0.9, eps=1e-8), 100),
+    ],
+    ids=["GD", "ScalarRMSProp", "RMSProp"],
+)
+def test_all_optimizers_run_through_eos_on_a_small_net(optimizer, steps):
+    objective, w0 = small_mlp_objective()
+    run = cf.run(objective, w0, optimizer, steps=steps, processes=("discrete", "central"), progress=False)
+    central = run["central"]
+    for name in ("discrete", "central"):
+        assert np.all(np.isfinite(run[name]["train_loss"])), name
+    onset = float(central["eos_time"][-1])
+    assert np.isfinite(onset) and onset < steps - 20
+    after = central["effective_hessian_eigs"][int(onset) + 5 :, 0]
+    assert np.median(np.abs(after - 2)) < 0.01  # the central flow holds S_eff at 2
+    assert np.all(central["sdcp_residual"][np.isfinite(central["sdcp_residual"])] < 1e-8)
+    assert np.all(np.isfinite(run["distances"]["central-discrete"]))
+    if isinstance(optimizer, cf.ScalarRMSProp):
+        # Paper eq. 28: at EOS the effective step size η/(√ν + ε) equals 2/S(w).
+        product = central["opt.effective_step_size"] * central["hessian_eigs"][:, 0]
+        np.testing.assert_allclose(product[int(onset) + 5 :], 2.0, rtol=0.02)
