@@ -48,7 +48,8 @@ def test_missing_config_is_a_clear_error(tmp_path, capsys):
 
 
 def test_run_then_info(tmp_path, capsys):
-    argv = ["run", DEFAULT, *SMALL, "--steps", "15", "--out", str(tmp_path), "--quiet"]
+    argv = ["run", DEFAULT, *SMALL, "--steps", "15", "--runs", "discrete", "midpoint"]
+    argv += ["--out", str(tmp_path), "--quiet"]
     assert main(argv) == 0
     (path,) = tmp_path.iterdir()
     assert capsys.readouterr().out.strip().endswith(str(path))
@@ -64,7 +65,8 @@ def test_run_then_info(tmp_path, capsys):
 
 def test_run_file_is_readable_mid_run_and_after_a_kill(tmp_path):
     argv = [sys.executable, "-m", "centralflows.cli", "run", DEFAULT, *SMALL]
-    argv += ["--steps", "2000", "--set", "run.chunk=5", "--out", str(tmp_path), "--quiet"]
+    argv += ["--steps", "2000", "--set", "run.chunk=5", "--runs", "discrete", "midpoint"]
+    argv += ["--out", str(tmp_path), "--quiet"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
@@ -116,3 +118,23 @@ def test_default_config_reaches_and_holds_the_edge_of_stability(tmp_path):
     assert sharpness[0] < 1.5  # it started well below 2
     late = sharpness[300:]
     assert abs(np.median(late) - 2) < 0.1 and np.all(late < 2.5) and np.all(late > 1.7)
+
+
+def test_flows_from_the_command_line(tmp_path, capsys):
+    argv = ["run", DEFAULT, *SMALL, "--steps", "6", "--runs", "stable", "discrete", "central"]
+    argv += ["--set", "central.solver=euler", "--set", "central.nsubsteps=2"]
+    assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 0
+    (path,) = tmp_path.iterdir()
+    result = cf.load_run(path)
+    assert set(result) == {"discrete", "central", "stable", "distances", "deltas"}
+    central = result["central"]
+    for name in ("predicted_loss", "predicted_grad_norm_sq", "predicted_variances",
+                 "sigma_trace", "sdcp_residual", "rhs_evals", "solver_steps", "eos_time"):
+        assert name in central, name
+    # Euler with 2 substeps: 2 right-hand-side evaluations per unit of time.
+    np.testing.assert_array_equal(central["rhs_evals"][:6], 2)
+    # Before EOS the central flow is the stable flow: same path, X = 0.
+    np.testing.assert_allclose(result["distances"]["central-stable"], 0, atol=1e-12)
+    np.testing.assert_allclose(central["predicted_loss"], central["train_loss"], rtol=1e-12)
+    assert set(result["distances"]) == {"central-discrete", "central-stable", "discrete-stable"}
+    assert "stable: stable" in capsys.readouterr().out
