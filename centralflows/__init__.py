@@ -2,27 +2,47 @@
 
 import importlib.metadata
 
-from ._eigen import EigConfig as EigConfig, EigenState as EigenState, track_eigs as track_eigs
+from ._eigen import EigConfig as EigConfig
+from ._eigen import EigenState as EigenState
+from ._eigen import track_eigs as track_eigs
 from ._flows import (
     CentralFlow as CentralFlow,
+)
+from ._flows import (
     FlowState as FlowState,
+)
+from ._flows import (
     StableFlow as StableFlow,
 )
 from ._integrate import FlowOptions as FlowOptions
 from ._objective import Objective as Objective
 from ._optimizers import (
-    AbstractDiagonalOptimizer as AbstractDiagonalOptimizer,
-    AbstractOptimizer as AbstractOptimizer,
     GD as GD,
+)
+from ._optimizers import (
+    AbstractDiagonalOptimizer as AbstractDiagonalOptimizer,
+)
+from ._optimizers import (
+    AbstractOptimizer as AbstractOptimizer,
+)
+from ._optimizers import (
     RMSProp as RMSProp,
+)
+from ._optimizers import (
     ScalarRMSProp as ScalarRMSProp,
 )
 from ._run import run as run
-from ._runfile import Run as Run, load_run as load_run
-from ._sdcp import SDCPSolution as SDCPSolution, sdcp_solve as sdcp_solve
+from ._runfile import Run as Run
+from ._runfile import load_run as load_run
+from ._sdcp import SDCPSolution as SDCPSolution
+from ._sdcp import sdcp_solve as sdcp_solve
 from ._solve import (
     FlowSolution as FlowSolution,
+)
+from ._solve import (
     central_flow as central_flow,
+)
+from ._solve import (
     stable_flow as stable_flow,
 )
 

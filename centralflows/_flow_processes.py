@@ -10,11 +10,18 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Scalar
 
 from ._eigen import EigConfig, preconditioner_diagonal
-from ._flows import Basis, CentralFlow, FlowState, StableFlow, ritz_at
+from ._flows import CentralFlow, FlowState, StableFlow, ritz_at
 from ._integrate import FlowOptions, Segment, integrate_segment
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
-from ._processes import Record, Tracking, eig_record, grow, init_tracking, refresh_tracking
+from ._processes import (
+    Record,
+    Tracking,
+    eig_record,
+    grow,
+    init_tracking,
+    refresh_tracking,
+)
 
 Vector = Float[Array, " n"]
 _MAX_SEGMENTS = 16  # events handled per unit of time before giving up on it
@@ -55,9 +62,6 @@ class AbstractFlowProcess(eqx.Module):
             tracking, self.objective, state.y.w, self.p_diag(state.y), self.eig
         )
         return eqx.tree_at(lambda s: s.tracking, state, tracking)
-
-    def observed_point(self, state: FlowProcessState):
-        return state.y.w, self.p_diag(state.y)
 
     def retrack(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
         return self.refresh(state, tracking)

@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from ._eigen import EigConfig, EigenState, preconditioner_diagonal, random_vectors, track_eigs
+from ._eigen import (
+    EigConfig,
+    EigenState,
+    preconditioner_diagonal,
+    random_vectors,
+    track_eigs,
+)
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 

@@ -21,10 +21,10 @@ from jaxtyping import PRNGKeyArray, PyTree, Scalar
 from tqdm.auto import tqdm
 
 from ._eigen import EigConfig, preconditioner_diagonal
-from ._objective import Objective
-from ._optimizers import AbstractOptimizer
 from ._flow_processes import FLOW_PROCESSES
 from ._integrate import FlowOptions
+from ._objective import Objective
+from ._optimizers import AbstractOptimizer
 from ._processes import PROCESSES, AbstractProcess, grow
 from ._runfile import Run, RunWriter, SeriesSpec, load_run
 

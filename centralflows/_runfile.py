@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
-
 _FORMAT = "centralflows-run"
 _FORMAT_VERSION = 1
 _RESERVED_ATTRS = ("format", "format_version", "json_keys")

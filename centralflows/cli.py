@@ -59,7 +59,12 @@ def _run(args: argparse.Namespace) -> int:
 
     jax.config.update("jax_enable_x64", cfg["run"]["precision"] == "float64")
 
-    from ._experiment import make_eig_config, make_flow_options, make_optimizer, make_problem
+    from ._experiment import (
+        make_eig_config,
+        make_flow_options,
+        make_optimizer,
+        make_problem,
+    )
     from ._run import run
 
     optimizer = make_optimizer(cfg["opt"])

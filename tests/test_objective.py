@@ -12,7 +12,6 @@ import pytest  # noqa: E402
 
 from centralflows import Objective  # noqa: E402
 
-
 # ---------------------------------------------------------------------------
 # A tiny tanh MLP (4 -> 7 -> 2, 51 parameters) with a per-example MSE loss.
 

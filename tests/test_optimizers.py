@@ -12,7 +12,6 @@ import pytest  # noqa: E402
 
 from centralflows import GD, AbstractOptimizer, RMSProp, ScalarRMSProp  # noqa: E402
 
-
 # A diagonal quadratic L = ½ wᵀ A w with known curvatures.
 A_DIAG = np.array([0.5, 1.0, 2.0, 3.5])
 W0 = np.array([1.0, -2.0, 0.5, 3.0])

@@ -1,5 +1,4 @@
 import h5py
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

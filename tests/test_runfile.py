@@ -8,7 +8,6 @@ import pytest
 
 from centralflows._runfile import Run, RunWriter, SeriesSpec, load_run
 
-
 SERIES = {
     "discrete/train_loss": SeriesSpec(()),
     "discrete/hessian_eigs": SeriesSpec((3,)),

@@ -2,9 +2,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from centralflows._sdcp import apply_operator, natural_residual, psd_projection, sdcp_solve
+from centralflows._sdcp import (
+    apply_operator,
+    natural_residual,
+    psd_projection,
+    sdcp_solve,
+)
 
 
 def random_instance(seed, k, rank=None):
