@@ -166,11 +166,12 @@ def _check_start(objective: Objective, optimizer: AbstractOptimizer, w: jax.Arra
     """Reject a start where the loss or the preconditioner is unusable, before any work."""
     if not bool(jnp.all(jnp.isfinite(w))):
         raise ValueError("The initial parameters `w0` contain non-finite values.")
-    loss, grad = objective.value_and_grad(w)
+    loss = objective.value(w)
     if loss.shape != ():
         raise ValueError(f"The loss must return a scalar; it returned shape {loss.shape}.")
     if not bool(jnp.isfinite(loss)):
         raise ValueError(f"The loss at `w0` is not finite ({float(loss)}).")
+    grad = objective.grad(w)
     state = optimizer.update(optimizer.init(w, grad), grad)
     p_diag = preconditioner_diagonal(optimizer.preconditioner(state, w))
     bad = int(jnp.sum(~(jnp.isfinite(p_diag) & (p_diag > 0))))
