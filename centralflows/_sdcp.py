@@ -56,6 +56,7 @@ def natural_residual(x: Matrix, alpha: Matrix, operator: Operator) -> Matrix:
     return x - psd_projection(x - alpha - apply_operator(operator, x))
 
 
+@eqx.filter_jit
 def sdcp_solve(
     alpha: Matrix,
     operator: Operator,
