@@ -20,6 +20,12 @@ class Regime(NamedTuple):
     hover: float | None  # median effective sharpness over the second half after onset
 
 
+def last_finite(values: np.ndarray) -> float:
+    """The last finite entry of a series (NaN if there is none)."""
+    finite = values[np.isfinite(values)]
+    return float(finite[-1]) if finite.size else float("nan")
+
+
 def classify(
     train_loss: Float[np.ndarray, " t"],
     sharpness: Float[np.ndarray, " t"],

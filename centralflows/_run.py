@@ -26,6 +26,7 @@ from ._integrate import FlowOptions
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import PROCESSES, AbstractProcess, grow
+from ._regimes import last_finite
 from ._runfile import Run, RunWriter, SeriesSpec, load_run
 
 _VARIABLE_WIDTH = ("effective_hessian_eigs", "hessian_eigs", "eig_residuals", "predicted_variances")
@@ -150,15 +151,10 @@ def _series_specs(records: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, 
     return specs
 
 
-def _last_finite(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite[-1]) if finite.size else float("nan")
-
-
 def _progress_summary(flat: Mapping[str, np.ndarray], name: str) -> dict[str, str]:
     """Latest loss and effective sharpness of one process, for the progress bar."""
-    loss = _last_finite(flat[f"{name}/train_loss"])
-    sharpness = _last_finite(flat[f"{name}/effective_hessian_eigs"][:, 0])
+    loss = last_finite(flat[f"{name}/train_loss"])
+    sharpness = last_finite(flat[f"{name}/effective_hessian_eigs"][:, 0])
     return {"loss": f"{loss:.4g}", "S_eff": f"{sharpness:.3f}"}
 
 

@@ -6,10 +6,8 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-
 from ._config import ConfigError, load_config
-from ._regimes import classify
+from ._regimes import classify, last_finite
 from ._runfile import load_run
 
 _EPILOG = """examples:
@@ -96,11 +94,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _last(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite[-1]) if finite.size else float("nan")
-
-
 def _summary(result) -> str:
     lines = [f"run file: {result.path}", f"steps done: {result.steps_done - 1} of "
              f"{result.num_rows - 1}"]
@@ -116,12 +109,12 @@ def _summary(result) -> str:
         where = "" if regime.step is None else f" (step {regime.step})"
         hover = "" if regime.hover is None else f", hovering at {regime.hover:.3f}"
         metrics = ", ".join(
-            f"{name}={_last(series[name]):.4g}"
+            f"{name}={last_finite(series[name]):.4g}"
             for name in ("train_loss", "train_acc", "test_loss", "test_acc")
             if name in series
         )
         lines.append(f"{group}: {regime.kind}{where}{hover}")
-        lines.append(f"  final {metrics}, effective sharpness={_last(sharpness):.4g}")
+        lines.append(f"  final {metrics}, effective sharpness={last_finite(sharpness):.4g}")
     return "\n".join(lines)
 
 
