@@ -96,6 +96,9 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         ),
         "chunk": _Key(int, 25, "an integer >= 1", lambda v: v >= 1),
         "save_w_every": _Key(int, 0, "an integer >= 0 (0: never)", lambda v: v >= 0),
+        "warm_start": _Key(
+            int, 0, "an integer >= 0 (unlogged optimizer steps first)", lambda v: v >= 0
+        ),
     },
     "central": {
         "tau": _Key(float, 0.25, "a float > 0", lambda v: v > 0),

@@ -7,7 +7,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray, Scalar
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
 from ._eigen import EigConfig, preconditioner_diagonal
 from ._flows import CentralFlow, FlowState, StableFlow, ritz_at
@@ -20,6 +20,7 @@ from ._processes import (
     eig_record,
     grow,
     init_tracking,
+    initial_opt_state,
     refresh_tracking,
 )
 
@@ -34,6 +35,7 @@ class FlowProcessState(eqx.Module):
     tracking: Tracking
     eos_time: Scalar  # NaN until the edge of stability is reached
     stop_time: Scalar  # NaN unless the flow was stopped (see `stop_reason`)
+    dt: Scalar  # the solver's first step size in the next segment
 
 
 class AbstractFlowProcess(eqx.Module):
@@ -46,21 +48,22 @@ class AbstractFlowProcess(eqx.Module):
     eig: eqx.AbstractVar[EigConfig]
     options: eqx.AbstractVar[FlowOptions]
 
-    def init(self, w0: Vector, key: PRNGKeyArray) -> FlowProcessState:
-        y = FlowState(w0, self.optimizer.init(w0, self.objective.grad(w0)))
+    def init(
+        self, w0: Vector, key: PRNGKeyArray, opt_state: PyTree | None = None
+    ) -> FlowProcessState:
+        """The flow at time 0 from `w0` and `opt_state` (default: the optimizer's
+        initial state at `w0`)."""
+        y = FlowState(w0, initial_opt_state(self.optimizer, self.objective, w0, opt_state))
         tracking = init_tracking(key, self.optimizer, w0, self.eig)
         nan = jnp.array(jnp.nan, w0.dtype)
-        return FlowProcessState(y, tracking, nan, nan)
+        return FlowProcessState(y, tracking, nan, nan, jnp.asarray(self.options.dt0, w0.dtype))
 
     def p_diag(self, y: FlowState) -> Vector:
         return preconditioner_diagonal(self.optimizer.preconditioner(y.opt_state, y.w))
 
-    @eqx.filter_jit
     def refresh(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
         """Recompute `tracking` at the current point by warm-started LOBPCG."""
-        tracking = refresh_tracking(
-            tracking, self.objective, state.y.w, self.p_diag(state.y), self.eig
-        )
+        tracking = _refresh_at(tracking, self.objective, self.optimizer, state.y, self.eig)
         return eqx.tree_at(lambda s: s.tracking, state, tracking)
 
     def retrack(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
@@ -77,14 +80,23 @@ class AbstractFlowProcess(eqx.Module):
         record["stop_time"] = state.stop_time
         return record
 
+    def basis(self, state: FlowProcessState, num_critical: int) -> Float[Array, "b n"]:
+        """The tracked vectors the vector field works in: the critical ones and
+        `options.guard` more."""
+        return state.tracking.effective.vectors[: num_critical + self.options.guard]
+
     @abc.abstractmethod
     def field(self, num_critical: int) -> CentralFlow | StableFlow:
         """The vector field with `num_critical` critical directions."""
 
     @abc.abstractmethod
-    def plan(self, state: FlowProcessState) -> tuple[int, tuple | None]:
-        """From concrete eigenvalues: `(num_critical, event)`, where `event` is `None`,
-        `(kind, index, threshold)` (Ritz value `index` rising through `threshold`; kind
+    def plan(
+        self, state: FlowProcessState, now: float
+    ) -> tuple[FlowProcessState, int, tuple | None]:
+        """From concrete eigenvalues at time `now`: `(state, num_critical, event)`, where
+        `state` may record an onset that is already under way, and `event` is `None`,
+        `(kind, index, threshold)` (Ritz value `index` rising through the array
+        `threshold`, which is traced, so that both stable-flow events share a program; kind
         `"eos"`, `"ceiling"` or `"enter"`) or `("activation",)` (the stability
         constraint becoming active: the central flow's EOS onset)."""
 
@@ -99,30 +111,33 @@ class AbstractFlowProcess(eqx.Module):
         t0: Scalar,
         t1: Scalar,
         num_critical: int,
-        event: tuple | None,
+        crossing: tuple | None,
     ) -> Segment:
-        basis = state.tracking.effective.vectors
+        """Integrate from `t0` towards `t1`, stopping where `crossing` happens: `None`,
+        `("activation",)` or `(index, threshold)` (an event without its kind)."""
+        basis = self.basis(state, num_critical)
         condition = None
-        if event is not None and event[0] != "activation":
-            _, index, threshold = event
+        if crossing is not None and crossing[0] != "activation":
+            index, threshold = crossing
             ritz = lambda y, b: ritz_at(self.objective, self.optimizer, y, b)
             condition = lambda y, b: ritz(y, b).values[index] - threshold
-        elif event is not None:  # −λ_min(α): X = 0 stops being a solution
-            terms = lambda y, b: self.field(num_critical).terms(y, b)
-            condition = lambda y, b: -jnp.linalg.eigvalsh(terms(y, b).alpha)[0]
+        elif crossing is not None:
+            at = lambda y: eqx.tree_at(lambda s: s.y, state, y)
+            condition = lambda y, b: self.activation(at(y), num_critical)
         return integrate_segment(
-            self.field(num_critical), state.y, t0, t1, basis, self.options, condition
+            self.field(num_critical), state.y, t0, t1, state.dt, basis, self.options, condition
         )
 
     def observe_now(
-        self, state: FlowProcessState, key: PRNGKeyArray
+        self, state: FlowProcessState, t: float, key: PRNGKeyArray
     ) -> tuple[FlowProcessState, int, tuple | None, Record]:
-        """Refresh (and grow) the tracked eigenpairs, plan the critical set, and log.
+        """Refresh (and grow) the tracked eigenpairs, plan the critical set, and log, at
+        time `t`.
 
         **Returns:** `(state, num_critical, event, record)`.
         """
         state = grow(self, self.refresh(state, state.tracking), key)
-        k, event = self.plan(state)
+        state, k, event = self.plan(state, t)
         record = {name: np.asarray(v) for name, v in self.observe(state, k).items()}
         return state, k, event, record
 
@@ -133,26 +148,27 @@ class AbstractFlowProcess(eqx.Module):
 
         **Returns:** `(state_at_t_plus_1, position_at_t, record_at_t)`.
         """
-        state, k, event, record = self.observe_now(state, key)
+        state, k, event, record = self.observe_now(state, t, key)
         position = state.y.w
         steps = rejected = segments = 0
         now = float(t)
         while now < t + 1 and np.isnan(float(state.stop_time)):
-            segment = self.segment(state, jnp.asarray(now), jnp.asarray(t + 1.0), k, event)
+            crossing = event if event is None or event[0] == "activation" else event[1:]
+            segment = self.segment(state, jnp.asarray(now), jnp.asarray(t + 1.0), k, crossing)
             steps += int(segment.steps)
             rejected += int(segment.rejected)
             segments += 1
             if bool(segment.failed) or not bool(jnp.all(jnp.isfinite(segment.y.w))):
                 state = eqx.tree_at(lambda s: s.stop_time, state, jnp.asarray(now))
                 break
-            state = eqx.tree_at(lambda s: s.y, state, segment.y)
+            state = eqx.tree_at(lambda s: (s.y, s.dt), state, (segment.y, segment.dt))
             now = float(segment.t)
             if bool(segment.event):
                 state = self.on_event(state, event, now)
                 if segments >= _MAX_SEGMENTS:
                     break
                 state = grow(self, self.refresh(state, state.tracking), jr.fold_in(key, segments))
-                k, event = self.plan(state)
+                state, k, event = self.plan(state, now)
         record["solver_steps"] = np.asarray(steps, float)
         record["rejected_steps"] = np.asarray(rejected, float)
         record["rhs_evals"] = np.asarray(steps * self.options.evals_per_step, float)
@@ -182,11 +198,12 @@ class StableFlowProcess(AbstractFlowProcess):
         del num_critical
         return StableFlow(self.objective, self.optimizer)
 
-    def plan(self, state):
+    def plan(self, state, now):
+        del now
         before_eos = np.isnan(float(state.eos_time))
         if before_eos:
-            return 0, ("eos", 0, 2.0)
-        return 0, ("ceiling", 0, self.options.max_seff)
+            return state, 0, ("eos", 0, jnp.asarray(2.0))
+        return state, 0, ("ceiling", 0, jnp.asarray(self.options.max_seff))
 
     @eqx.filter_jit
     def observe(self, state, num_critical):
@@ -207,22 +224,30 @@ class CentralFlowProcess(AbstractFlowProcess):
     def field(self, num_critical: int) -> CentralFlow:
         return CentralFlow(self.objective, self.optimizer, self.options.tau, num_critical)
 
-    def plan(self, state):
+    def plan(self, state, now):
         values = np.asarray(state.tracking.effective.values)
         # Slack for an eigenvalue that an event just stopped on, at the threshold.
         k = int(np.sum(values > self.options.sdcp_threshold * (1 - 1e-7)))
         if k >= 1 and np.isnan(float(state.eos_time)):
-            return k, ("activation",)
+            if float(self.activation(state, k)) < 0:
+                return state, k, ("activation",)
+            # Already active (an event cannot fire on a segment's first step): onset now.
+            state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, values.dtype))
         if k < values.size:
-            return k, ("enter", k, self.options.sdcp_threshold)
-        return k, None
+            return state, k, ("enter", k, jnp.asarray(self.options.sdcp_threshold))
+        return state, k, None
+
+    @eqx.filter_jit
+    def activation(self, state: FlowProcessState, num_critical: int) -> Scalar:
+        """`−λ_min(α)`: positive once X = 0 no longer solves the SDCP (the EOS onset)."""
+        terms = self.field(num_critical).terms(state.y, self.basis(state, num_critical))
+        return -jnp.linalg.eigvalsh(terms.alpha)[0]
 
     @eqx.filter_jit
     def observe(self, state, num_critical):
-        basis = state.tracking.effective.vectors
-        terms = self.field(num_critical).terms(state.y, basis)
+        terms = self.field(num_critical).terms(state.y, self.basis(state, num_critical))
         record = self._base_record(state, terms.grad_norm_sq)
-        m = basis.shape[0]
+        m = state.tracking.effective.num
         variances = jnp.full((m,), jnp.nan, state.y.w.dtype)
         variances = variances.at[:num_critical].set(jnp.linalg.eigvalsh(terms.X)[::-1])
         record.update(
@@ -235,9 +260,24 @@ class CentralFlowProcess(AbstractFlowProcess):
         )
         # For the driver's deltas Uᵀ P (w_other − w_central); not logged as such.
         critical = jnp.arange(m)[:, None] < num_critical
-        record["_critical_vectors"] = jnp.where(critical, terms.ritz.vectors, jnp.nan)
+        vectors = jnp.zeros((m, state.y.w.size), state.y.w.dtype)
+        vectors = vectors.at[:num_critical].set(terms.ritz.vectors[:num_critical])
+        record["_critical_vectors"] = jnp.where(critical, vectors, jnp.nan)
         record["_p_diag"] = self.p_diag(state.y)
         return record
+
+
+@eqx.filter_jit
+def _refresh_at(
+    tracking: Tracking,
+    objective: Objective,
+    optimizer: AbstractOptimizer,
+    y: FlowState,
+    eig: EigConfig,
+) -> Tracking:
+    # One compiled LOBPCG per tracked-set size, shared by the central and stable flows.
+    p_diag = preconditioner_diagonal(optimizer.preconditioner(y.opt_state, y.w))
+    return refresh_tracking(tracking, objective, y.w, p_diag, eig)
 
 
 FLOW_PROCESSES: dict[str, type[AbstractFlowProcess]] = {

@@ -27,6 +27,9 @@ class FlowOptions(eqx.Module):
     - `sdcp_threshold`: tracked eigenvalues above this enter the critical set.
     - `max_seff`: the stable flow stops when its effective sharpness exceeds this.
     - `max_steps`: solver steps allowed per segment.
+    - `guard`: tracked eigenvectors beyond the critical ones kept in the Rayleigh–Ritz
+      basis inside the vector field: they let the critical directions rotate within a
+      unit of time, and show the next eigenvalue entering the critical set.
     """
 
     solver: dfx.AbstractSolver = dfx.Tsit5()
@@ -38,6 +41,7 @@ class FlowOptions(eqx.Module):
     sdcp_threshold: float = 1.95
     max_seff: float = 100.0
     max_steps: int = eqx.field(default=1024, static=True)
+    guard: int = eqx.field(default=2, static=True)
 
     def __check_init__(self):
         for name in ("dt0", "tau", "sdcp_threshold", "max_seff"):
@@ -47,6 +51,8 @@ class FlowOptions(eqx.Module):
         if type(self.solver) not in _EVALS_PER_STEP:
             names = ", ".join(cls.__name__ for cls in _EVALS_PER_STEP)
             raise ValueError(f"Unsupported solver {self.solver!r}; use one of {names}.")
+        if self.guard < 1:
+            raise ValueError(f"`guard` must be >= 1, got {self.guard}.")
 
     @classmethod
     def euler(cls, nsubsteps: int, **kwargs) -> "FlowOptions":
@@ -71,6 +77,7 @@ class Segment(eqx.Module):
     steps: Int[Array, ""]  # accepted + rejected
     rejected: Int[Array, ""]
     failed: Bool[Array, ""]  # e.g. max_steps reached, or a non-finite step
+    dt: Scalar  # the first step size for the next segment
 
 
 def integrate_segment(
@@ -78,6 +85,7 @@ def integrate_segment(
     y0: FlowState,
     t0: Scalar,
     t1: Scalar,
+    dt0: Scalar,
     basis: Basis,
     options: FlowOptions,
     condition: Callable[[FlowState, Basis], Scalar] | None = None,
@@ -88,18 +96,23 @@ def integrate_segment(
 
     - `field`: the vector field; `basis` is passed to it as `args`.
     - `y0`, `t0`, `t1`: initial state and interval.
+    - `dt0`: the first step size (ignored by a constant step size controller, which
+      always takes `options.dt0`).
     - `basis`: the eigenvector basis frozen for this segment.
     - `options`: solver settings.
     - `condition`: `(y, basis) -> scalar`; where it crosses 0 upwards the segment ends,
-      the time located by Newton's method on the solver's dense output.
+      the time located by bisection on the solver's dense output (Newton can leave the
+      step and fail).
 
     **Returns:** a `Segment`.
     """
+    if isinstance(options.stepsize_controller, dfx.ConstantStepSize):
+        dt0 = options.dt0
     event = None
     if condition is not None:
         event = dfx.Event(
             lambda t, y, args, **kwargs: condition(y, args),
-            optx.Newton(rtol=1e-10, atol=1e-10),
+            optx.Bisection(rtol=1e-12, atol=1e-9),
             direction=True,
         )
     solution = dfx.diffeqsolve(
@@ -107,7 +120,7 @@ def integrate_segment(
         options.solver,
         t0,
         t1,
-        jnp.minimum(options.dt0, t1 - t0),
+        jnp.minimum(dt0, t1 - t0),
         y0,
         basis,
         saveat=dfx.SaveAt(t1=True),
@@ -120,11 +133,18 @@ def integrate_segment(
     ok = (solution.result == dfx.RESULTS.successful) | (
         solution.result == dfx.RESULTS.event_occurred
     )
+    t_end = solution.ts[-1]
+    accepted = solution.stats["num_accepted_steps"]
+    # Start the next segment at this one's mean accepted step, not at `options.dt0`.
+    dt = jnp.where((accepted > 0) & (t_end > t0), (t_end - t0) / jnp.maximum(accepted, 1), dt0)
+    if isinstance(options.stepsize_controller, dfx.ConstantStepSize):
+        dt = jnp.asarray(options.dt0, t_end.dtype)
     return Segment(
         jtu.tree_map(lambda x: x[-1], solution.ys),
-        solution.ts[-1],
+        t_end,
         fired,
         solution.stats["num_steps"],
         solution.stats["num_rejected_steps"],
         ~ok,
+        dt,
     )

@@ -49,6 +49,13 @@ def init_tracking(
     return Tracking(effective, raw)
 
 
+def initial_opt_state(
+    optimizer: AbstractOptimizer, objective: Objective, w0: Vector, opt_state: PyTree | None
+) -> PyTree:
+    """`opt_state`, or when it is `None` the optimizer's initial state at `w0`."""
+    return optimizer.init(w0, objective.grad(w0)) if opt_state is None else opt_state
+
+
 def refresh_tracking(
     tracking: Tracking,
     objective: Objective,
@@ -122,8 +129,9 @@ class AbstractProcess(eqx.Module):
     eig: eqx.AbstractVar[EigConfig]
 
     @abc.abstractmethod
-    def init(self, w0: Vector, key: PRNGKeyArray) -> PyTree:
-        """The state at time 0."""
+    def init(self, w0: Vector, key: PRNGKeyArray, opt_state: PyTree | None = None) -> PyTree:
+        """The state at time 0, with optimizer state `opt_state` (default: the
+        optimizer's initial state at `w0`)."""
 
     @abc.abstractmethod
     def advance(self, state: PyTree, t: Int[Array, ""]) -> tuple[PyTree, Vector, Record]:
@@ -190,8 +198,8 @@ class Discrete(AbstractProcess):
     eig: EigConfig
     name: ClassVar[str] = "discrete"
 
-    def init(self, w0: Vector, key: PRNGKeyArray) -> DiscreteState:
-        opt_state = self.optimizer.init(w0, self.objective.grad(w0))
+    def init(self, w0, key, opt_state=None) -> DiscreteState:
+        opt_state = initial_opt_state(self.optimizer, self.objective, w0, opt_state)
         return DiscreteState(w0, opt_state, init_tracking(key, self.optimizer, w0, self.eig))
 
     def advance(self, state: DiscreteState, t):
@@ -224,8 +232,8 @@ class Midpoint(AbstractProcess):
     eig: EigConfig
     name: ClassVar[str] = "midpoint"
 
-    def init(self, w0: Vector, key: PRNGKeyArray) -> MidpointState:
-        opt_state = self.optimizer.init(w0, self.objective.grad(w0))
+    def init(self, w0, key, opt_state=None) -> MidpointState:
+        opt_state = initial_opt_state(self.optimizer, self.objective, w0, opt_state)
         w1 = self._step(w0, opt_state)[1]
         tracking = init_tracking(key, self.optimizer, w0, self.eig)
         return MidpointState(2 * w0 - w1, w0, opt_state, tracking)

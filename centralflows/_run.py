@@ -158,6 +158,25 @@ def _progress_summary(flat: Mapping[str, np.ndarray], name: str) -> dict[str, st
     return {"loss": f"{loss:.4g}", "S_eff": f"{sharpness:.3f}"}
 
 
+@eqx.filter_jit
+def _warm_start_steps(objective, optimizer, w, opt_state, steps):
+    def body(_, carry):
+        return optimizer.step(*carry, objective.grad(carry[0]))
+
+    return jax.lax.fori_loop(0, steps, body, (w, opt_state))
+
+
+def _warm_start(objective, optimizer, w, opt_state, steps: int):
+    """`steps` optimizer steps from `(w, opt_state)`, checked to stay finite."""
+    w, opt_state = _warm_start_steps(objective, optimizer, w, opt_state, steps)
+    if not bool(jnp.isfinite(objective.value(w))):
+        raise ValueError(
+            f"The loss is not finite after the {steps} warm-start steps: the optimizer "
+            "diverged (is the learning rate too large?)."
+        )
+    return w, opt_state
+
+
 def _check_start(objective: Objective, optimizer: AbstractOptimizer, w: jax.Array) -> None:
     """Reject a start where the loss or the preconditioner is unusable, before any work."""
     if not bool(jnp.all(jnp.isfinite(w))):
@@ -196,10 +215,12 @@ def run(
     key: PRNGKeyArray | None = None,
     attrs: Mapping[str, Any] | None = None,
     progress: bool = True,
+    warm_start: int = 0,
 ) -> Run:
     """Run processes side by side from `w0` for `steps` optimizer steps, logging every step.
 
-    Times `0, 1, …, steps` are logged (`steps + 1` rows). All processes advance together
+    Times `0, 1, …, steps` are logged (`steps + 1` rows); with `warm_start = n`, row t is
+    optimizer step n + t. All processes advance together
     in chunks of `chunk` steps (the discrete-time ones in one compiled scan, the flows
     one unit of time per compiled segment); after each chunk the run file is flushed.
     Tracked eigenpairs are added where the smallest exceeds `eig.track_threshold`.
@@ -220,6 +241,10 @@ def run(
     - `key`: PRNG key for the initial eigenvector guesses (default `jr.key(0)`).
     - `attrs`: extra attributes for the run file (e.g. the config).
     - `progress`: show a progress bar.
+    - `warm_start`: first take this many optimizer steps from `w0`, unlogged; every
+      process then starts from the iterate and optimizer state reached (like the reference
+      code's `--warm-start`: start the flows close to the edge of stability, or past an
+      initial transient).
 
     **Returns:** the [`centralflows.Run`][]: `run[process][field]` is a numpy series.
     """
@@ -229,6 +254,8 @@ def run(
         raise ValueError(f"`chunk` must be a positive integer, got {chunk!r}.")
     if save_w_every is not None and save_w_every < 1:
         raise ValueError(f"`save_w_every` must be a positive integer, got {save_w_every!r}.")
+    if isinstance(warm_start, bool) or not isinstance(warm_start, int) or warm_start < 0:
+        raise ValueError(f"`warm_start` must be a non-negative integer, got {warm_start!r}.")
     names = _check_processes(processes)
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, _ = jfu.ravel_pytree(w0)
@@ -239,6 +266,9 @@ def run(
         )
     _check_start(objective, optimizer, w)
     key = jr.key(0) if key is None else key
+    opt_state = optimizer.init(w, objective.grad(w))
+    if warm_start:
+        w, opt_state = _warm_start(objective, optimizer, w, opt_state, warm_start)
 
     path = pathlib.Path(out) if out is not None else None
     if path is not None and path.exists() and not overwrite:
@@ -254,8 +284,10 @@ def run(
         if n in FLOW_PROCESSES
     )
     keys = jr.split(key, len(names) + 1)
-    scanned_states = tuple(p.init(w, k) for p, k in zip(scanned, keys[1:]))
-    flow_states = tuple(p.init(w, k) for p, k in zip(flows, keys[1 + len(scanned) :]))
+    scanned_states = tuple(p.init(w, k, opt_state) for p, k in zip(scanned, keys[1:]))
+    flow_states = tuple(
+        p.init(w, k, opt_state) for p, k in zip(flows, keys[1 + len(scanned) :])
+    )
     num_rows = steps + 1
     chunk = min(chunk, num_rows)
     file_attrs = {
@@ -269,6 +301,7 @@ def run(
         "stable": repr(stable) if "stable" in names else None,
         "dtype": str(w.dtype),
         "num_params": int(w.size),
+        "warm_start": warm_start,
         **(attrs or {}),
     }
 

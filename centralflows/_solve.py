@@ -75,7 +75,7 @@ def _solve(
     for t in range(t1 + 1):
         unit_key = jr.fold_in(key, t)
         if t in ts:
-            state, _, _, record = process.observe_now(state, unit_key)
+            state, _, _, record = process.observe_now(state, t, unit_key)
             saved.append(state.y)
             records.append(record)
         if t < t1:

@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--runs", nargs="+", metavar="PROCESS", help="processes to run")
     run.add_argument("--steps", type=int, help="number of optimizer steps")
+    run.add_argument(
+        "--warm-start", type=int, metavar="N", help="take N unlogged optimizer steps first"
+    )
     run.add_argument("--out", default="runs", help="output directory (default: runs)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run file")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -51,6 +54,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append("run.processes=" + repr(list(args.runs)).replace("'", '"'))
     if args.steps is not None:
         overrides.append(f"run.steps={args.steps}")
+    if args.warm_start is not None:
+        overrides.append(f"run.warm_start={args.warm_start}")
     cfg = load_config(args.config, overrides)
 
     import jax
@@ -88,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         key=jax.random.key(cfg["run"]["seed"]),
         attrs={"config": cfg, "command": " ".join(sys.argv)},
         progress=not args.quiet,
+        warm_start=cfg["run"]["warm_start"],
     )
     print(_summary(result))
     print(result.path)
@@ -95,8 +101,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _summary(result) -> str:
+    offset = int(result.attrs.get("warm_start", 0))
     lines = [f"run file: {result.path}", f"steps done: {result.steps_done - 1} of "
              f"{result.num_rows - 1}"]
+    if offset:
+        lines.append(f"warm start: {offset} unlogged steps (row t is optimizer step {offset} + t)")
     opt = result.config.get("opt")
     if opt:
         lines.append("optimizer: " + ", ".join(f"{k}={v}" for k, v in opt.items()))
@@ -106,7 +115,7 @@ def _summary(result) -> str:
             continue
         sharpness = series["effective_hessian_eigs"][:, 0]
         regime = classify(series["train_loss"], sharpness)
-        where = "" if regime.step is None else f" (step {regime.step})"
+        where = "" if regime.step is None else f" (step {offset + regime.step})"
         hover = "" if regime.hover is None else f", hovering at {regime.hover:.3f}"
         metrics = ", ".join(
             f"{name}={last_finite(series[name]):.4g}"

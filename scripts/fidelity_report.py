@@ -1,8 +1,9 @@
 """Fidelity of the central flow on the digits MLP (issue: central and stable flows).
 
 For each optimizer config and integration mode, runs discrete, central and stable side by
-side from the same initialization and reports, over the EOS phase (from the discrete run's
-EOS onset to the end):
+side from the same point (the initialization, or the discrete iterate after the config's
+`run.warm_start` steps) and reports, over the EOS phase (from the discrete run's EOS onset
+to the end):
 
 - `distance_ratio`: max_t ‖w_central − w_discrete‖ / max_t ‖w_stable − w_discrete‖;
 - `loss_rel_error`: median relative error of the central flow's predicted loss against a
@@ -10,8 +11,10 @@ EOS onset to the end):
 - `sharpness_error`: median |effective sharpness − 2| of the central flow.
 
     python scripts/fidelity_report.py --config configs/gd-mlp-digits.toml --steps 600 \
-        --mode adaptive euler4
-Writes docs/fidelity-<config>-<mode>.json and prints the same JSON.
+        --mode adaptive euler4 [--set run.warm_start=130]
+
+Rows are optimizer steps after the warm start; `--steps` counts logged steps.
+Writes docs/fidelity-<config>[-warm<N>]-<mode>.json and prints the same JSON.
 """
 
 import argparse
@@ -62,7 +65,8 @@ def fidelity(run: cf.Run) -> dict:
     sharp = c["effective_hessian_eigs"][phase, 0]
     return {
         "discrete_regime": regime.kind,
-        "discrete_eos_onset_step": onset,
+        "warm_start": int(run.attrs.get("warm_start", 0)),
+        "discrete_eos_onset_row": onset,
         "central_eos_onset_time": float(c["eos_time"][-1]),
         "stable_eos_onset_time": float(s["eos_time"][-1]),
         "eos_phase_steps": int(len(dist_c)),
@@ -98,12 +102,15 @@ def main():
             objective, w0, make_optimizer(cfg["opt"]), steps=args.steps,
             processes=("discrete", "central", "stable"), eig=make_eig_config(cfg["eig"]),
             central=central, stable=stable, chunk=cfg["run"]["chunk"],
+            warm_start=cfg["run"]["warm_start"],
         )
         report = {"config": args.config, "mode": mode, "steps": args.steps,
                   "overrides": args.overrides, **fidelity(run),
                   "wall_seconds": round(time.perf_counter() - start, 1)}
         results[mode] = report
         name = pathlib.Path(args.config).stem
+        if cfg["run"]["warm_start"]:
+            name += f"-warm{cfg['run']['warm_start']}"
         text = json.dumps(report, indent=2)
         print(text, flush=True)
         (ROOT / f"docs/fidelity-{name}-{mode}.json").write_text(text + "\n")

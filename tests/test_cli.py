@@ -122,10 +122,13 @@ def test_default_config_reaches_and_holds_the_edge_of_stability(tmp_path):
 
 def test_flows_from_the_command_line(tmp_path, capsys):
     argv = ["run", DEFAULT, *SMALL, "--steps", "6", "--runs", "stable", "discrete", "central"]
-    argv += ["--set", "central.solver=euler", "--set", "central.nsubsteps=2"]
+    argv += ["--set", "central.solver=euler", "--set", "central.nsubsteps=2", "--warm-start", "3"]
     assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 0
     (path,) = tmp_path.iterdir()
     result = cf.load_run(path)
+    # All processes start from the discrete iterate after the 3 warm-start steps.
+    assert result.attrs["warm_start"] == 3 and result.config["run"]["warm_start"] == 3
+    np.testing.assert_allclose(result["distances"]["central-discrete"][0], 0, atol=1e-12)
     assert set(result) == {"discrete", "central", "stable", "distances", "deltas"}
     central = result["central"]
     for name in ("predicted_loss", "predicted_grad_norm_sq", "predicted_variances",
@@ -137,4 +140,5 @@ def test_flows_from_the_command_line(tmp_path, capsys):
     np.testing.assert_allclose(result["distances"]["central-stable"], 0, atol=1e-12)
     np.testing.assert_allclose(central["predicted_loss"], central["train_loss"], rtol=1e-12)
     assert set(result["distances"]) == {"central-discrete", "central-stable", "discrete-stable"}
-    assert "stable: stable" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "stable: stable" in out and "warm start: 3 unlogged steps" in out

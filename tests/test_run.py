@@ -120,6 +120,7 @@ def test_bad_input_is_rejected_before_any_file(tmp_path):
         (dict(processes=("discrete", "midpont")), "did you mean 'midpoint'"),
         (dict(steps=0), "steps"),
         (dict(save_w_every=0), "save_w_every"),
+        (dict(warm_start=-1), "warm_start"),
     ]
     for kwargs, message in cases:
         kwargs = {"steps": 3, **kwargs}
@@ -134,7 +135,20 @@ def test_bad_input_is_rejected_before_any_file(tmp_path):
         cf.run(lambda w: w**2, jnp.ones(3), cf.GD(lr=0.1), steps=3, out=out, progress=False)
     with pytest.raises(ValueError, match="does not match"):
         cf.run(objective, w0[:-1], cf.GD(lr=0.1), steps=3, out=out, progress=False)
+    with pytest.raises(ValueError, match="warm-start steps: the optimizer diverged"):
+        cf.run(objective, w0, cf.GD(lr=1e3), steps=3, warm_start=50, out=out, progress=False)
     assert not out.exists()
+
+
+def test_warm_start_continues_the_discrete_run():
+    objective, w0 = small_mlp_objective()
+    optimizer = cf.RMSProp(lr=0.01, beta2=0.9, eps=1e-8, bias_correction=True)
+    kwargs = dict(processes=("discrete",), eig=EIG, save_w_every=1, progress=False)
+    plain = cf.run(objective, w0, optimizer, steps=9, **kwargs)["discrete"]
+    warm = cf.run(objective, w0, optimizer, steps=5, warm_start=4, **kwargs)
+    assert warm.attrs["warm_start"] == 4
+    for name in ("w", "train_loss", "opt.nu_l1", "opt.lr"):
+        np.testing.assert_allclose(warm["discrete"][name], plain[name][4:], rtol=1e-10, atol=1e-14)
 
 
 def test_existing_run_file_is_never_overwritten_by_default(tmp_path):
