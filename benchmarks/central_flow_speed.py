@@ -113,9 +113,11 @@ def main():
     ms = [r["m"] for r in records]
     eig_hvps = float(np.mean([r["eig_hvps"] for r in records]))
     k, m = int(np.median(ks)), int(np.median(ms))
-    # Per right-hand-side evaluation: one gradient, m HVPs (Rayleigh-Ritz), one
-    # third-order product per critical pair; events add m HVPs per accepted step.
-    hvps_per_unit = eig_hvps + rhs * m
+    # Per right-hand-side evaluation: one gradient, b = k + guard HVPs (Rayleigh-Ritz),
+    # one third-order product per critical pair; the event test adds b HVPs per step.
+    b = min(k + central_options.guard, m)
+    steps = float(np.mean([r["solver_steps"] for r in records]))
+    hvps_per_unit = eig_hvps + (rhs + steps) * b
     third_per_unit = rhs * k * (k + 1) / 2
     result = {
         "config": args.config,
@@ -135,6 +137,7 @@ def main():
         "central_rhs_evals_per_unit": rhs,
         "central_critical_k_median": k,
         "central_tracked_m_median": m,
+        "central_ritz_basis_size": b,
         "central_hvps_per_unit_estimate": hvps_per_unit,
         "central_third_order_products_per_unit": third_per_unit,
         "compile_seconds_discrete_chunk": compile_discrete,

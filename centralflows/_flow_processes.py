@@ -10,7 +10,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
 from ._eigen import EigConfig, preconditioner_diagonal
-from ._flows import CentralFlow, FlowState, StableFlow, ritz_at
+from ._flows import Basis, CentralFlow, FlowState, StableFlow, ritz_at
 from ._integrate import FlowOptions, Segment, integrate_segment
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
@@ -63,21 +63,18 @@ class AbstractFlowProcess(eqx.Module):
 
     def refresh(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
         """Recompute `tracking` at the current point by warm-started LOBPCG."""
-        tracking = _refresh_at(tracking, self.objective, self.optimizer, state.y, self.eig)
+        w = state.y.w
+        tracking = refresh_tracking(tracking, self.objective, w, self.p_diag(state.y), self.eig)
         return eqx.tree_at(lambda s: s.tracking, state, tracking)
 
     def retrack(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
         return self.refresh(state, tracking)
 
-    def _base_record(self, state: FlowProcessState, grad_norm_sq: Scalar) -> Record:
-        y = state.y
+    def _base_record(self, y: FlowState, grad_norm_sq: Scalar) -> Record:
         record = dict(self.objective.metrics(y.w))
         record["grad_norm_sq"] = grad_norm_sq
         summary = self.optimizer.summary(y.opt_state)
         record.update({f"opt.{k}": jnp.asarray(v, y.w.dtype) for k, v in summary.items()})
-        record.update(eig_record(state.tracking, self.p_diag(y), True))
-        record["eos_time"] = state.eos_time
-        record["stop_time"] = state.stop_time
         return record
 
     def basis(self, state: FlowProcessState, num_critical: int) -> Float[Array, "b n"]:
@@ -101,31 +98,41 @@ class AbstractFlowProcess(eqx.Module):
         constraint becoming active: the central flow's EOS onset)."""
 
     @abc.abstractmethod
-    def observe(self, state: FlowProcessState, num_critical: int) -> Record:
-        """Everything logged at the current time."""
+    def point_record(self, y: FlowState, basis: Basis, num_critical: int) -> Record:
+        """What is logged about the point `y` (compiled once per critical-set size)."""
+
+    def observe(self, state: FlowProcessState, num_critical: int) -> dict[str, np.ndarray]:
+        """Everything logged at the current time (compiled per critical-set size only:
+        the tracked set's size enters outside the compiled part)."""
+        basis = self.basis(state, num_critical)
+        record = self.point_record(state.y, basis, num_critical)
+        record.update(eig_record(state.tracking, self.p_diag(state.y), True))
+        record.update(eos_time=state.eos_time, stop_time=state.stop_time)
+        return {name: np.asarray(value) for name, value in record.items()}
 
     @eqx.filter_jit
     def segment(
         self,
-        state: FlowProcessState,
+        y: FlowState,
+        dt: Scalar,
+        basis: Basis,
         t0: Scalar,
         t1: Scalar,
         num_critical: int,
         crossing: tuple | None,
     ) -> Segment:
-        """Integrate from `t0` towards `t1`, stopping where `crossing` happens: `None`,
-        `("activation",)` or `(index, threshold)` (an event without its kind)."""
-        basis = self.basis(state, num_critical)
+        """Integrate from `(t0, y)` towards `t1` in the frozen `basis`, stopping where
+        `crossing` happens: `None`, `("activation",)` or `(index, threshold)` (an event
+        without its kind)."""
         condition = None
         if crossing is not None and crossing[0] != "activation":
             index, threshold = crossing
             ritz = lambda y, b: ritz_at(self.objective, self.optimizer, y, b)
             condition = lambda y, b: ritz(y, b).values[index] - threshold
         elif crossing is not None:
-            at = lambda y: eqx.tree_at(lambda s: s.y, state, y)
-            condition = lambda y, b: self.activation(at(y), num_critical)
+            condition = lambda y, b: self.activation(y, b, num_critical)
         return integrate_segment(
-            self.field(num_critical), state.y, t0, t1, state.dt, basis, self.options, condition
+            self.field(num_critical), y, t0, t1, dt, basis, self.options, condition
         )
 
     def observe_now(
@@ -138,8 +145,7 @@ class AbstractFlowProcess(eqx.Module):
         """
         state = grow(self, self.refresh(state, state.tracking), key)
         state, k, event = self.plan(state, t)
-        record = {name: np.asarray(v) for name, v in self.observe(state, k).items()}
-        return state, k, event, record
+        return state, k, event, self.observe(state, k)
 
     def advance_unit(
         self, state: FlowProcessState, t: int, key: PRNGKeyArray
@@ -154,7 +160,10 @@ class AbstractFlowProcess(eqx.Module):
         now = float(t)
         while now < t + 1 and np.isnan(float(state.stop_time)):
             crossing = event if event is None or event[0] == "activation" else event[1:]
-            segment = self.segment(state, jnp.asarray(now), jnp.asarray(t + 1.0), k, crossing)
+            segment = self.segment(
+                state.y, state.dt, self.basis(state, k), jnp.asarray(now), jnp.asarray(t + 1.0),
+                k, crossing,
+            )
             steps += int(segment.steps)
             rejected += int(segment.rejected)
             segments += 1
@@ -206,9 +215,8 @@ class StableFlowProcess(AbstractFlowProcess):
         return state, 0, ("ceiling", 0, jnp.asarray(self.options.max_seff))
 
     @eqx.filter_jit
-    def observe(self, state, num_critical):
-        grad = self.objective.grad(state.y.w)
-        return self._base_record(state, jnp.sum(grad**2))
+    def point_record(self, y, basis, num_critical):
+        return self._base_record(y, jnp.sum(self.objective.grad(y.w) ** 2))
 
 
 class CentralFlowProcess(AbstractFlowProcess):
@@ -229,7 +237,7 @@ class CentralFlowProcess(AbstractFlowProcess):
         # Slack for an eigenvalue that an event just stopped on, at the threshold.
         k = int(np.sum(values > self.options.sdcp_threshold * (1 - 1e-7)))
         if k >= 1 and np.isnan(float(state.eos_time)):
-            if float(self.activation(state, k)) < 0:
+            if float(self.activation(state.y, self.basis(state, k), k)) < 0:
                 return state, k, ("activation",)
             # Already active (an event cannot fire on a segment's first step): onset now.
             state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, values.dtype))
@@ -238,46 +246,35 @@ class CentralFlowProcess(AbstractFlowProcess):
         return state, k, None
 
     @eqx.filter_jit
-    def activation(self, state: FlowProcessState, num_critical: int) -> Scalar:
+    def activation(self, y: FlowState, basis: Basis, num_critical: int) -> Scalar:
         """`−λ_min(α)`: positive once X = 0 no longer solves the SDCP (the EOS onset)."""
-        terms = self.field(num_critical).terms(state.y, self.basis(state, num_critical))
-        return -jnp.linalg.eigvalsh(terms.alpha)[0]
+        return -jnp.linalg.eigvalsh(self.field(num_critical).terms(y, basis).alpha)[0]
 
     @eqx.filter_jit
-    def observe(self, state, num_critical):
-        terms = self.field(num_critical).terms(state.y, self.basis(state, num_critical))
-        record = self._base_record(state, terms.grad_norm_sq)
-        m = state.tracking.effective.num
-        variances = jnp.full((m,), jnp.nan, state.y.w.dtype)
-        variances = variances.at[:num_critical].set(jnp.linalg.eigvalsh(terms.X)[::-1])
+    def point_record(self, y, basis, num_critical):
+        terms = self.field(num_critical).terms(y, basis)
+        record = self._base_record(y, terms.grad_norm_sq)
         record.update(
             predicted_loss=terms.predicted_loss,
             predicted_grad_norm_sq=terms.predicted_grad_norm_sq,
-            predicted_variances=variances,
+            predicted_variances=jnp.linalg.eigvalsh(terms.X)[::-1],
             sigma_trace=terms.sigma_trace,
             sdcp_residual=terms.sdcp.residual,
-            num_critical=jnp.asarray(num_critical, state.y.w.dtype),
+            num_critical=jnp.asarray(num_critical, y.w.dtype),
+            # For the driver's deltas Uᵀ P (w_other − w_central); not logged as such.
+            _critical_vectors=terms.ritz.vectors[:num_critical],
+            _p_diag=self.p_diag(y),
         )
-        # For the driver's deltas Uᵀ P (w_other − w_central); not logged as such.
-        critical = jnp.arange(m)[:, None] < num_critical
-        vectors = jnp.zeros((m, state.y.w.size), state.y.w.dtype)
-        vectors = vectors.at[:num_critical].set(terms.ritz.vectors[:num_critical])
-        record["_critical_vectors"] = jnp.where(critical, vectors, jnp.nan)
-        record["_p_diag"] = self.p_diag(state.y)
         return record
 
-
-@eqx.filter_jit
-def _refresh_at(
-    tracking: Tracking,
-    objective: Objective,
-    optimizer: AbstractOptimizer,
-    y: FlowState,
-    eig: EigConfig,
-) -> Tracking:
-    # One compiled LOBPCG per tracked-set size, shared by the central and stable flows.
-    p_diag = preconditioner_diagonal(optimizer.preconditioner(y.opt_state, y.w))
-    return refresh_tracking(tracking, objective, y.w, p_diag, eig)
+    def observe(self, state, num_critical):
+        record = super().observe(state, num_critical)
+        m = state.tracking.effective.num  # both padded with NaN to the tracked count
+        for name in ("predicted_variances", "_critical_vectors"):
+            value = record[name]
+            pad = [(0, m - len(value))] + [(0, 0)] * (value.ndim - 1)
+            record[name] = np.pad(value, pad, constant_values=np.nan)
+        return record
 
 
 FLOW_PROCESSES: dict[str, type[AbstractFlowProcess]] = {

@@ -56,6 +56,7 @@ def initial_opt_state(
     return optimizer.init(w0, objective.grad(w0)) if opt_state is None else opt_state
 
 
+@eqx.filter_jit
 def refresh_tracking(
     tracking: Tracking,
     objective: Objective,
@@ -63,7 +64,10 @@ def refresh_tracking(
     p_diag: Vector,
     config: EigConfig,
 ) -> Tracking:
-    """Recompute the tracked eigenpairs at `w`, warm-started from the previous ones."""
+    """Recompute the tracked eigenpairs at `w`, warm-started from the previous ones.
+
+    Compiled on its own, so every process shares one program per tracked-set size.
+    """
     hvps = lambda vs: objective.hvps(w, vs)
     effective = track_eigs(hvps, p_diag, tracking.effective.vectors, config)
     raw = tracking.raw
@@ -146,7 +150,7 @@ class AbstractProcess(eqx.Module):
 
     def retrack(self, state: PyTree, tracking: Tracking) -> PyTree:
         """`state` with `tracking` (e.g. grown by one vector) recomputed at its position."""
-        w, p_diag = self.observed_point(state)
+        w, p_diag = eqx.filter_jit(type(self).observed_point)(self, state)
         tracking = refresh_tracking(tracking, self.objective, w, p_diag, self.eig)
         return eqx.tree_at(lambda s: s.tracking, state, tracking)
 
@@ -255,10 +259,9 @@ class Midpoint(AbstractProcess):
 
 def grow(process, state: PyTree, key: PRNGKeyArray) -> PyTree:
     """Add tracked eigenpairs while the smallest one exceeds the tracking threshold."""
-    retrack = eqx.filter_jit(process.retrack)
     while (tracking := grow_tracking(state.tracking, key, process.eig)) is not None:
         key = jr.split(key)[0]
-        state = retrack(state, tracking)
+        state = process.retrack(state, tracking)
     return state
 
 

@@ -68,8 +68,8 @@ def test_shipped_configs_load():
     gd = load_config(CONFIGS[0].parent / "gd-mlp-digits.toml")
     assert gd["opt"]["name"] == "gd" and gd["data"]["n"] == 1000
     assert gd["model"] == {"name": "mlp", "width": 32, "depth": 2, "activation": "tanh"}
-    assert gd["run"]["steps"] == 500
-    assert gd["run"]["processes"] == ["discrete", "midpoint"]
+    assert gd["run"]["steps"] == 400  # the README's default job: all four processes
+    assert gd["run"]["processes"] == ["discrete", "midpoint", "central", "stable"]
     rmsprop = load_config(CONFIGS[0].parent / "rmsprop-mlp-digits.toml")
     assert rmsprop["opt"]["name"] == "rmsprop" and rmsprop["opt"]["lr"] == 0.002
     scalar = load_config(CONFIGS[0].parent / "scalar-rmsprop-mlp-digits.toml")
