@@ -107,6 +107,9 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "nsubsteps": _Key(int, 4, "an integer >= 1", lambda v: v >= 1),
         "solver": _one_of("tsit5", "euler"),
         "sdcp_threshold": _Key(float, 1.95, "a float > 0", lambda v: v > 0),
+        "guard": _Key(
+            int, 2, "an integer >= 1 (tracked vectors beyond the critical ones)", lambda v: v >= 1
+        ),
     },
     "stable": {
         "max_Seff": _Key(float, 100.0, "a float > 0", lambda v: v > 0),

@@ -42,7 +42,11 @@ def make_flow_options(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[FlowOptions
     The stable flow uses the same solver.
     """
     central = cfg["central"]
-    limits = dict(sdcp_threshold=central["sdcp_threshold"], max_seff=cfg["stable"]["max_Seff"])
+    limits = dict(
+        sdcp_threshold=central["sdcp_threshold"],
+        max_seff=cfg["stable"]["max_Seff"],
+        guard=central["guard"],
+    )
     if central["solver"] == "euler":
         options = FlowOptions.euler(central["nsubsteps"], **limits)
         return options, options

@@ -26,6 +26,7 @@ from ._processes import (
 
 Vector = Float[Array, " n"]
 _MAX_SEGMENTS = 16  # events handled per unit of time before giving up on it
+_SOLVER_STATS = ("solver_steps", "rejected_steps", "rhs_evals", "segments")
 
 
 class FlowProcessState(eqx.Module):
@@ -34,7 +35,8 @@ class FlowProcessState(eqx.Module):
     y: FlowState
     tracking: Tracking
     eos_time: Scalar  # NaN until the edge of stability is reached
-    stop_time: Scalar  # NaN unless the flow was stopped (see `stop_reason`)
+    stop_time: Scalar  # NaN unless stopped, for the reason `stop_reason`
+    stop_reason: Scalar  # a code of `STOP_REASONS`; NaN while running
     dt: Scalar  # the solver's first step size in the next segment
 
 
@@ -56,7 +58,8 @@ class AbstractFlowProcess(eqx.Module):
         y = FlowState(w0, initial_opt_state(self.optimizer, self.objective, w0, opt_state))
         tracking = init_tracking(key, self.optimizer, w0, self.eig)
         nan = jnp.array(jnp.nan, w0.dtype)
-        return FlowProcessState(y, tracking, nan, nan, jnp.asarray(self.options.dt0, w0.dtype))
+        dt = jnp.asarray(self.options.dt0, w0.dtype)
+        return FlowProcessState(y, tracking, nan, nan, nan, dt)
 
     def p_diag(self, y: FlowState) -> Vector:
         return preconditioner_diagonal(self.optimizer.preconditioner(y.opt_state, y.w))
@@ -107,7 +110,9 @@ class AbstractFlowProcess(eqx.Module):
         basis = self.basis(state, num_critical)
         record = self.point_record(state.y, basis, num_critical)
         record.update(eig_record(state.tracking, self.p_diag(state.y), True))
-        record.update(eos_time=state.eos_time, stop_time=state.stop_time)
+        record.update(
+            eos_time=state.eos_time, stop_time=state.stop_time, stop_reason=state.stop_reason
+        )
         return {name: np.asarray(value) for name, value in record.items()}
 
     @eqx.filter_jit
@@ -152,8 +157,15 @@ class AbstractFlowProcess(eqx.Module):
     ) -> tuple[FlowProcessState, Vector, Record]:
         """Log time `t` and integrate to `t + 1`, re-planning at every event.
 
-        **Returns:** `(state_at_t_plus_1, position_at_t, record_at_t)`.
+        **Returns:** `(state_at_t_plus_1, position_at_t, record_at_t)`; once the flow has
+        stopped, the position and record are NaN but for the stop and onset times.
         """
+        if not np.isnan(float(state.stop_time)):
+            record = self.observe(state, 0)
+            kept = ("eos_time", "stop_time", "stop_reason")
+            record = {n: v if n in kept else np.full_like(v, np.nan) for n, v in record.items()}
+            record.update({n: np.asarray(np.nan) for n in _SOLVER_STATS})
+            return state, jnp.full_like(state.y.w, jnp.nan), record
         state, k, event, record = self.observe_now(state, t, key)
         position = state.y.w
         steps = rejected = segments = 0
@@ -167,8 +179,9 @@ class AbstractFlowProcess(eqx.Module):
             steps += int(segment.steps)
             rejected += int(segment.rejected)
             segments += 1
-            if bool(segment.failed) or not bool(jnp.all(jnp.isfinite(segment.y.w))):
-                state = eqx.tree_at(lambda s: s.stop_time, state, jnp.asarray(now))
+            finite = bool(jnp.all(jnp.isfinite(segment.y.w)))
+            if bool(segment.failed) or not finite:
+                state = self.stop(state, now, 2 if finite else 1)
                 break
             state = eqx.tree_at(lambda s: (s.y, s.dt), state, (segment.y, segment.dt))
             now = float(segment.t)
@@ -189,8 +202,14 @@ class AbstractFlowProcess(eqx.Module):
         if event[0] in ("activation", "eos"):
             return eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(time))
         if event[0] == "ceiling":
-            return eqx.tree_at(lambda s: s.stop_time, state, jnp.asarray(time))
+            return self.stop(state, time, 3)
         return state
+
+    def stop(self, state: FlowProcessState, time: float, reason: int) -> FlowProcessState:
+        """`state` stopped at `time` for `reason` (a code of `STOP_REASONS`)."""
+        dtype = state.y.w.dtype
+        stop = (jnp.asarray(time, dtype), jnp.asarray(reason, dtype))
+        return eqx.tree_at(lambda s: (s.stop_time, s.stop_reason), state, stop)
 
 
 class StableFlowProcess(AbstractFlowProcess):
@@ -208,9 +227,14 @@ class StableFlowProcess(AbstractFlowProcess):
         return StableFlow(self.objective, self.optimizer)
 
     def plan(self, state, now):
-        del now
-        before_eos = np.isnan(float(state.eos_time))
-        if before_eos:
+        # A crossing already past when planned is recorded now: an event cannot fire on a
+        # segment's first step.
+        sharpness = float(state.tracking.effective.values[0])
+        if np.isnan(float(state.eos_time)) and sharpness >= 2:
+            state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, state.y.w.dtype))
+        if sharpness > self.options.max_seff:
+            return self.stop(state, now, 3), 0, None
+        if np.isnan(float(state.eos_time)):
             return state, 0, ("eos", 0, jnp.asarray(2.0))
         return state, 0, ("ceiling", 0, jnp.asarray(self.options.max_seff))
 

@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from ._eigen import (
     EigConfig,
@@ -192,6 +192,7 @@ class DiscreteState(eqx.Module):
     w: Vector
     opt_state: PyTree
     tracking: Tracking
+    stop_time: Scalar  # the step whose loss or parameters were non-finite; NaN before
 
 
 class Discrete(AbstractProcess):
@@ -204,12 +205,13 @@ class Discrete(AbstractProcess):
 
     def init(self, w0, key, opt_state=None) -> DiscreteState:
         opt_state = initial_opt_state(self.optimizer, self.objective, w0, opt_state)
-        return DiscreteState(w0, opt_state, init_tracking(key, self.optimizer, w0, self.eig))
+        tracking = init_tracking(key, self.optimizer, w0, self.eig)
+        return DiscreteState(w0, opt_state, tracking, jnp.array(jnp.nan, w0.dtype))
 
     def advance(self, state: DiscreteState, t):
         grad, w_next, opt_next, p_diag = self._step(state.w, state.opt_state)
         tracking, record = self._observe(state.w, grad, p_diag, opt_next, state.tracking, t)
-        return DiscreteState(w_next, opt_next, tracking), state.w, record
+        return DiscreteState(w_next, opt_next, tracking, state.stop_time), state.w, record
 
     def observed_point(self, state: DiscreteState):
         return state.w, self._step(state.w, state.opt_state)[3]
@@ -222,6 +224,7 @@ class MidpointState(eqx.Module):
     w: Vector
     opt_state: PyTree
     tracking: Tracking
+    stop_time: Scalar  # as for `DiscreteState`
 
 
 class Midpoint(AbstractProcess):
@@ -240,7 +243,7 @@ class Midpoint(AbstractProcess):
         opt_state = initial_opt_state(self.optimizer, self.objective, w0, opt_state)
         w1 = self._step(w0, opt_state)[1]
         tracking = init_tracking(key, self.optimizer, w0, self.eig)
-        return MidpointState(2 * w0 - w1, w0, opt_state, tracking)
+        return MidpointState(2 * w0 - w1, w0, opt_state, tracking, jnp.array(jnp.nan, w0.dtype))
 
     def _midpoint(self, state: MidpointState):
         _, w_next, opt_next, p_diag = self._step(state.w, state.opt_state)
@@ -250,7 +253,7 @@ class Midpoint(AbstractProcess):
         mid, w_next, opt_next, p_diag = self._midpoint(state)
         grad = self.objective.grad(mid)
         tracking, record = self._observe(mid, grad, p_diag, opt_next, state.tracking, t)
-        return MidpointState(state.w, w_next, opt_next, tracking), mid, record
+        return MidpointState(state.w, w_next, opt_next, tracking, state.stop_time), mid, record
 
     def observed_point(self, state: MidpointState):
         mid, _, _, p_diag = self._midpoint(state)

@@ -5,6 +5,13 @@ from typing import Literal, NamedTuple
 import numpy as np
 from jaxtyping import Float
 
+STOP_REASONS = {
+    1: "non-finite loss or parameters (diverged)",
+    2: "the flow's ODE solver failed",
+    3: "the stable flow's effective sharpness passed stable.max_Seff",
+}
+"""What the codes of a process's `stop_reason` series mean (NaN while it runs)."""
+
 
 class Regime(NamedTuple):
     """The regime of one process, with the step where it began (`None` for stable).

@@ -7,6 +7,7 @@ import importlib.metadata
 import itertools
 import pathlib
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from ._integrate import FlowOptions
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import PROCESSES, AbstractProcess, grow
-from ._regimes import last_finite
+from ._regimes import STOP_REASONS, last_finite
 from ._runfile import Run, RunWriter, SeriesSpec, load_run
 
 _VARIABLE_WIDTH = ("effective_hessian_eigs", "hessian_eigs", "eig_residuals", "predicted_variances")
@@ -85,9 +86,20 @@ def _advance_chunk(
         new_states, records = [], {}
         for process, state in zip(processes, states):
             new, position, record = process.advance(state, t)
-            new = jtu.tree_map(lambda a, b: jnp.where(t < t_stop, a, b), new, state)
+            record = {**record, "w": position}
+            # A process whose loss or parameters turn non-finite stops there (logged as
+            # is at that step, NaN afterwards); the others go on.
+            running = jnp.isnan(state.stop_time)
+            finite = jnp.isfinite(record["train_loss"]) & jnp.all(jnp.isfinite(position))
+            stop_time = jnp.where(running & ~finite, t.astype(position.dtype), state.stop_time)
+            keep = (t < t_stop) & running & finite
+            new = jtu.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
+            new = eqx.tree_at(lambda s: s.stop_time, new, stop_time)
+            record = jtu.tree_map(lambda x: jnp.where(running, x, jnp.nan), record)
+            record["stop_time"] = stop_time
+            record["stop_reason"] = jnp.where(jnp.isnan(stop_time), jnp.nan, 1.0)
             new_states.append(new)
-            records[process.name] = {**record, "w": position}
+            records[process.name] = record
         return tuple(new_states), records
 
     times = t0 + jnp.arange(length)
@@ -120,6 +132,7 @@ def _stack_padded(rows: list[np.ndarray]) -> np.ndarray:
     return np.stack(padded)
 
 
+@np.errstate(over="ignore", invalid="ignore")  # inf at a diverged step is what we log
 def _cross_process(records: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
     """Distances between every pair of processes, and the central flow's deltas
     `Uᵀ P (w − w_central)` along its critical directions (their squares average to X)."""
@@ -216,6 +229,7 @@ def run(
     attrs: Mapping[str, Any] | None = None,
     progress: bool = True,
     warm_start: int = 0,
+    stop_on_divergence: bool = False,
 ) -> Run:
     """Run processes side by side from `w0` for `steps` optimizer steps, logging every step.
 
@@ -245,6 +259,10 @@ def run(
       process then starts from the iterate and optimizer state reached (like the reference
       code's `--warm-start`: start the flows close to the edge of stability, or past an
       initial transient).
+    - `stop_on_divergence`: end the whole run after the chunk in which a process's loss
+      or parameters became non-finite (or a flow's solver failed). By default only that
+      process stops, with a warning (its `stop_time` and `stop_reason` series say when
+      and why, see `centralflows.STOP_REASONS`), and the others go on.
 
     **Returns:** the [`centralflows.Run`][]: `run[process][field]` is a numpy series.
     """
@@ -302,6 +320,7 @@ def run(
         "dtype": str(w.dtype),
         "num_params": int(w.size),
         "warm_start": warm_start,
+        "stop_reasons": {str(code): reason for code, reason in STOP_REASONS.items()},
         **(attrs or {}),
     }
 
@@ -310,6 +329,7 @@ def run(
     ) as bar:
         path = path if path is not None else pathlib.Path(tmp) / "run.h5"
         writer = None
+        failed = set()
         t = 0
         try:
             while t < num_rows:
@@ -351,6 +371,17 @@ def run(
                 t += rows
                 bar.update(min(rows, steps - bar.n))
                 bar.set_postfix(_progress_summary(flat, names[0]))
+                for name in names:  # stop codes persist, so the chunk's last row tells
+                    code, when = records[name]["stop_reason"][-1], records[name]["stop_time"][-1]
+                    if code in (1, 2) and name not in failed:
+                        failed.add(name)
+                        warnings.warn(
+                            f"{name} stopped at step {warm_start + when:g}: "
+                            f"{STOP_REASONS[int(code)]}.",
+                            stacklevel=2,
+                        )
+                if failed and stop_on_divergence:
+                    break
         finally:
             if writer is not None:
                 writer.close()

@@ -6,8 +6,10 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+import numpy as np
+
 from ._config import ConfigError, load_config
-from ._regimes import classify, last_finite
+from ._regimes import STOP_REASONS, classify, last_finite
 from ._runfile import load_run
 
 _EPILOG = """examples:
@@ -43,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs", help="output directory (default: runs)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run file")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--stop-on-divergence",
+        action="store_true",
+        help="end the run when any process diverges (default: only that process stops)",
+    )
     info = commands.add_parser("info", help="summarise a run file")
     info.add_argument("run_file", help="a run file written by `centralflows run`")
     return parser
@@ -94,10 +101,37 @@ def _run(args: argparse.Namespace) -> int:
         attrs={"config": cfg, "command": " ".join(sys.argv)},
         progress=not args.quiet,
         warm_start=cfg["run"]["warm_start"],
+        stop_on_divergence=args.stop_on_divergence,
     )
     print(_summary(result))
     print(result.path)
-    return 0
+    failed = _failures(result)
+    for line in failed:
+        print(f"centralflows: {line}", file=sys.stderr)
+    return 3 if failed else 0
+
+
+def _stop(result, group: str) -> tuple[int, float] | None:
+    """`(reason code, step)` where a process stopped, or `None`."""
+    series = result[group]
+    if "stop_reason" not in series:
+        return None
+    done = series["stop_reason"][: result.steps_done]
+    stopped = np.flatnonzero(np.isfinite(done))
+    if not len(stopped):
+        return None
+    row = stopped[-1]
+    return int(done[row]), int(result.attrs.get("warm_start", 0)) + float(series["stop_time"][row])
+
+
+def _failures(result) -> list[str]:
+    """One line per process that diverged or whose solver failed."""
+    lines = []
+    for group in result:
+        stop = _stop(result, group)
+        if stop is not None and stop[0] in (1, 2):
+            lines.append(f"{group} stopped at step {stop[1]:g}: {STOP_REASONS[stop[0]]}")
+    return lines
 
 
 def _summary(result) -> str:
@@ -123,6 +157,9 @@ def _summary(result) -> str:
             if name in series
         )
         lines.append(f"{group}: {regime.kind}{where}{hover}")
+        stop = _stop(result, group)
+        if stop is not None:
+            lines.append(f"  stopped at step {stop[1]:g}: {STOP_REASONS[stop[0]]}")
         lines.append(f"  final {metrics}, effective sharpness={last_finite(sharpness):.4g}")
     return "\n".join(lines)
 
@@ -130,7 +167,8 @@ def _summary(result) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `centralflows` command.
 
-    **Returns:** the exit status: 0 on success, 2 for invalid input.
+    **Returns:** the exit status: 0 on success, 2 for invalid input, 3 when a process
+    diverged or a flow's solver failed (the run file holds everything up to there).
     """
     args = _parser().parse_args(argv)
     try:

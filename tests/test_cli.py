@@ -63,6 +63,18 @@ def test_run_then_info(tmp_path, capsys):
     assert "steps done: 15 of 15" in out and "discrete: stable" in out
 
 
+def test_divergence_is_reported_with_a_nonzero_status(tmp_path, capsys):
+    argv = ["run", DEFAULT, *SMALL, "--set", "opt.lr=1000", "--runs", "discrete", "--steps", "60"]
+    with pytest.warns(UserWarning, match="discrete stopped"):
+        assert main([*argv, "--set", "eig.max_neigs=2", "--out", str(tmp_path), "--quiet"]) == 3
+    captured = capsys.readouterr()
+    assert "centralflows: discrete stopped at step" in captured.err
+    assert "non-finite loss or parameters" in captured.err
+    (path,) = tmp_path.iterdir()
+    assert main(["info", str(path)]) == 0
+    assert "  stopped at step" in capsys.readouterr().out
+
+
 def test_run_file_is_readable_mid_run_and_after_a_kill(tmp_path):
     argv = [sys.executable, "-m", "centralflows.cli", "run", DEFAULT, *SMALL]
     argv += ["--steps", "2000", "--set", "run.chunk=5", "--runs", "discrete", "midpoint"]

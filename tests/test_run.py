@@ -157,3 +157,31 @@ def test_existing_run_file_is_never_overwritten_by_default(tmp_path):
     with pytest.raises(FileExistsError):
         cf.run(lambda w: jnp.sum(w**2), jnp.ones(3), cf.GD(lr=0.1), steps=2, out=out, progress=False)
     assert out.read_bytes() == b"precious"
+
+
+def test_a_diverging_process_stops_and_the_others_go_on():
+    # L = Σ w⁴/4 from w = 2 with η = 1: GD overshoots ever further (2 → −6 → 210 → …) and
+    # overflows within a few steps, while gradient flow (the stable flow) decays smoothly.
+    loss = lambda w: jnp.sum(w**4) / 4
+    w0 = jnp.array([2.0, 0.5])
+    with pytest.warns(UserWarning, match=r"discrete stopped at step \d+: non-finite"):
+        result = cf.run(loss, w0, cf.GD(lr=1.0), steps=20, processes=("discrete", "stable"),
+                        progress=False)
+    assert result.attrs["stop_reasons"]["1"].startswith("non-finite")
+    discrete, stable = result["discrete"], result["stable"]
+    stop = int(np.nanmax(discrete["stop_time"]))
+    assert 2 <= stop < 10
+    assert np.all(np.isnan(discrete["stop_time"][:stop]))
+    np.testing.assert_array_equal(discrete["stop_reason"][stop:], 1)
+    assert np.all(np.isfinite(discrete["train_loss"][:stop]))
+    assert not np.isfinite(discrete["train_loss"][stop])  # the step that diverged, as is
+    assert np.all(np.isnan(discrete["train_loss"][stop + 1 :]))
+    assert np.all(np.isnan(result["distances"]["discrete-stable"][stop + 1 :]))
+    # The stable flow goes on to the end: dw/dt = −w³, so w(t) = w0 / √(1 + 2 w0² t).
+    assert np.all(np.isnan(stable["stop_reason"]))
+    np.testing.assert_allclose(stable["train_loss"][-1], loss(w0 / jnp.sqrt(1 + 2 * w0**2 * 20)), rtol=1e-5)
+
+    with pytest.warns(UserWarning, match="discrete stopped"):
+        halted = cf.run(loss, w0, cf.GD(lr=1.0), steps=60, processes=("discrete",), chunk=5,
+                        stop_on_divergence=True, progress=False)
+    assert halted.steps_done == 5 * (stop // 5 + 1)  # up to the chunk where it diverged
