@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 Vector = Float[Array, " n"]
 Vectors = Float[Array, "k n"]
@@ -63,6 +63,7 @@ class EigenState(eqx.Module):
     residuals: Float[Array, " k"]
     iterations: Int[Array, ""]
     hvps: Int[Array, ""]
+    converged: Bool[Array, ""]  # every residual within tolerance
 
     @property
     def num(self) -> int:
@@ -186,7 +187,9 @@ def track_eigs(
             matvec, x0, tol=config.tol, max_iters=config.max_iters
         )
         count = k * (1 + iterations)
-    return EigenState(x.T * inv_sqrt, theta, rnorm, iterations, count)
+    tol = jnp.maximum(config.tol, 100 * jnp.finfo(x.dtype).eps) * jnp.max(jnp.abs(theta))
+    converged = jnp.all(rnorm <= tol)
+    return EigenState(x.T * inv_sqrt, theta, rnorm, iterations, count, converged)
 
 
 def random_vectors(key: PRNGKeyArray, num: int, n: int, dtype) -> Vectors:

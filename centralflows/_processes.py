@@ -34,7 +34,7 @@ class Tracking(eqx.Module):
 def _empty_eigs(key: PRNGKeyArray, num: int, n: int, dtype) -> EigenState:
     nan = jnp.full((num,), jnp.nan, dtype)
     zero = jnp.array(0)
-    return EigenState(random_vectors(key, num, n, dtype), nan, nan, zero, zero)
+    return EigenState(random_vectors(key, num, n, dtype), nan, nan, zero, zero, jnp.array(True))
 
 
 def init_tracking(
@@ -88,6 +88,7 @@ def eig_record(tracking: Tracking, p_diag: Vector, computed) -> Record:
         "effective_hessian_eigs": nan_unless(effective.values),
         "hessian_eigs": nan_unless(raw_values),
         "eig_residuals": nan_unless(effective.residuals),
+        "eig_converged": nan_unless(effective.converged.astype(p_diag.dtype)),
         "eig_hvps": nan_unless(effective.hvps.astype(p_diag.dtype)),
     }
 
@@ -119,6 +120,7 @@ def grow_tracking(tracking: Tracking, key: PRNGKeyArray, config: EigConfig) -> T
                 jnp.concatenate([eigs.residuals, pad]),
                 eigs.iterations,
                 eigs.hvps,
+                eigs.converged,
             )
         parts.append(eigs)
     return Tracking(*parts) if grown else None

@@ -132,6 +132,38 @@ def _stack_padded(rows: list[np.ndarray]) -> np.ndarray:
     return np.stack(padded)
 
 
+class SolverError(RuntimeError):
+    """An eigensolver or SDCP solve missed its tolerance in a `strict` run."""
+
+
+_SDCP_TOLERANCE = 1e-6  # max-norm of the natural residual
+
+
+def _solver_problems(records, t0: int, warm_start: int) -> list[tuple[str, str, str]]:
+    """`(process, kind, message)` for a chunk's eigensolves that did not converge and
+    SDCP solves above tolerance."""
+    problems = []
+    for name, record in records.items():
+        converged = record.get("eig_converged")
+        if converged is not None:  # a diverged step is reported as such, not here
+            converged = np.where(np.isfinite(record["train_loss"]), converged, np.nan)
+        if converged is not None and np.any(converged == 0):
+            rows = np.flatnonzero(converged == 0)
+            problems.append((name, "eig", (
+                f"LOBPCG did not converge at {len(rows)} step(s) from step "
+                f"{warm_start + t0 + rows[0]} (see eig_residuals; raise eig.max_iters or "
+                "eig.tol)"
+            )))
+        residual = record.get("sdcp_residual")
+        if residual is not None and np.any(residual > _SDCP_TOLERANCE):
+            rows = np.flatnonzero(residual > _SDCP_TOLERANCE)
+            problems.append((name, "sdcp", (
+                f"the SDCP residual exceeded {_SDCP_TOLERANCE:g} at {len(rows)} step(s) from "
+                f"step {warm_start + t0 + rows[0]} (max {np.max(residual[rows]):.3g})"
+            )))
+    return problems
+
+
 @np.errstate(over="ignore", invalid="ignore")  # inf at a diverged step is what we log
 def _cross_process(records: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
     """Distances between every pair of processes, and the central flow's deltas
@@ -230,6 +262,7 @@ def run(
     progress: bool = True,
     warm_start: int = 0,
     stop_on_divergence: bool = False,
+    strict: bool = False,
 ) -> Run:
     """Run processes side by side from `w0` for `steps` optimizer steps, logging every step.
 
@@ -263,6 +296,9 @@ def run(
       or parameters became non-finite (or a flow's solver failed). By default only that
       process stops, with a warning (its `stop_time` and `stop_reason` series say when
       and why, see `centralflows.STOP_REASONS`), and the others go on.
+    - `strict`: raise `SolverError` (after writing the chunk) when LOBPCG did not converge
+      or an SDCP residual exceeds 1e-6, instead of warning once per process. Either way
+      the `eig_converged` and `sdcp_residual` series record every step.
 
     **Returns:** the [`centralflows.Run`][]: `run[process][field]` is a numpy series.
     """
@@ -329,7 +365,7 @@ def run(
     ) as bar:
         path = path if path is not None else pathlib.Path(tmp) / "run.h5"
         writer = None
-        failed = set()
+        failed, warned = set(), set()
         t = 0
         try:
             while t < num_rows:
@@ -382,6 +418,12 @@ def run(
                         )
                 if failed and stop_on_divergence:
                     break
+                for name, kind, message in _solver_problems(records, t - rows, warm_start):
+                    if strict:
+                        raise SolverError(f"{name}: {message} (run file {str(path)!r}).")
+                    if (name, kind) not in warned:
+                        warned.add((name, kind))
+                        warnings.warn(f"{name}: {message}; warned once.", stacklevel=2)
         finally:
             if writer is not None:
                 writer.close()

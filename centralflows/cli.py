@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="end the run when any process diverges (default: only that process stops)",
     )
+    run.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail when an eigensolve does not converge or an SDCP residual is too large",
+    )
     info = commands.add_parser("info", help="summarise a run file")
     info.add_argument("run_file", help="a run file written by `centralflows run`")
     return parser
@@ -102,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         warm_start=cfg["run"]["warm_start"],
         stop_on_divergence=args.stop_on_divergence,
+        strict=args.strict,
     )
     print(_summary(result))
     print(result.path)
@@ -168,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `centralflows` command.
 
     **Returns:** the exit status: 0 on success, 2 for invalid input, 3 when a process
-    diverged or a flow's solver failed (the run file holds everything up to there).
+    diverged, a flow's solver failed or (with `--strict`) a solve missed its tolerance;
+    the run file holds everything up to there.
     """
     args = _parser().parse_args(argv)
     try:
@@ -179,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as error:
         print(f"centralflows: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # SolverError from a --strict run
+        print(f"centralflows: error: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

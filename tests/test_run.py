@@ -185,3 +185,20 @@ def test_a_diverging_process_stops_and_the_others_go_on():
         halted = cf.run(loss, w0, cf.GD(lr=1.0), steps=60, processes=("discrete",), chunk=5,
                         stop_on_divergence=True, progress=False)
     assert halted.steps_done == 5 * (stop // 5 + 1)  # up to the chunk where it diverged
+
+
+def test_unconverged_eigensolves_warn_once_or_fail_when_strict(tmp_path):
+    objective, w0 = small_mlp_objective()
+    eig = cf.EigConfig(initial_neigs=3, tol=1e-14, max_iters=2)  # cannot converge
+    with pytest.warns(UserWarning, match="LOBPCG did not converge") as caught:
+        result = cf.run(objective, w0, cf.GD(lr=0.1), steps=6, eig=eig, chunk=2, progress=False)
+    assert sum("LOBPCG" in str(w.message) for w in caught) == 1  # once, not per chunk
+    np.testing.assert_array_equal(result["discrete"]["eig_converged"], 0)
+    assert np.all(result["discrete"]["eig_residuals"] > 0)
+    out = tmp_path / "strict.h5"
+    with pytest.raises(cf.SolverError, match="discrete: LOBPCG did not converge at 2 step"):
+        cf.run(objective, w0, cf.GD(lr=0.1), steps=6, eig=eig, chunk=2, out=out, strict=True,
+               progress=False)
+    assert cf.load_run(out).steps_done == 2  # the chunk that failed is in the file
+    converged = cf.run(objective, w0, cf.GD(lr=0.1), steps=3, eig=EIG, progress=False)
+    np.testing.assert_array_equal(converged["discrete"]["eig_converged"], 1)
