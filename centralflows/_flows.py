@@ -40,7 +40,8 @@ class StableFlow(eqx.Module):
     def __call__(self, t: Scalar, y: FlowState, args) -> FlowState:
         del t, args
         grad = self.objective.grad(y.w)
-        return FlowState(-_direction(self.optimizer, y, grad), self.optimizer.drift(y.opt_state, grad))
+        drift = self.optimizer.drift(y.opt_state, grad)
+        return FlowState(-_direction(self.optimizer, y, grad), drift)
 
 
 class RitzPairs(eqx.Module):

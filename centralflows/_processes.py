@@ -112,7 +112,8 @@ def grow_tracking(tracking: Tracking, key: PRNGKeyArray, config: EigConfig) -> T
             target = eigs.num + 1 if needs and eigs.num < config.max_neigs else eigs.num
         if target > eigs.num:
             grown = True
-            extra = random_vectors(key, target - eigs.num, eigs.vectors.shape[1], eigs.vectors.dtype)
+            n, dtype = eigs.vectors.shape[1], eigs.vectors.dtype
+            extra = random_vectors(key, target - eigs.num, n, dtype)
             pad = jnp.full((target - eigs.num,), jnp.nan, eigs.values.dtype)
             eigs = EigenState(
                 jnp.concatenate([eigs.vectors, extra]),
