@@ -155,11 +155,14 @@ def _solver_problems(records, t0: int, warm_start: int) -> list[tuple[str, str, 
                 "eig.tol)"
             )))
         residual = record.get("sdcp_residual")
-        if residual is not None and np.any(residual > _SDCP_TOLERANCE):
-            rows = np.flatnonzero(residual > _SDCP_TOLERANCE)
+        if residual is not None:  # NaN counts as a failure (on steps that did not diverge)
+            bad = np.isfinite(record["train_loss"]) & ~(residual <= _SDCP_TOLERANCE)
+        if residual is not None and np.any(bad):
+            rows = np.flatnonzero(bad)
             problems.append((name, "sdcp", (
                 f"the SDCP residual exceeded {_SDCP_TOLERANCE:g} at {len(rows)} step(s) from "
-                f"step {warm_start + t0 + rows[0]} (max {np.max(residual[rows]):.3g})"
+                f"step {warm_start + t0 + rows[0]} (max {np.max(residual[rows]):.3g}; NaN if "
+                "the SDCP's data were not finite)"
             )))
     return problems
 

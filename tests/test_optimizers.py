@@ -424,3 +424,16 @@ def test_differentiable_module_schedule():
     factors = np.prod([1 - lr0 / (1 + 0.5 * t) * A_DIAG for t in (1, 2, 3)], axis=0)
     expected = 0.5 * np.sum(A_DIAG * (factors * W0) ** 2)
     np.testing.assert_allclose(loss(lr0), expected, rtol=1e-13)
+
+
+def test_rmsprop_preconditioner_is_differentiable_where_nu_is_zero():
+    # A parameter the loss never moves (e.g. the weight of an always-blank pixel) keeps
+    # ν = 0; the central flow differentiates P(s) along ds/dt, which is 0 there. With a
+    # plain √ν that is inf · 0 = NaN, which made the SDCP data NaN and X = 0 (the flow
+    # then let the effective sharpness rise past 2).
+    optimizer = RMSProp(lr=0.01, beta2=0.99, eps=1e-8)
+    nu = jnp.array([0.0, 4.0])
+    diagonal = lambda nu: optimizer.diagonal(type(optimizer.init(nu, nu))(jnp.array(3.0), nu))
+    value, tangent = jax.jvp(diagonal, (nu,), (jnp.array([0.0, 1.0]),))
+    np.testing.assert_allclose(value, (jnp.sqrt(nu) + 1e-8) / 0.01)
+    np.testing.assert_allclose(tangent, [0.0, 1 / (2 * 2.0) / 0.01])

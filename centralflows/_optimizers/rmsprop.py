@@ -72,7 +72,15 @@ class _AbstractRMSProp(AbstractDiagonalOptimizer[RMSPropState]):
 
     def diagonal(self, state: RMSPropState):
         eps = check_hyperparameter("eps", jnp.asarray(self.eps), lambda x: x < 0, ">= 0")
-        return (jnp.sqrt(self._nu_hat(state)) + eps) / self.learning_rate(state.count)
+        return (_sqrt(self._nu_hat(state)) + eps) / self.learning_rate(state.count)
+
+
+def _sqrt(x):
+    """√x with derivative 0, not inf, at x = 0: a parameter the loss never moves (e.g. the
+    weight of a pixel that is always blank) has ν = 0, and the flows differentiate P(s)
+    along ds/dt = 0 there, where inf · 0 would be NaN."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
 class ScalarRMSProp(_AbstractRMSProp):
