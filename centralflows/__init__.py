@@ -32,7 +32,7 @@ from ._optimizers import (
     ScalarRMSProp as ScalarRMSProp,
 )
 from ._regimes import STOP_REASONS as STOP_REASONS
-from ._run import SolverError as SolverError
+from ._regimes import SolverError as SolverError
 from ._run import run as run
 from ._runfile import Run as Run
 from ._runfile import load_run as load_run

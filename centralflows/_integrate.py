@@ -106,7 +106,8 @@ def integrate_segment(
 
     **Returns:** a `Segment`.
     """
-    if isinstance(options.stepsize_controller, dfx.ConstantStepSize):
+    constant = isinstance(options.stepsize_controller, dfx.ConstantStepSize)
+    if constant:
         dt0 = options.dt0
     event = None
     if condition is not None:
@@ -136,9 +137,8 @@ def integrate_segment(
     t_end = solution.ts[-1]
     accepted = solution.stats["num_accepted_steps"]
     # Start the next segment at this one's mean accepted step, not at `options.dt0`.
-    dt = jnp.where((accepted > 0) & (t_end > t0), (t_end - t0) / jnp.maximum(accepted, 1), dt0)
-    if isinstance(options.stepsize_controller, dfx.ConstantStepSize):
-        dt = jnp.asarray(options.dt0, t_end.dtype)
+    mean_step = (t_end - t0) / jnp.maximum(accepted, 1)
+    dt = jnp.where(constant | (accepted == 0) | (t_end <= t0), dt0, mean_step)
     return Segment(
         jtu.tree_map(lambda x: x[-1], solution.ys),
         t_end,

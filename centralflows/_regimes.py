@@ -13,6 +13,15 @@ STOP_REASONS = {
 """What the codes of a process's `stop_reason` series mean (NaN while it runs)."""
 
 
+def describe_stop(step: float, code: int) -> str:
+    """`"stopped at step <step>: <reason>"`, for warnings and the CLI."""
+    return f"stopped at step {step:g}: {STOP_REASONS[code]}"
+
+
+class SolverError(RuntimeError):
+    """An eigensolver or SDCP solve missed its tolerance in a `strict` run."""
+
+
 class Regime(NamedTuple):
     """The regime of one process, with the step where it began (`None` for stable).
 

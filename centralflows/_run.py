@@ -27,7 +27,7 @@ from ._integrate import FlowOptions
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import PROCESSES, AbstractProcess, grow
-from ._regimes import STOP_REASONS, last_finite
+from ._regimes import STOP_REASONS, SolverError, describe_stop, last_finite
 from ._runfile import Run, RunWriter, SeriesSpec, load_run
 
 _VARIABLE_WIDTH = ("effective_hessian_eigs", "hessian_eigs", "eig_residuals", "predicted_variances")
@@ -132,10 +132,6 @@ def _stack_padded(rows: list[np.ndarray]) -> np.ndarray:
     return np.stack(padded)
 
 
-class SolverError(RuntimeError):
-    """An eigensolver or SDCP solve missed its tolerance in a `strict` run."""
-
-
 _SDCP_TOLERANCE = 1e-6  # max-norm of the natural residual
 
 
@@ -144,26 +140,27 @@ def _solver_problems(records, t0: int, warm_start: int) -> list[tuple[str, str, 
     SDCP solves above tolerance."""
     problems = []
     for name, record in records.items():
-        converged = record.get("eig_converged")
-        if converged is not None:  # a diverged step is reported as such, not here
-            converged = np.where(np.isfinite(record["train_loss"]), converged, np.nan)
-        if converged is not None and np.any(converged == 0):
-            rows = np.flatnonzero(converged == 0)
+        if "train_loss" not in record:  # distances, deltas
+            continue
+        finite = np.isfinite(record["train_loss"])  # a diverged step is reported as such
+        unconverged = finite & (record["eig_converged"] == 0)
+        if np.any(unconverged):
+            rows = np.flatnonzero(unconverged)
             problems.append((name, "eig", (
                 f"LOBPCG did not converge at {len(rows)} step(s) from step "
                 f"{warm_start + t0 + rows[0]} (see eig_residuals; raise eig.max_iters or "
                 "eig.tol)"
             )))
-        residual = record.get("sdcp_residual")
-        if residual is not None:  # NaN counts as a failure (on steps that did not diverge)
-            bad = np.isfinite(record["train_loss"]) & ~(residual <= _SDCP_TOLERANCE)
-        if residual is not None and np.any(bad):
-            rows = np.flatnonzero(bad)
-            problems.append((name, "sdcp", (
-                f"the SDCP residual exceeded {_SDCP_TOLERANCE:g} at {len(rows)} step(s) from "
-                f"step {warm_start + t0 + rows[0]} (max {np.max(residual[rows]):.3g}; NaN if "
-                "the SDCP's data were not finite)"
-            )))
+        if "sdcp_residual" in record:  # NaN counts as a failure
+            residual = record["sdcp_residual"]
+            bad = finite & ~(residual <= _SDCP_TOLERANCE)
+            if np.any(bad):
+                rows = np.flatnonzero(bad)
+                problems.append((name, "sdcp", (
+                    f"the SDCP residual exceeded {_SDCP_TOLERANCE:g} at {len(rows)} step(s) "
+                    f"from step {warm_start + t0 + rows[0]} (max {np.max(residual[rows]):.3g}; "
+                    "NaN if the SDCP's data were not finite)"
+                )))
     return problems
 
 
@@ -414,11 +411,8 @@ def run(
                     code, when = records[name]["stop_reason"][-1], records[name]["stop_time"][-1]
                     if code in (1, 2) and name not in failed:
                         failed.add(name)
-                        warnings.warn(
-                            f"{name} stopped at step {warm_start + when:g}: "
-                            f"{STOP_REASONS[int(code)]}.",
-                            stacklevel=2,
-                        )
+                        message = describe_stop(warm_start + when, int(code))
+                        warnings.warn(f"{name} {message}.", stacklevel=2)
                 if failed and stop_on_divergence:
                     break
                 for name, kind, message in _solver_problems(records, t - rows, warm_start):

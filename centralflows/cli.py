@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._config import ConfigError, load_config
-from ._regimes import STOP_REASONS, classify, last_finite
+from ._regimes import SolverError, classify, describe_stop, last_finite
 from ._runfile import load_run
 
 _EPILOG = """examples:
@@ -136,7 +136,7 @@ def _failures(result) -> list[str]:
     for group in result:
         stop = _stop(result, group)
         if stop is not None and stop[0] in (1, 2):
-            lines.append(f"{group} stopped at step {stop[1]:g}: {STOP_REASONS[stop[0]]}")
+            lines.append(f"{group} {describe_stop(stop[1], stop[0])}")
     return lines
 
 
@@ -165,7 +165,7 @@ def _summary(result) -> str:
         lines.append(f"{group}: {regime.kind}{where}{hover}")
         stop = _stop(result, group)
         if stop is not None:
-            lines.append(f"  stopped at step {stop[1]:g}: {STOP_REASONS[stop[0]]}")
+            lines.append(f"  {describe_stop(stop[1], stop[0])}")
         lines.append(f"  final {metrics}, effective sharpness={last_finite(sharpness):.4g}")
     return "\n".join(lines)
 
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as error:
         print(f"centralflows: error: {error}", file=sys.stderr)
         return 2
-    except RuntimeError as error:  # SolverError from a --strict run
+    except SolverError as error:
         print(f"centralflows: error: {error}", file=sys.stderr)
         return 3
 
