@@ -34,7 +34,9 @@ from ._optimizers import (
 from ._regimes import STOP_REASONS as STOP_REASONS
 from ._regimes import SolverError as SolverError
 from ._run import run as run
+from ._runfile import Checkpoint as Checkpoint
 from ._runfile import Run as Run
+from ._runfile import load_checkpoint as load_checkpoint
 from ._runfile import load_run as load_run
 from ._sdcp import SDCPSolution as SDCPSolution
 from ._sdcp import sdcp_solve as sdcp_solve

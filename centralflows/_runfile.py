@@ -1,27 +1,33 @@
 """The HDF5 run file: named time series, one row per logged step, readable mid-run.
 
 This layer knows nothing about the mathematics; it stores what it is given under the
-names it is given (`discrete/train_loss`, `distances/discrete-midpoint`, ...).
+names it is given (`discrete/train_loss`, `distances/discrete-midpoint`, ...), and a
+checkpoint: a list of arrays, kept in two slots so that writing one is atomic.
 """
 
+import contextlib
 import difflib
 import json
 import math
 import os
 import pathlib
-from collections.abc import Iterator, Mapping
+import stat
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
 
 _FORMAT = "centralflows-run"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: the `checkpoint` group
 _RESERVED_ATTRS = ("format", "format_version", "json_keys")
+_RESERVED_GROUPS = ("step", "checkpoint")
 _FILL: dict[str, float | int] = {"float64": np.nan, "int64": -1}
 _ROW_CHUNK = 256  # rows per chunk, at most
 _CHUNK_BYTES = 1 << 20  # bytes per chunk, at most (large rows get fewer rows per chunk)
 _VARIABLE_CHUNK = 16  # chunk length along a variable-width axis
+_COPY_BYTES = 64 << 20  # bytes per block of rows copied by `RunWriter.reopen`, about
 
 
 class SeriesSpec(NamedTuple):
@@ -53,9 +59,9 @@ def _check_specs(num_rows: int, series: Mapping[str, SeriesSpec]) -> None:
                 f"Series name {name!r} must be a path 'group/name' of non-empty parts, "
                 "such as 'discrete/train_loss'."
             )
-        if parts[0] == "step":
+        if parts[0] in _RESERVED_GROUPS:
             raise ValueError(
-                f"Series name {name!r}: 'step' is reserved for the step counter."
+                f"Series name {name!r}: {parts[0]!r} is reserved by the run-file format."
             )
         for i in range(1, len(parts)):
             prefix = "/".join(parts[:i])
@@ -117,6 +123,47 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (rows, *shape[1:])
 
 
+class Checkpoint(NamedTuple):
+    """A checkpoint read back from a run file: the `step` saved with it and its arrays."""
+
+    step: int
+    arrays: list[np.ndarray]
+
+
+def _create_checkpoint(file: h5py.File, layout: Sequence[Any]) -> None:
+    """Two slots of one resizable 1-D dataset per array, with a table of shapes, and
+    `checkpoint/current` = `[slot, step]` (-1: none yet)."""
+    ndim = max((len(a.shape) for a in layout), default=0)
+    for slot in ("0", "1"):
+        group = file.create_group(f"checkpoint/{slot}")
+        group.create_dataset("shapes", shape=(len(layout), max(ndim, 1)), dtype="int64",
+                             fillvalue=-1)
+        for i, array in enumerate(layout):
+            dtype = np.dtype(array.dtype)
+            size = max(1, math.prod(array.shape))
+            group.create_dataset(
+                str(i),
+                shape=(0,),
+                maxshape=(None,),
+                dtype=dtype,
+                chunks=(max(1, min(size, _CHUNK_BYTES // dtype.itemsize)),),
+            )
+    file.create_dataset("checkpoint/current", data=np.array([-1, -1], np.int64))
+
+
+def _read_checkpoint(file: h5py.File) -> Checkpoint | None:
+    if "checkpoint" not in file:  # format version 1
+        return None
+    slot, step = (int(x) for x in file["checkpoint/current"][()])
+    if slot < 0:
+        return None
+    group = file[f"checkpoint/{slot}"]
+    arrays = []
+    for i, shape in enumerate(group["shapes"][()]):
+        arrays.append(group[str(i)][()].reshape(tuple(int(d) for d in shape if d >= 0)))
+    return Checkpoint(step, arrays)
+
+
 class RunWriter:
     """Writes a run file: one row per logged step, every series preallocated (NaN),
     readable during the run (SWMR).
@@ -131,12 +178,14 @@ class RunWriter:
         path: pathlib.Path,
         num_rows: int,
         series: Mapping[str, SeriesSpec],
+        checkpoint_ndims: Sequence[int],
     ):
-        """Private: use [`RunWriter.create`][]."""
+        """Private: use [`RunWriter.create`][] or [`RunWriter.reopen`][]."""
         self._file = file
         self.path = path
         self.num_rows = num_rows
         self._series = dict(series)
+        self._checkpoint_ndims = tuple(checkpoint_ndims)
 
     @classmethod
     def create(
@@ -147,6 +196,7 @@ class RunWriter:
         series: Mapping[str, SeriesSpec],
         attrs: Mapping[str, Any],
         overwrite: bool = False,
+        checkpoint: Sequence[Any] = (),
     ) -> "RunWriter":
         """Create a run file with every series preallocated and switch it to SWMR mode.
 
@@ -160,6 +210,9 @@ class RunWriter:
             JSON (tuples come back as lists), numbers, strings and numeric arrays as
             themselves.
         - `overwrite`: whether to replace an existing file at `path`.
+        - `checkpoint`: the arrays a checkpoint holds (arrays, or anything with `shape`
+            and `dtype`): their number, dtypes and ranks are fixed here, their shapes may
+            change from one checkpoint to the next. See `write_checkpoint`.
 
         **Returns:**
 
@@ -199,6 +252,7 @@ class RunWriter:
                     chunks=_chunks((num_rows, *chunk_row)),
                     fillvalue=_FILL[spec.dtype],
                 )
+            _create_checkpoint(file, checkpoint)
             file.attrs.update(encoded_attrs)
             file.attrs["json_keys"] = json.dumps(json_keys)
             file.attrs["format"] = _FORMAT
@@ -208,7 +262,122 @@ class RunWriter:
             file.close()
             path.unlink()
             raise
-        return cls(file, path, num_rows, series)
+        return cls(file, path, num_rows, series, [len(a.shape) for a in checkpoint])
+
+    @classmethod
+    def reopen(
+        cls, path: str | os.PathLike[str], *, num_rows: int, attrs: Mapping[str, Any]
+    ) -> "RunWriter":
+        """Reopen a run file for writing, with a new number of rows and attributes.
+
+        The file is rebuilt beside itself (a temporary file in the same directory) with
+        the same series and checkpoint layout, every row written so far and its current
+        checkpoint, then moved over the old file in one atomic rename. Until then the old
+        file is untouched, and if anything fails it stays as it was. This works on a file
+        left behind by a killed writer (and clears its "open for writing" flag).
+
+        **Arguments:**
+
+        - `path`: the run file.
+        - `num_rows`: the number of rows of the new file; at least the rows written.
+        - `attrs`: attributes to add or replace (as for `create`).
+
+        **Returns:**
+
+        An open `RunWriter` on `path`.
+        """
+        path = pathlib.Path(path)
+        old = load_run(path, series=False)
+        done = old.steps_done
+        if isinstance(num_rows, bool) or not isinstance(num_rows, int) or num_rows < done:
+            raise ValueError(
+                f"`num_rows` must be an integer of at least the {done} rows already "
+                f"written to {str(path)!r} (rows are never dropped), got {num_rows!r}."
+            )
+        merged = {k: v for k, v in old.attrs.items() if k not in _RESERVED_ATTRS}
+        merged.update(attrs)
+        with _open_run(path) as source:
+            series = {}
+
+            def add(name: str, obj: h5py.HLObject) -> None:
+                if isinstance(obj, h5py.Dataset) and name.split("/")[0] not in _RESERVED_GROUPS:
+                    series[name] = SeriesSpec(tuple(obj.maxshape[1:]), str(obj.dtype))
+
+            source.visititems(add)
+            checkpoint = _read_checkpoint(source)
+            layout = () if checkpoint is None else checkpoint.arrays
+            row_bytes = max(
+                (8 * math.prod(source[name].shape[1:]) for name in series), default=8
+            )
+            block = max(1, (_COPY_BYTES // row_bytes))
+            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                writer = cls.create(
+                    temp, num_rows=num_rows, series=series, attrs=merged, overwrite=True,
+                    checkpoint=layout,
+                )
+                with contextlib.ExitStack() as on_error:
+                    on_error.callback(writer.close)
+                    for start in range(0, done, block):
+                        stop = min(start + block, done)
+                        writer.write(start, {name: source[name][start:stop] for name in series})
+                    if checkpoint is not None:
+                        writer.write_checkpoint(*checkpoint)
+                    on_error.pop_all()
+            except BaseException:
+                pathlib.Path(temp).unlink(missing_ok=True)
+                raise
+        os.chmod(temp, stat.S_IMODE(path.stat().st_mode))
+        os.replace(temp, path)
+        writer.path = path
+        return writer
+
+    def write_checkpoint(self, step: int, arrays: Sequence[np.ndarray]) -> None:
+        """Store a checkpoint atomically: the arrays go to the slot not in use, which is
+        flushed before `checkpoint/current` points to it, so that a crash at any moment
+        leaves the previous checkpoint (or none) readable.
+
+        **Arguments:**
+
+        - `step`: a non-negative integer saved with the arrays (e.g. the next row).
+        - `arrays`: as many arrays as the layout given to `create`, each of the same
+            dtype and rank as there; any shape.
+
+        **Returns:**
+
+        Nothing.
+        """
+        if not self._file:
+            raise ValueError(f"RunWriter for {str(self.path)!r} is closed.")
+        if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+            raise ValueError(f"`step` must be a non-negative integer, got {step!r}.")
+        arrays = [np.asarray(a) for a in arrays]
+        if len(arrays) != len(self._checkpoint_ndims):
+            raise ValueError(
+                f"A checkpoint of {str(self.path)!r} holds {len(self._checkpoint_ndims)} "
+                f"arrays, got {len(arrays)}."
+            )
+        current = self._file["checkpoint/current"]
+        slot = 1 - int(current[0]) if current[0] >= 0 else 0
+        group = self._file[f"checkpoint/{slot}"]
+        for i, (array, ndim) in enumerate(zip(arrays, self._checkpoint_ndims)):
+            if array.dtype != group[str(i)].dtype or array.ndim != ndim:
+                raise ValueError(
+                    f"Checkpoint array {i}: expected dtype {group[str(i)].dtype} and rank "
+                    f"{ndim}, got {array.dtype} and shape {array.shape}."
+                )
+        shapes = np.full(group["shapes"].shape, -1, np.int64)
+        for i, array in enumerate(arrays):
+            dataset = group[str(i)]
+            dataset.resize((array.size,))
+            if array.size:
+                dataset[:] = array.ravel()
+            shapes[i, : array.ndim] = array.shape
+        group["shapes"][...] = shapes
+        self._file.flush()
+        current[...] = [slot, int(step)]
+        self._file.flush()
 
     def write(self, start: int, rows: Mapping[str, np.ndarray]) -> None:
         """Write consecutive rows of some series, mark them in `/step`, and flush.
@@ -360,20 +529,10 @@ def _rows_done(step: np.ndarray) -> int:
     return int(unwritten[0]) if len(unwritten) else len(step)
 
 
-def load_run(path: str | os.PathLike[str]) -> Run:
-    """Read every series of a run file into numpy arrays (SWMR read mode, so it works
-    while a writer is running).
-
-    **Arguments:**
-
-    - `path`: the run file.
-
-    **Returns:**
-
-    A [`centralflows.Run`][] holding the attributes (JSON values decoded), `/step` and
-    every series, grouped by top-level group.
-    """
-    path = pathlib.Path(path)
+@contextlib.contextmanager
+def _open_run(path: pathlib.Path) -> Iterator[h5py.File]:
+    """Open a run file for reading (SWMR: while a writer runs, or after one was killed),
+    checking that it is one."""
     if not path.exists():
         raise FileNotFoundError(f"No run file at {str(path)!r}.")
     if not h5py.is_hdf5(path):
@@ -392,6 +551,26 @@ def load_run(path: str | os.PathLike[str]) -> Run:
                 f"{str(path)!r} has run-file format version {version}; this "
                 f"centralflows reads up to version {_FORMAT_VERSION}. Upgrade it."
             )
+        yield file
+
+
+def load_run(path: str | os.PathLike[str], *, series: bool = True) -> Run:
+    """Read every series of a run file into numpy arrays (SWMR read mode, so it works
+    while a writer is running, and on the file of a killed one).
+
+    **Arguments:**
+
+    - `path`: the run file.
+    - `series`: whether to read the series; `False` reads only the attributes and
+        `/step` (cheap for a large file).
+
+    **Returns:**
+
+    A [`centralflows.Run`][] holding the attributes (JSON values decoded), `/step` and
+    every series, grouped by top-level group.
+    """
+    path = pathlib.Path(path)
+    with _open_run(path) as file:
         json_keys = set(json.loads(file.attrs["json_keys"]))
         attrs = {
             key: json.loads(value) if key in json_keys else _decode_attr(value)
@@ -406,11 +585,27 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         groups: dict[str, dict[str, np.ndarray]] = {}
 
         def read(name: str, obj: h5py.HLObject) -> None:
-            if isinstance(obj, h5py.Dataset) and "/" in name:
-                group, _, key = name.partition("/")
+            group, _, key = name.partition("/")
+            if isinstance(obj, h5py.Dataset) and key and group not in _RESERVED_GROUPS:
                 values = obj[()]
                 values[done:] = _FILL[str(values.dtype)]
                 groups.setdefault(group, {})[key] = values
 
-        file.visititems(read)
+        if series:
+            file.visititems(read)
     return Run(path, attrs, step, groups)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
+    """Read the current checkpoint of a run file.
+
+    **Arguments:**
+
+    - `path`: the run file.
+
+    **Returns:**
+
+    The [`centralflows.Checkpoint`][] last written completely, or `None` if there is none.
+    """
+    with _open_run(pathlib.Path(path)) as file:
+        return _read_checkpoint(file)

@@ -66,7 +66,7 @@ def test_create_and_partial_write(tmp_path):
         assert distance[3] == 0.125
         assert np.isnan(np.delete(distance, 3)).all()
         assert f.attrs["format"] == "centralflows-run"
-        assert f.attrs["format_version"] == 1
+        assert f.attrs["format_version"] == 2
         assert json.loads(f.attrs["config"]) == ATTRS["config"]
 
     run = load_run(path)
@@ -82,7 +82,7 @@ def test_create_and_partial_write(tmp_path):
     np.testing.assert_array_equal(run["discrete"]["train_loss"], loss)
     np.testing.assert_array_equal(run["distances"]["discrete-midpoint"], distance)
     np.testing.assert_array_equal(run.step, [0, 1, 2, 3] + [-1] * 6)
-    assert run.attrs == {**ATTRS, "format": "centralflows-run", "format_version": 1}
+    assert run.attrs == {**ATTRS, "format": "centralflows-run", "format_version": 2}
     assert run.config == ATTRS["config"]
     assert type(run.attrs["seed"]) is int and type(run.attrs["lr"]) is float
     assert "steps_done=4/10" in repr(run)
