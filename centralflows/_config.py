@@ -115,12 +115,14 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "max_Seff": _Key(float, 100.0, "a float > 0", lambda v: v > 0),
     },
     "checkpoint": {
-        "frequency": _Key(int, 0, "an integer >= 0 (0: never)", lambda v: v >= 0),
+        "frequency": _Key(
+            int, 100, "an integer >= 0 (0: only at the end)", lambda v: v >= 0
+        ),
         "steps": _Key(
             list,
             [],
-            "a list of integers >= 0",
-            lambda v: min(v, default=0) >= 0,
+            "a list of integers >= 1",
+            lambda v: min(v, default=1) >= 1,
             item=int,
         ),
     },

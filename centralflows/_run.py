@@ -3,8 +3,10 @@
 import dataclasses
 import datetime
 import difflib
+import hashlib
 import importlib.metadata
 import itertools
+import json
 import pathlib
 import tempfile
 import warnings
@@ -28,7 +30,7 @@ from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import PROCESSES, AbstractProcess, grow
 from ._regimes import STOP_REASONS, SolverError, describe_stop, last_finite
-from ._runfile import Run, RunWriter, SeriesSpec, load_run
+from ._runfile import Run, RunWriter, SeriesSpec, load_checkpoint, load_run
 
 _VARIABLE_WIDTH = ("effective_hessian_eigs", "hessian_eigs", "eig_residuals", "predicted_variances")
 _PACKAGES = ("centralflows", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix")
@@ -77,12 +79,13 @@ def _advance_chunk(
     length: int,
 ):
     """Advance the discrete-time processes through times `t0 .. t0+length-1` in one
-    compiled scan; times ≥ `t_stop` are no-ops.
+    compiled scan; times ≥ `t_stop` are skipped (states unchanged, records NaN), so
+    that one program serves every chunk, however the run is cut into chunks.
 
     **Returns:** `(states, records)`, records holding each process's series and `"w"`.
     """
 
-    def body(states, t):
+    def live(states, t):
         new_states, records = [], {}
         for process, state in zip(processes, states):
             new, position, record = process.advance(state, t)
@@ -92,7 +95,7 @@ def _advance_chunk(
             running = jnp.isnan(state.stop_time)
             finite = jnp.isfinite(record["train_loss"]) & jnp.all(jnp.isfinite(position))
             stop_time = jnp.where(running & ~finite, t.astype(position.dtype), state.stop_time)
-            keep = (t < t_stop) & running & finite
+            keep = running & finite
             new = jtu.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
             new = eqx.tree_at(lambda s: s.stop_time, new, stop_time)
             record = jtu.tree_map(lambda x: jnp.where(running, x, jnp.nan), record)
@@ -102,12 +105,20 @@ def _advance_chunk(
             records[process.name] = record
         return tuple(new_states), records
 
+    def skip(states, t):
+        shapes = jax.eval_shape(live, states, t)[1]
+        return states, jtu.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+    def body(states, t):
+        return jax.lax.cond(t < t_stop, live, skip, states, t)
+
     times = t0 + jnp.arange(length)
     return jax.lax.scan(body, states, times)
 
 
 def _advance_flows(flows, states, t0: int, rows: int, key: PRNGKeyArray):
-    """Advance the flows through times `t0 .. t0+rows-1`, one unit of time per call."""
+    """Advance the flows through times `t0 .. t0+rows-1`, one unit of time per call;
+    unit t uses the key `fold_in(key, t)`, whatever the chunk."""
     records = {flow.name: [] for flow in flows}
     states = list(states)
     for t in range(t0, t0 + rows):
@@ -133,6 +144,7 @@ def _stack_padded(rows: list[np.ndarray]) -> np.ndarray:
 
 
 _SDCP_TOLERANCE = 1e-6  # max-norm of the natural residual
+_PROBLEM_KINDS = ("eig", "sdcp")  # the kinds of `_solver_problems`
 
 
 def _solver_problems(records, t0: int, warm_start: int) -> list[tuple[str, str, str]]:
@@ -222,8 +234,11 @@ def _warm_start(objective, optimizer, w, opt_state, steps: int):
     return w, opt_state
 
 
-def _check_start(objective: Objective, optimizer: AbstractOptimizer, w: jax.Array) -> None:
-    """Reject a start where the loss or the preconditioner is unusable, before any work."""
+def _check_start(objective: Objective, optimizer: AbstractOptimizer, w: jax.Array) -> Scalar:
+    """Reject a start where the loss or the preconditioner is unusable, before any work.
+
+    **Returns:** the loss at `w`.
+    """
     if not bool(jnp.all(jnp.isfinite(w))):
         raise ValueError("The initial parameters `w0` contain non-finite values.")
     loss = objective.value(w)
@@ -241,6 +256,67 @@ def _check_start(objective: Objective, optimizer: AbstractOptimizer, w: jax.Arra
             "coordinates (e.g. RMSProp with `eps=0` where the gradient is exactly zero); "
             "use `eps > 0`."
         )
+    return loss
+
+
+def _check_schedule(every: int, at: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ValueError(
+            f"`checkpoint_every` must be a non-negative integer (0: only at the end), "
+            f"got {every!r}."
+        )
+    at = tuple(at)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in at):
+        raise ValueError(f"`checkpoint_at` must hold positive integers, got {list(at)!r}.")
+    return every, tuple(sorted(set(at)))
+
+
+def _is_checkpoint(t: int, every: int, at: tuple[int, ...]) -> bool:
+    return (every > 0 and t % every == 0) or t in at
+
+
+def _chunk_end(t: int, num_rows: int, chunk: int, every: int, at: tuple[int, ...]) -> int:
+    """Where the chunk starting at row `t` ends: the next multiple of `chunk`, checkpoint
+    step or the end, whichever comes first."""
+    ends = [(t // chunk + 1) * chunk, num_rows, *(s for s in at if s > t)]
+    if every:
+        ends.append((t // every + 1) * every)
+    return min(ends)
+
+
+def _fingerprint(w: jax.Array, loss0: Scalar) -> str:
+    """The sha256 of the flat initial parameters and the loss there."""
+    digest = hashlib.sha256(np.asarray(w).tobytes())
+    digest.update(np.asarray(loss0).tobytes())
+    return digest.hexdigest()
+
+
+def _json(value: Any) -> Any:
+    """`value` as it reads back from a run file's JSON attributes."""
+    return json.loads(json.dumps(value))
+
+
+def _check_compatible(path: pathlib.Path, stored: Mapping[str, Any], given: Mapping[str, Any]):
+    """Raise naming every item of `given` that differs from the run file's `stored`."""
+    differences = [
+        f"  - {name}: the file has {stored.get(name)!r}, this call gives {value!r}"
+        for name, value in given.items()
+        if stored.get(name) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"Cannot resume {str(path)!r}: this call does not set up the run in the file; "
+            "it differs in\n" + "\n".join(differences)
+        )
+
+
+def _loop_arrays(names, failed: set, warned: set) -> list[np.ndarray]:
+    """What the loop itself carries across a checkpoint: which processes have stopped
+    with a failure, and which solver problems have been warned about."""
+    return [
+        np.array([name in failed for name in names]),
+        np.array([[(name, kind) in warned for kind in _PROBLEM_KINDS] for name in names]),
+    ]
 
 
 def run(
@@ -248,7 +324,7 @@ def run(
     w0: PyTree,
     optimizer: AbstractOptimizer,
     *,
-    steps: int,
+    steps: int | None = None,
     processes: Sequence[str] = ("discrete",),
     eig: EigConfig = EigConfig(),
     save_w_every: int | None = None,
@@ -263,21 +339,32 @@ def run(
     warm_start: int = 0,
     stop_on_divergence: bool = False,
     strict: bool = False,
+    checkpoint_every: int = 100,
+    checkpoint_at: Sequence[int] = (),
+    resume: bool = False,
 ) -> Run:
     """Run processes side by side from `w0` for `steps` optimizer steps, logging every step.
 
     Times `0, 1, …, steps` are logged (`steps + 1` rows); with `warm_start = n`, row t is
-    optimizer step n + t. All processes advance together
-    in chunks of `chunk` steps (the discrete-time ones in one compiled scan, the flows
-    one unit of time per compiled segment); after each chunk the run file is flushed.
-    Tracked eigenpairs are added where the smallest exceeds `eig.track_threshold`.
+    optimizer step n + t. All processes advance together in chunks, which end at the
+    multiples of `chunk` and at the checkpoint steps (the discrete-time processes in one
+    compiled scan, the flows one unit of time per compiled segment); after each chunk the
+    run file is flushed. Tracked eigenpairs are added where the smallest exceeds
+    `eig.track_threshold` (for the discrete-time processes, at the multiples of `chunk`).
+
+    A checkpoint holds every process's full state (parameters, optimizer state, tracked
+    eigenpairs, step size, event and stop state) and is written to the run file, atomically,
+    at the checkpoint steps and at the end. With `resume=True` a run continues from the
+    checkpoint of the file `out`: it then computes exactly what the uninterrupted run
+    computes (bit-identical series, on the same machine and package versions), whether it
+    resumes a killed run or extends a finished one to more `steps`.
 
     **Arguments:**
 
     - `loss`: an [`centralflows.Objective`][] or a function of the parameter pytree.
     - `w0`: initial parameters (any pytree).
     - `optimizer`: e.g. `GD(lr=0.1)`, `RMSProp(lr=1e-3, beta2=0.99)`.
-    - `steps`: number of optimizer steps.
+    - `steps`: number of optimizer steps (when resuming, default: the file's).
     - `processes`: any of `"discrete"`, `"midpoint"`, `"central"`, `"stable"`.
     - `eig`: eigen-tracking settings.
     - `save_w_every`: also store the (flat) parameters every this many steps.
@@ -299,17 +386,29 @@ def run(
     - `strict`: raise `SolverError` (after writing the chunk) when LOBPCG did not converge
       or an SDCP residual exceeds 1e-6, instead of warning once per process. Either way
       the `eig_converged` and `sdcp_residual` series record every step.
+    - `checkpoint_every`: write a checkpoint at every multiple of this many steps
+      (0: only at the end). A checkpoint at step t holds the state at time t, from
+      which rows t onwards are computed.
+    - `checkpoint_at`: further steps (≥ 1) at which to write a checkpoint.
+    - `resume`: continue the run in `out` from its checkpoint, with the same problem
+      and settings (checked before any computation: a `ValueError` names every
+      difference). Rows written after the checkpoint are recomputed.
 
     **Returns:** the [`centralflows.Run`][]: `run[process][field]` is a numpy series.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"`steps` must be a positive integer, got {steps!r}.")
+    if steps is None and not resume:
+        raise ValueError("`steps` is required (only a resumed run defaults to the file's).")
     if chunk < 1:
         raise ValueError(f"`chunk` must be a positive integer, got {chunk!r}.")
     if save_w_every is not None and save_w_every < 1:
         raise ValueError(f"`save_w_every` must be a positive integer, got {save_w_every!r}.")
     if isinstance(warm_start, bool) or not isinstance(warm_start, int) or warm_start < 0:
         raise ValueError(f"`warm_start` must be a non-negative integer, got {warm_start!r}.")
+    every, at = _check_schedule(checkpoint_every, checkpoint_at)
+    if resume and out is None:
+        raise ValueError("`resume=True` needs `out`, the run file to continue.")
     names = _check_processes(processes)
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, _ = jfu.ravel_pytree(w0)
@@ -318,18 +417,65 @@ def run(
             f"`w0` has {w.size} parameters, which does not match the objective's "
             f"{objective.num_params}."
         )
-    _check_start(objective, optimizer, w)
+    loss0 = _check_start(objective, optimizer, w)
     key = jr.key(0) if key is None else key
-    opt_state = optimizer.init(w, objective.grad(w))
-    if warm_start:
-        w, opt_state = _warm_start(objective, optimizer, w, opt_state, warm_start)
-
+    # What a resumed run must share with the run in the file.
+    setup = _json({
+        "processes": list(names),
+        "optimizer": repr(optimizer),
+        "eig": dataclasses.asdict(eig),
+        "central": repr(central) if "central" in names else None,
+        "stable": repr(stable) if "stable" in names else None,
+        "dtype": str(w.dtype),
+        "num_params": int(w.size),
+        "warm_start": warm_start,
+        "chunk": chunk,
+        "save_w_every": save_w_every,
+        "key": np.asarray(jr.key_data(key)).tolist(),
+        "start": _fingerprint(w, loss0),
+    })
+    schedule = {"every": every, "at": list(at)}
     path = pathlib.Path(out) if out is not None else None
-    if path is not None and path.exists() and not overwrite:
+    stored = checkpoint = None
+    if resume:
+        assert path is not None
+        stored = load_run(path, series=False)
+        _check_compatible(path, stored.attrs, setup)
+        checkpoint = load_checkpoint(path)
+        if checkpoint is None:
+            raise ValueError(
+                f"{str(path)!r} holds no checkpoint to resume from (the run was stopped "
+                "before its first one); start it again with `overwrite=True`."
+            )
+        steps = stored.attrs["steps"] if steps is None else steps
+        if steps + 1 < stored.steps_done:
+            raise ValueError(
+                f"Cannot resume {str(path)!r} to {steps} steps: it already holds steps 0 "
+                f"to {stored.steps_done - 1}, and rows are never dropped."
+            )
+        if checkpoint.step == steps + 1 == stored.num_rows:
+            warnings.warn(
+                f"{str(path)!r} is already complete at {steps} steps; nothing to do.",
+                stacklevel=2,
+            )
+            return load_run(path)
+        if stored.attrs["versions"] != package_versions():
+            warnings.warn(
+                f"{str(path)!r} was written with other package versions "
+                f"({stored.attrs['versions']}); its continuation may differ in the last "
+                "bits from an uninterrupted run.",
+                stacklevel=2,
+            )
+    elif path is not None and path.exists() and not overwrite:
         raise FileExistsError(
             f"Run file {str(path)!r} already exists; pass `overwrite=True` "
             "(`--overwrite` on the command line) to replace it."
         )
+    assert steps is not None
+    opt_state = optimizer.init(w, objective.grad(w))
+    if warm_start and not resume:
+        w, opt_state = _warm_start(objective, optimizer, w, opt_state, warm_start)
+
     scanned = tuple(PROCESSES[n](objective, optimizer, eig) for n in names if n in PROCESSES)
     options = {"central": central, "stable": stable}
     flows = tuple(
@@ -338,52 +484,86 @@ def run(
         if n in FLOW_PROCESSES
     )
     keys = jr.split(key, len(names) + 1)
-    scanned_states = tuple(p.init(w, k, opt_state) for p, k in zip(scanned, keys[1:]))
-    flow_states = tuple(
-        p.init(w, k, opt_state) for p, k in zip(flows, keys[1 + len(scanned) :])
-    )
+    grow_key, flow_key = jr.fold_in(keys[0], 0), jr.fold_in(keys[0], 1)
+
+    def initial_states(w, opt_state):
+        scanned_states = tuple(p.init(w, k, opt_state) for p, k in zip(scanned, keys[1:]))
+        flow_keys = keys[1 + len(scanned) :]
+        flow_states = tuple(p.init(w, k, opt_state) for p, k in zip(flows, flow_keys))
+        return scanned_states, flow_states
+
     num_rows = steps + 1
-    chunk = min(chunk, num_rows)
+    failed, warned = set(), set()
+    if checkpoint is None:
+        states = initial_states(w, opt_state)
+        t = 0
+    else:
+        template = eqx.filter_eval_shape(initial_states, w, opt_state)
+        leaves, treedef = jtu.tree_flatten(template)
+        arrays = checkpoint.arrays
+        if len(arrays) != len(leaves) + 2 or any(
+            a.dtype != leaf.dtype or a.ndim != leaf.ndim for a, leaf in zip(arrays, leaves)
+        ):
+            raise ValueError(
+                f"The checkpoint in {str(path)!r} does not hold the state of processes "
+                f"{list(names)} with this optimizer."
+            )
+        states = jtu.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays[:-2]])
+        stopped, solver_warned = arrays[-2:]
+        failed = {name for name, flag in zip(names, stopped) if flag}
+        warned = {
+            (name, kind)
+            for name, flags in zip(names, solver_warned)
+            for kind, flag in zip(_PROBLEM_KINDS, flags)
+            if flag
+        }
+        t = checkpoint.step
+    scanned_states, flow_states = states
     file_attrs = {
+        **(attrs or {}),
         "created": datetime.datetime.now(datetime.UTC).isoformat(),
         "versions": package_versions(),
-        "processes": list(names),
         "steps": steps,
-        "optimizer": repr(optimizer),
-        "eig": dataclasses.asdict(eig),
-        "central": repr(central) if "central" in names else None,
-        "stable": repr(stable) if "stable" in names else None,
-        "dtype": str(w.dtype),
-        "num_params": int(w.size),
-        "warm_start": warm_start,
         "stop_reasons": {str(code): reason for code, reason in STOP_REASONS.items()},
-        **(attrs or {}),
+        "checkpoint": schedule,
+        **setup,
     }
 
     with tempfile.TemporaryDirectory() as tmp, tqdm(
-        total=steps, disable=not progress, unit="step"
+        total=steps, initial=min(t, steps), disable=not progress, unit="step"
     ) as bar:
         path = path if path is not None else pathlib.Path(tmp) / "run.h5"
         writer = None
-        failed, warned = set(), set()
-        t = 0
+        if stored is not None and checkpoint is not None:
+            resumed = stored.attrs.get("resumed", []) + [{
+                "from_step": checkpoint.step,
+                "steps": steps,
+                "at": datetime.datetime.now(datetime.UTC).isoformat(),
+                "versions": package_versions(),
+            }]
+            writer = RunWriter.reopen(
+                path, num_rows=num_rows,
+                attrs={**(attrs or {}), "steps": steps, "checkpoint": schedule, "resumed": resumed},
+            )
         try:
             while t < num_rows:
-                rows = min(chunk, num_rows - t)
+                end = _chunk_end(t, num_rows, chunk, every, at)
+                rows = end - t
                 records = {}
                 if scanned:
+                    if t > 0 and t % chunk == 0:
+                        scanned_states = tuple(
+                            grow(p, s, jr.fold_in(grow_key, t))
+                            for p, s in zip(scanned, scanned_states)
+                        )
                     scanned_states, scan_records = _advance_chunk(
-                        scanned, scanned_states, jnp.asarray(t), jnp.asarray(num_rows), chunk
+                        scanned, scanned_states, jnp.asarray(t), jnp.asarray(end), chunk
                     )
                     for name, fields in scan_records.items():
                         records[name] = {f: np.asarray(v)[:rows] for f, v in fields.items()}
-                    scanned_states = tuple(
-                        grow(p, s, jr.fold_in(jr.fold_in(keys[0], 0), t))
-                        for p, s in zip(scanned, scanned_states)
-                    )
                 if flows:
                     flow_states, flow_records = _advance_flows(
-                        flows, flow_states, t, rows, jr.fold_in(jr.fold_in(keys[0], 1), t)
+                        flows, flow_states, t, rows, flow_key
                     )
                     records.update(flow_records)
                 records.update(_cross_process(records))
@@ -398,14 +578,15 @@ def run(
                     for field, values in fields.items()
                 }
                 if writer is None:
-                    specs = _series_specs(records)
                     writer = RunWriter.create(
-                        path, num_rows=num_rows, series=specs, attrs=file_attrs,
-                        overwrite=overwrite,
+                        path, num_rows=num_rows, series=_series_specs(records),
+                        attrs=file_attrs, overwrite=overwrite,
+                        checkpoint=jtu.tree_leaves((scanned_states, flow_states))
+                        + _loop_arrays(names, failed, warned),
                     )
                 writer.write(t, flat)
-                t += rows
-                bar.update(min(rows, steps - bar.n))
+                t = end
+                bar.update(min(t, steps) - bar.n)
                 bar.set_postfix(_progress_summary(flat, names[0]))
                 for name in names:  # stop codes persist, so the chunk's last row tells
                     code, when = records[name]["stop_reason"][-1], records[name]["stop_time"][-1]
@@ -413,14 +594,19 @@ def run(
                         failed.add(name)
                         message = describe_stop(warm_start + when, int(code))
                         warnings.warn(f"{name} {message}.", stacklevel=2)
-                if failed and stop_on_divergence:
-                    break
                 for name, kind, message in _solver_problems(records, t - rows, warm_start):
                     if strict:
                         raise SolverError(f"{name}: {message} (run file {str(path)!r}).")
                     if (name, kind) not in warned:
                         warned.add((name, kind))
                         warnings.warn(f"{name}: {message}; warned once.", stacklevel=2)
+                halt = bool(failed) and stop_on_divergence
+                if halt or t == num_rows or _is_checkpoint(t, every, at):
+                    leaves = jtu.tree_leaves((scanned_states, flow_states))
+                    arrays = [np.asarray(leaf) for leaf in leaves]
+                    writer.write_checkpoint(t, arrays + _loop_arrays(names, failed, warned))
+                if halt:
+                    break
         finally:
             if writer is not None:
                 writer.close()

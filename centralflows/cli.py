@@ -8,13 +8,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._config import ConfigError, load_config
+from ._config import ConfigError, load_config, parse_override, validate_config
 from ._regimes import SolverError, classify, describe_stop, last_finite
 from ._runfile import load_run
 
 _EPILOG = """examples:
   centralflows run configs/gd-mlp-digits.toml
   centralflows run configs/gd-mlp-digits.toml --set opt.lr=0.3 --runs discrete --steps 200
+  centralflows run --resume runs/gd-mlp-digits-20261123-120000.h5 --steps 800
   centralflows info runs/gd-mlp-digits-20261123-120000.h5
 """
 
@@ -28,7 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a config and write one run file")
-    run.add_argument("config", help="a TOML config, e.g. configs/gd-mlp-digits.toml")
+    run.add_argument(
+        "config", nargs="?", help="a TOML config, e.g. configs/gd-mlp-digits.toml"
+    )
+    run.add_argument(
+        "--resume",
+        metavar="RUN.h5",
+        help="continue this run file from its last checkpoint, with the config stored in "
+        "it (to --steps N, default: the steps it was started with)",
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -42,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--warm-start", type=int, metavar="N", help="take N unlogged optimizer steps first"
     )
-    run.add_argument("--out", default="runs", help="output directory (default: runs)")
+    run.add_argument("--out", help="output directory (default: runs)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run file")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument(
@@ -60,7 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def _new_config(args: argparse.Namespace) -> dict:
+    """The config of a new run: the file, `--set` overrides and the shortcuts."""
+    if args.config is None:
+        raise ConfigError("a CONFIG file is required (or --resume RUN.h5)")
     overrides = list(args.overrides)
     if args.runs is not None:
         overrides.append("run.processes=" + repr(list(args.runs)).replace("'", '"'))
@@ -68,7 +80,46 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"run.steps={args.steps}")
     if args.warm_start is not None:
         overrides.append(f"run.warm_start={args.warm_start}")
-    cfg = load_config(args.config, overrides)
+    return load_config(args.config, overrides)
+
+
+def _resumed_config(args: argparse.Namespace) -> dict:
+    """The config stored in the run file to resume, with only `run.steps` changed."""
+    given = {
+        "CONFIG": args.config,
+        "--runs": args.runs,
+        "--warm-start": args.warm_start,
+        "--out": args.out,
+        "--overwrite": args.overwrite or None,
+    }
+    refused = [name for name, value in given.items() if value is not None]
+    steps = args.steps
+    for text in args.overrides:
+        section, key, value = parse_override(text)
+        if (section, key) == ("run", "steps"):
+            steps = value if steps is None else steps
+        else:
+            refused.append(f"--set {section}.{key}")
+    if refused:
+        raise ConfigError(
+            f"--resume continues the run as configured in its file, so it takes no "
+            f"{', '.join(refused)}; only the number of steps may change (--steps N)"
+        )
+    stored = load_run(args.resume, series=False).config
+    if not stored:
+        raise ConfigError(
+            f"{args.resume} holds no config (it was not written by `centralflows run`); "
+            "resume it from Python with `cf.run(..., out=path, resume=True)`"
+        )
+    raw = {section: dict(table) for section, table in stored.items()}
+    if steps is not None:
+        raw["run"]["steps"] = steps
+    return validate_config(raw)
+
+
+def _run(args: argparse.Namespace) -> int:
+    resume = args.resume is not None
+    cfg = _resumed_config(args) if resume else _new_config(args)
 
     import jax
 
@@ -86,9 +137,15 @@ def _run(args: argparse.Namespace) -> int:
     eig = make_eig_config(cfg["eig"])
     objective, w0 = make_problem(cfg)
     central, stable = make_flow_options(cfg)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = pathlib.Path(args.out) / f"{pathlib.Path(args.config).stem}-{stamp}.h5"
-    print(f"writing {path}", file=sys.stderr)
+    if resume:
+        path = pathlib.Path(args.resume)
+        attrs = {"config": cfg}
+        print(f"resuming {path}", file=sys.stderr)
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = pathlib.Path(args.out or "runs") / f"{pathlib.Path(args.config).stem}-{stamp}.h5"
+        attrs = {"config": cfg, "command": " ".join(sys.argv)}
+        print(f"writing {path}", file=sys.stderr)
     result = run(
         objective,
         w0,
@@ -103,11 +160,14 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         chunk=cfg["run"]["chunk"],
         key=jax.random.key(cfg["run"]["seed"]),
-        attrs={"config": cfg, "command": " ".join(sys.argv)},
+        attrs=attrs,
         progress=not args.quiet,
         warm_start=cfg["run"]["warm_start"],
         stop_on_divergence=args.stop_on_divergence,
         strict=args.strict,
+        checkpoint_every=cfg["checkpoint"]["frequency"],
+        checkpoint_at=cfg["checkpoint"]["steps"],
+        resume=resume,
     )
     print(_summary(result))
     print(result.path)

@@ -25,7 +25,7 @@ def test_defaults_filled():
     assert isinstance(cfg["opt"]["lr"], float)  # an int is accepted for a float key
     assert cfg["data"]["n"] == 1000 and cfg["data"]["criterion"] == "mse"
     assert cfg["run"]["processes"] == ["discrete", "midpoint"]
-    assert cfg["checkpoint"]["steps"] == []
+    assert cfg["checkpoint"] == {"frequency": 100, "steps": []}
     assert cfg["stable"]["max_Seff"] == 100.0
     assert set(cfg) == {
         "opt",
@@ -182,7 +182,13 @@ def test_section_not_a_table():
         ("run.processes=[1]", r"run\.processes = \[1\] has the wrong type"),
         ("run.precision=float16", r'run\.precision = "float16"'),
         ("central.solver=dopri5", r'central\.solver = "dopri5" .*"tsit5", "euler"'),
-        ("checkpoint.steps=[-1]", r"checkpoint\.steps = \[-1\] .*integers >= 0"),
+        ("checkpoint.steps=[0]", r"checkpoint\.steps = \[0\] .*integers >= 1"),
+        ("checkpoint.steps=[10, -1]", r"checkpoint\.steps = \[10, -1\] .*integers >= 1"),
+        ("checkpoint.steps=[1.5]", r"checkpoint\.steps = \[1\.5\] has the wrong type"),
+        ("checkpoint.steps=5", r"checkpoint\.steps = 5 has the wrong type; expected a list"),
+        ("checkpoint.frequency=-1", r"checkpoint\.frequency = -1 .*>= 0 \(0: only at the end\)"),
+        ("checkpoint.frequency=true", r"checkpoint\.frequency = true has the wrong type"),
+        ("checkpoint.every=10", r"unknown key 'checkpoint\.every'"),
         ("eig.initial_neigs=9", r"eig\.initial_neigs = 9 exceeds eig\.max_neigs = 8"),
     ],
 )
@@ -222,7 +228,8 @@ def test_round_trip(tmp_path):
             "opt.eps=1e-12",
             "opt.bias_correction=true",
             'run.processes=["midpoint", "discrete"]',
-            "checkpoint.steps=[0, 10, 100]",
+            "checkpoint.steps=[5, 10, 100]",
+            "checkpoint.frequency=0",
             "eig.tol=1e-9",
             "central.atol=1",  # an int for a float key
         ],
