@@ -27,6 +27,8 @@ _FILL: dict[str, float | int] = {"float64": np.nan, "int64": -1}
 _ROW_CHUNK = 256  # rows per chunk, at most
 _CHUNK_BYTES = 1 << 20  # bytes per chunk, at most (large rows get fewer rows per chunk)
 _VARIABLE_CHUNK = 16  # chunk length along a variable-width axis
+_MIN_CHECKPOINT_CHUNK = 64  # elements per chunk of a checkpoint array, at least
+_READ_ATTEMPTS = 20  # reads of a checkpoint that a running writer may replace meanwhile
 _COPY_BYTES = 64 << 20  # bytes per block of rows copied by `RunWriter.reopen`, about
 
 
@@ -140,21 +142,27 @@ def _create_checkpoint(file: h5py.File, layout: Sequence[Any]) -> None:
                              fillvalue=-1)
         for i, array in enumerate(layout):
             dtype = np.dtype(array.dtype)
-            size = max(1, math.prod(array.shape))
+            size = max(_MIN_CHECKPOINT_CHUNK, math.prod(array.shape))
             group.create_dataset(
                 str(i),
                 shape=(0,),
                 maxshape=(None,),
                 dtype=dtype,
-                chunks=(max(1, min(size, _CHUNK_BYTES // dtype.itemsize)),),
+                chunks=(min(size, _CHUNK_BYTES // dtype.itemsize),),
             )
     file.create_dataset("checkpoint/current", data=np.array([-1, -1], np.int64))
 
 
-def _read_checkpoint(file: h5py.File) -> Checkpoint | None:
+def _current(file: h5py.File) -> tuple[int, int]:
+    """`(slot, step)` of the current checkpoint; `(-1, -1)` if there is none."""
     if "checkpoint" not in file:  # format version 1
-        return None
-    slot, step = (int(x) for x in file["checkpoint/current"][()])
+        return (-1, -1)
+    slot, step = file["checkpoint/current"][()]
+    return int(slot), int(step)
+
+
+def _read_checkpoint(file: h5py.File) -> Checkpoint | None:
+    slot, step = _current(file)
     if slot < 0:
         return None
     group = file[f"checkpoint/{slot}"]
@@ -597,7 +605,8 @@ def load_run(path: str | os.PathLike[str], *, series: bool = True) -> Run:
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
-    """Read the current checkpoint of a run file.
+    """Read the current checkpoint of a run file (also while a writer runs, or after one
+    was killed).
 
     **Arguments:**
 
@@ -607,5 +616,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
 
     The [`centralflows.Checkpoint`][] last written completely, or `None` if there is none.
     """
-    with _open_run(pathlib.Path(path)) as file:
-        return _read_checkpoint(file)
+    path = pathlib.Path(path)
+    for _ in range(_READ_ATTEMPTS):
+        with _open_run(path) as file:
+            current = _current(file)
+            try:
+                checkpoint = _read_checkpoint(file)
+            except (KeyError, ValueError, OSError):  # its slot was being rewritten
+                continue
+        # A writer rewrites a slot only once `current` points to the other one, and steps
+        # increase: the same `current` after the read means that nothing changed under it.
+        with _open_run(path) as file:
+            if _current(file) == current:
+                return checkpoint
+    raise OSError(f"Could not read a consistent checkpoint from {str(path)!r}; retry.")

@@ -1,12 +1,13 @@
 import json
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
 import pytest
 
-from centralflows._runfile import Run, RunWriter, SeriesSpec, load_run
+from centralflows._runfile import Run, RunWriter, SeriesSpec, load_checkpoint, load_run
 
 SERIES = {
     "discrete/train_loss": SeriesSpec(()),
@@ -261,3 +262,134 @@ def test_load_run_rejects_non_run_files(tmp_path):
     text.write_text("hello")
     with pytest.raises(ValueError, match="not an HDF5 file"):
         load_run(text)
+
+
+LAYOUT = [np.zeros((2, 3)), np.zeros((), np.int64), np.zeros(4, bool)]
+
+
+def _arrays(step, rows=2):
+    return [np.full((rows, 3), float(step)), np.array(step), np.arange(4) < step % 5]
+
+
+def _assert_checkpoint(checkpoint, step, rows=2):
+    assert checkpoint is not None and checkpoint.step == step
+    for got, expected in zip(checkpoint.arrays, _arrays(step, rows), strict=True):
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_checkpoint_round_trip_and_shapes_may_change(tmp_path):
+    path = tmp_path / "run.h5"
+    with _create(path, checkpoint=LAYOUT) as writer:
+        assert load_checkpoint(path) is None
+        writer.write_checkpoint(3, _arrays(3))
+        _assert_checkpoint(load_checkpoint(path), 3)  # visible to a reader at once
+        writer.write_checkpoint(7, _arrays(7, rows=5))  # e.g. the tracked set grew
+        writer.write_checkpoint(9, _arrays(9, rows=1))
+        for bad, match in [
+            (_arrays(9)[:2], "holds 3 arrays, got 2"),
+            ([np.zeros((2, 3), np.float32), *_arrays(9)[1:]], "array 0: expected dtype float64"),
+            ([np.zeros(6), *_arrays(9)[1:]], "rank 2"),
+        ]:
+            with pytest.raises(ValueError, match=match):
+                writer.write_checkpoint(10, bad)
+    _assert_checkpoint(load_checkpoint(path), 9, rows=1)
+    run = load_run(path)
+    assert set(run) == {"discrete", "distances"}  # `checkpoint` is not a series group
+    with pytest.raises(ValueError, match="'checkpoint' is reserved"):
+        RunWriter.create(tmp_path / "x.h5", num_rows=2, series={"checkpoint/a": SeriesSpec(())},
+                         attrs={})
+
+
+def test_a_failure_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "run.h5"
+    with _create(path, checkpoint=LAYOUT) as writer:
+        writer.write_checkpoint(3, _arrays(3))
+        writer.write_checkpoint(4, _arrays(4))
+        resize = h5py.Dataset.resize
+        calls = []
+
+        def failing(self, size, axis=None):
+            calls.append(self.name)
+            if len(calls) == 2:  # the first array of the new slot is written already
+                raise OSError("disk full")
+            resize(self, size, axis)
+
+        monkeypatch.setattr(h5py.Dataset, "resize", failing)
+        with pytest.raises(OSError, match="disk full"):
+            writer.write_checkpoint(5, _arrays(5, rows=3))
+        monkeypatch.undo()
+        assert calls[0].startswith("/checkpoint/0/")  # it was overwriting the older slot
+        _assert_checkpoint(load_checkpoint(path), 4)
+    _assert_checkpoint(load_checkpoint(path), 4)
+
+
+# Writes checkpoints in a loop until killed; every array of checkpoint `step` holds `step`.
+_CHECKPOINTER = """
+import sys
+import numpy as np
+from centralflows._runfile import RunWriter, SeriesSpec
+layout = [np.zeros(50000), np.zeros((50000, 2), np.int64)]
+writer = RunWriter.create(sys.argv[1], num_rows=2, series={"a/b": SeriesSpec(())}, attrs={},
+                          checkpoint=layout)
+print("ready", flush=True)
+step = 0
+while True:
+    step += 1
+    size = 1 + (step * 7919) % 50000
+    writer.write_checkpoint(step, [np.full(size, float(step)), np.full((size, 2), step)])
+"""
+
+
+def test_a_killed_writer_leaves_a_whole_checkpoint(tmp_path):
+    path = tmp_path / "run.h5"
+    writer = subprocess.Popen([sys.executable, "-c", _CHECKPOINTER, str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        while (checkpoint := load_checkpoint(path)) is None or checkpoint.step < 20:
+            time.sleep(0.01)
+        writer.kill()
+        writer.wait()
+    finally:
+        writer.kill()
+        writer.wait()
+    checkpoint = load_checkpoint(path)
+    assert checkpoint is not None and checkpoint.step >= 20
+    step = checkpoint.step
+    size = 1 + (step * 7919) % 50000
+    np.testing.assert_array_equal(checkpoint.arrays[0], np.full(size, float(step)))
+    np.testing.assert_array_equal(checkpoint.arrays[1], np.full((size, 2), step))
+
+
+def test_reopen_copies_rows_and_checkpoint_and_replaces_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "run.h5"
+    name = "discrete/effective_hessian_eigs"
+    writer = _create(path, num_rows=6, checkpoint=LAYOUT)
+    writer.write(0, {"discrete/train_loss": np.array([1.0, 2.0, 3.0]),
+                     name: np.array([[1.0], [2.0], [3.0]])})
+    writer.write(3, {name: np.array([[4.0, 5.0]])})
+    writer.write_checkpoint(2, _arrays(2))
+    writer._file.flush()  # left open, as by a killed writer
+    before = path.read_bytes()
+
+    monkeypatch.setattr(RunWriter, "write_checkpoint", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        RunWriter.reopen(path, num_rows=8, attrs={"steps": 7})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+    with pytest.raises(ValueError, match="at least the 4 rows already written"):
+        RunWriter.reopen(path, num_rows=3, attrs={})
+    writer.close()
+
+    with RunWriter.reopen(path, num_rows=8, attrs={"steps": 7, "note": "resumed"}) as reopened:
+        assert reopened.path == path and reopened.num_rows == 8
+        reopened.write(4, {"discrete/train_loss": np.array([5.0])})
+    assert list(tmp_path.iterdir()) == [path]
+    run = load_run(path)
+    assert run.num_rows == 8 and run.steps_done == 5
+    np.testing.assert_array_equal(run["discrete"]["train_loss"][:5], [1.0, 2.0, 3.0, np.nan, 5.0])
+    np.testing.assert_array_equal(run["discrete"]["effective_hessian_eigs"][:4], [[1, np.nan], [2, np.nan], [3, np.nan], [4, 5]])
+    assert run.attrs["steps"] == 7 and run.attrs["note"] == "resumed"
+    assert run.attrs["config"] == ATTRS["config"]
+    _assert_checkpoint(load_checkpoint(path), 2)
