@@ -30,7 +30,7 @@ from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import PROCESSES, AbstractProcess, grow
 from ._regimes import STOP_REASONS, SolverError, describe_stop, last_finite
-from ._runfile import Run, RunWriter, SeriesSpec, load_checkpoint, load_run
+from ._runfile import Checkpoint, Run, RunWriter, SeriesSpec, load_checkpoint, load_run
 
 _VARIABLE_WIDTH = ("effective_hessian_eigs", "hessian_eigs", "eig_residuals", "predicted_variances")
 _PACKAGES = ("centralflows", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix")
@@ -319,6 +319,61 @@ def _loop_arrays(names, failed: set, warned: set) -> list[np.ndarray]:
     ]
 
 
+def _resume_point(
+    path: pathlib.Path, setup: Mapping[str, Any], steps: int | None
+) -> tuple[Run, Checkpoint, int]:
+    """The run file to resume (attributes only), its checkpoint and the steps to run
+    (`steps`, by default the file's), checked to be the run that `setup` describes."""
+    stored = load_run(path, series=False)
+    _check_compatible(path, stored.attrs, setup)
+    checkpoint = load_checkpoint(path)
+    if checkpoint is None:
+        raise ValueError(
+            f"{str(path)!r} holds no checkpoint to resume from (the run was stopped "
+            "before its first one); start it again with `overwrite=True`."
+        )
+    steps = stored.attrs["steps"] if steps is None else steps
+    if steps + 1 < stored.steps_done:
+        raise ValueError(
+            f"Cannot resume {str(path)!r} to {steps} steps: it already holds steps 0 "
+            f"to {stored.steps_done - 1}, and rows are never dropped."
+        )
+    if stored.attrs["versions"] != package_versions():
+        warnings.warn(
+            f"{str(path)!r} was written with other package versions "
+            f"({stored.attrs['versions']}); its continuation may differ in the last "
+            "bits from an uninterrupted run.",
+            stacklevel=3,
+        )
+    return stored, checkpoint, steps
+
+
+def _restore(
+    template: PyTree, checkpoint: Checkpoint, names: Sequence[str], path: pathlib.Path
+) -> tuple[PyTree, set[str], set[tuple[str, str]]]:
+    """The process states (shaped like `template` but for the tracked sets' sizes) and
+    the loop's `failed` and `warned` sets saved in `checkpoint`."""
+    leaves, treedef = jtu.tree_flatten(template)
+    arrays = checkpoint.arrays
+    if len(arrays) != len(leaves) + 2 or any(
+        a.dtype != leaf.dtype or a.ndim != leaf.ndim for a, leaf in zip(arrays, leaves)
+    ):
+        raise ValueError(
+            f"The checkpoint in {str(path)!r} does not hold the state of processes "
+            f"{list(names)} with this optimizer."
+        )
+    states = jtu.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays[:-2]])
+    stopped, solver_warned = arrays[-2:]
+    failed = {name for name, flag in zip(names, stopped) if flag}
+    warned = {
+        (name, kind)
+        for name, flags in zip(names, solver_warned)
+        for kind, flag in zip(_PROBLEM_KINDS, flags)
+        if flag
+    }
+    return states, failed, warned
+
+
 def run(
     loss: Objective | Callable[[PyTree], Scalar],
     w0: PyTree,
@@ -439,33 +494,13 @@ def run(
     stored = checkpoint = None
     if resume:
         assert path is not None
-        stored = load_run(path, series=False)
-        _check_compatible(path, stored.attrs, setup)
-        checkpoint = load_checkpoint(path)
-        if checkpoint is None:
-            raise ValueError(
-                f"{str(path)!r} holds no checkpoint to resume from (the run was stopped "
-                "before its first one); start it again with `overwrite=True`."
-            )
-        steps = stored.attrs["steps"] if steps is None else steps
-        if steps + 1 < stored.steps_done:
-            raise ValueError(
-                f"Cannot resume {str(path)!r} to {steps} steps: it already holds steps 0 "
-                f"to {stored.steps_done - 1}, and rows are never dropped."
-            )
+        stored, checkpoint, steps = _resume_point(path, setup, steps)
         if checkpoint.step == steps + 1 == stored.num_rows:
             warnings.warn(
                 f"{str(path)!r} is already complete at {steps} steps; nothing to do.",
                 stacklevel=2,
             )
             return load_run(path)
-        if stored.attrs["versions"] != package_versions():
-            warnings.warn(
-                f"{str(path)!r} was written with other package versions "
-                f"({stored.attrs['versions']}); its continuation may differ in the last "
-                "bits from an uninterrupted run.",
-                stacklevel=2,
-            )
     elif path is not None and path.exists() and not overwrite:
         raise FileExistsError(
             f"Run file {str(path)!r} already exists; pass `overwrite=True` "
@@ -493,30 +528,11 @@ def run(
         return scanned_states, flow_states
 
     num_rows = steps + 1
-    failed, warned = set(), set()
     if checkpoint is None:
-        states = initial_states(w, opt_state)
-        t = 0
+        states, failed, warned, t = initial_states(w, opt_state), set(), set(), 0
     else:
         template = eqx.filter_eval_shape(initial_states, w, opt_state)
-        leaves, treedef = jtu.tree_flatten(template)
-        arrays = checkpoint.arrays
-        if len(arrays) != len(leaves) + 2 or any(
-            a.dtype != leaf.dtype or a.ndim != leaf.ndim for a, leaf in zip(arrays, leaves)
-        ):
-            raise ValueError(
-                f"The checkpoint in {str(path)!r} does not hold the state of processes "
-                f"{list(names)} with this optimizer."
-            )
-        states = jtu.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays[:-2]])
-        stopped, solver_warned = arrays[-2:]
-        failed = {name for name, flag in zip(names, stopped) if flag}
-        warned = {
-            (name, kind)
-            for name, flags in zip(names, solver_warned)
-            for kind, flag in zip(_PROBLEM_KINDS, flags)
-            if flag
-        }
+        states, failed, warned = _restore(template, checkpoint, names, path)
         t = checkpoint.step
     scanned_states, flow_states = states
     file_attrs = {
