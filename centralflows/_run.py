@@ -487,7 +487,7 @@ def run(
         "chunk": chunk,
         "save_w_every": save_w_every,
         "key": np.asarray(jr.key_data(key)).tolist(),
-        "start": _fingerprint(w, loss0),
+        "start_sha256": _fingerprint(w, loss0),  # of w0 and the loss there
     })
     schedule = {"every": every, "at": list(at)}
     path = pathlib.Path(out) if out is not None else None

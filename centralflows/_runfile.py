@@ -29,7 +29,7 @@ _CHUNK_BYTES = 1 << 20  # bytes per chunk, at most (large rows get fewer rows pe
 _VARIABLE_CHUNK = 16  # chunk length along a variable-width axis
 _MIN_CHECKPOINT_CHUNK = 64  # elements per chunk of a checkpoint array, at least
 _READ_ATTEMPTS = 20  # reads of a checkpoint that a running writer may replace meanwhile
-_COPY_BYTES = 64 << 20  # bytes per block of rows copied by `RunWriter.reopen`, about
+_COPY_BYTES = 64 << 20  # about this many bytes per block of rows that `RunWriter.reopen` copies
 
 
 class SeriesSpec(NamedTuple):

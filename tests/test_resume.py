@@ -130,7 +130,7 @@ def test_incompatible_resume_names_every_difference(problem, finished):
     cases = [
         (dict(optimizer=cf.GD(lr=0.3)), ["optimizer: the file has 'GD(lr=0.5)', this call gives 'GD(lr=0.3)'"]),
         (dict(processes=("discrete", "midpoint")), ["processes: the file has ['discrete']"]),
-        (dict(w0=w0.at[0].add(1e-3)), ["start: the file has"]),
+        (dict(w0=w0.at[0].add(1e-3)), ["start_sha256: the file has"]),
         (dict(key=jr.key(1)), ["key: the file has [0, 0], this call gives [0, 1]"]),
         (dict(chunk=3, warm_start=2), ["chunk: the file has 2, this call gives 3", "warm_start"]),
         (dict(eig=cf.EigConfig(tol=1e-7)), ["eig: the file has {"]),
