@@ -259,14 +259,20 @@ def _check_start(objective: Objective, optimizer: AbstractOptimizer, w: jax.Arra
     return loss
 
 
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_int(name: str, value: Any, minimum: int, note: str = "") -> None:
+    if not _is_int(value, minimum):
+        kind = "a positive integer" if minimum == 1 else "a non-negative integer"
+        raise ValueError(f"`{name}` must be {kind}{note}, got {value!r}.")
+
+
 def _check_schedule(every: int, at: Sequence[int]) -> tuple[int, tuple[int, ...]]:
-    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-        raise ValueError(
-            f"`checkpoint_every` must be a non-negative integer (0: only at the end), "
-            f"got {every!r}."
-        )
+    _check_int("checkpoint_every", every, 0, " (0: only at the end)")
     at = tuple(at)
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in at):
+    if not all(_is_int(s, 1) for s in at):
         raise ValueError(f"`checkpoint_at` must hold positive integers, got {list(at)!r}.")
     return every, tuple(sorted(set(at)))
 
@@ -451,16 +457,14 @@ def run(
 
     **Returns:** the [`centralflows.Run`][]: `run[process][field]` is a numpy series.
     """
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"`steps` must be a positive integer, got {steps!r}.")
     if steps is None and not resume:
         raise ValueError("`steps` is required (only a resumed run defaults to the file's).")
-    if chunk < 1:
-        raise ValueError(f"`chunk` must be a positive integer, got {chunk!r}.")
-    if save_w_every is not None and save_w_every < 1:
-        raise ValueError(f"`save_w_every` must be a positive integer, got {save_w_every!r}.")
-    if isinstance(warm_start, bool) or not isinstance(warm_start, int) or warm_start < 0:
-        raise ValueError(f"`warm_start` must be a non-negative integer, got {warm_start!r}.")
+    if steps is not None:
+        _check_int("steps", steps, 1)
+    _check_int("chunk", chunk, 1)
+    if save_w_every is not None:
+        _check_int("save_w_every", save_w_every, 1)
+    _check_int("warm_start", warm_start, 0)
     every, at = _check_schedule(checkpoint_every, checkpoint_at)
     if resume and out is None:
         raise ValueError("`resume=True` needs `out`, the run file to continue.")

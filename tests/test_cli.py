@@ -1,3 +1,4 @@
+import datetime
 import os
 import subprocess
 import sys
@@ -154,3 +155,19 @@ def test_flows_from_the_command_line(tmp_path, capsys):
     assert set(result["distances"]) == {"central-discrete", "central-stable", "discrete-stable"}
     out = capsys.readouterr().out
     assert "stable: stable" in out and "warm start: 3 unlogged steps" in out
+
+
+def test_an_existing_run_file_is_kept_unless_overwrite(tmp_path, capsys, monkeypatch):
+    class Fixed(datetime.datetime):  # the run file's name comes from the time
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
+
+    monkeypatch.setattr(datetime, "datetime", Fixed)
+    path = tmp_path / "gd-mlp-digits-20260102-030405.h5"
+    path.write_bytes(b"precious")
+    argv = ["run", DEFAULT, *SMALL, "--steps", "2", "--runs", "discrete", "--out", str(tmp_path)]
+    assert main([*argv, "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err and path.read_bytes() == b"precious"
+    assert main([*argv, "--quiet", "--overwrite"]) == 0
+    assert cf.load_run(path).steps_done == 3

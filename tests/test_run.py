@@ -121,6 +121,9 @@ def test_bad_input_is_rejected_before_any_file(tmp_path):
         (dict(steps=0), "steps"),
         (dict(save_w_every=0), "save_w_every"),
         (dict(warm_start=-1), "warm_start"),
+        (dict(chunk=2.5), "`chunk` must be a positive integer, got 2.5"),
+        (dict(save_w_every=True), "`save_w_every` must be a positive integer, got True"),
+        (dict(steps=3.0), "`steps` must be a positive integer, got 3.0"),
     ]
     for kwargs, message in cases:
         kwargs = {"steps": 3, **kwargs}
