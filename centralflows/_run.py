@@ -331,13 +331,14 @@ def _resume_point(
     """The run file to resume (attributes only), its checkpoint and the steps to run
     (`steps`, by default the file's), checked to be the run that `setup` describes."""
     stored = load_run(path, series=False)
-    _check_compatible(path, stored.attrs, setup)
     checkpoint = load_checkpoint(path)
     if checkpoint is None:
         raise ValueError(
             f"{str(path)!r} holds no checkpoint to resume from (the run was stopped "
-            "before its first one); start it again with `overwrite=True`."
+            "before its first one, or written by an older centralflows); start it again "
+            "with `overwrite=True`."
         )
+    _check_compatible(path, stored.attrs, setup)
     steps = stored.attrs["steps"] if steps is None else steps
     if steps + 1 < stored.steps_done:
         raise ValueError(
@@ -468,6 +469,8 @@ def run(
     every, at = _check_schedule(checkpoint_every, checkpoint_at)
     if resume and out is None:
         raise ValueError("`resume=True` needs `out`, the run file to continue.")
+    if resume and overwrite:
+        raise ValueError("`resume=True` continues the run file `out`; drop `overwrite=True`.")
     names = _check_processes(processes)
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, _ = jfu.ravel_pytree(w0)

@@ -156,6 +156,8 @@ def test_resume_refuses_what_it_cannot_do(problem, finished, tmp_path, monkeypat
         resume(out, steps=5)
     with pytest.raises(ValueError, match="needs `out`"):
         resume(None)
+    with pytest.raises(ValueError, match="drop `overwrite=True`"):
+        resume(out, overwrite=True)
     with pytest.raises(FileNotFoundError, match="No run file"):
         resume(tmp_path / "missing.h5")
     text = tmp_path / "notes.h5"
