@@ -611,6 +611,7 @@ def run(
                 t = end
                 bar.update(min(t, steps) - bar.n)
                 bar.set_postfix(_progress_summary(flat, names[0]))
+                known_failures = len(failed)
                 for name in names:  # stop codes persist, so the chunk's last row tells
                     code, when = records[name]["stop_reason"][-1], records[name]["stop_time"][-1]
                     if code in (1, 2) and name not in failed:
@@ -623,7 +624,7 @@ def run(
                     if (name, kind) not in warned:
                         warned.add((name, kind))
                         warnings.warn(f"{name}: {message}; warned once.", stacklevel=2)
-                halt = bool(failed) and stop_on_divergence
+                halt = stop_on_divergence and len(failed) > known_failures
                 if halt or t == num_rows or _is_checkpoint(t, every, at):
                     leaves = jtu.tree_leaves((scanned_states, flow_states))
                     arrays = [np.asarray(leaf) for leaf in leaves]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 import h5py
 import jax.numpy as jnp
@@ -277,3 +278,22 @@ def test_a_float32_state_round_trips(tmp_path):
     arrays = cf.load_checkpoint(out).arrays
     assert any(a.dtype == np.float32 for a in arrays) and any(a.dtype == bool for a in arrays)
     _assert_runs_equal(cf.run(loss, w0, cf.GD(lr=0.1), steps=6, out=out, resume=True, **kwargs), full)
+
+
+def test_a_run_halted_on_divergence_resumes_without_repeating_the_warning(tmp_path):
+    # L = Σ w⁴/4 from w = 2 with η = 1: GD overflows within a few steps (see test_run).
+    loss = lambda w: jnp.sum(w**4) / 4
+    w0 = jnp.array([2.0, 0.5])
+    kwargs = dict(processes=("discrete", "midpoint"), chunk=5, progress=False)
+    with pytest.warns(UserWarning, match="stopped at step"):
+        full = cf.run(loss, w0, cf.GD(lr=1.0), steps=20, **kwargs)
+    out = tmp_path / "run.h5"
+    with pytest.warns(UserWarning, match="stopped at step"):
+        halted = cf.run(loss, w0, cf.GD(lr=1.0), steps=20, out=out, stop_on_divergence=True,
+                        **kwargs)
+    assert halted.steps_done < 21 and cf.load_checkpoint(out).step == halted.steps_done
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported once, before the halt: not again
+        resumed = cf.run(loss, w0, cf.GD(lr=1.0), out=out, resume=True,
+                         stop_on_divergence=True, **kwargs)
+    _assert_runs_equal(resumed, full)
