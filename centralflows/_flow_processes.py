@@ -1,7 +1,8 @@
 """The stable and central flows as processes observed at integer times."""
 
 import abc
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -38,6 +39,24 @@ class FlowProcessState(eqx.Module):
     stop_time: Scalar  # NaN unless stopped, for the reason `stop_reason`
     stop_reason: Scalar  # a code of `STOP_REASONS`; NaN while running
     dt: Scalar  # the solver's first step size in the next segment
+
+
+def event_crossing(event: tuple) -> tuple:
+    """A planned event without its kind: what `AbstractFlowProcess.condition` takes."""
+    return event if event[0] == "activation" else event[1:]
+
+
+class PlannedSegment(NamedTuple):
+    """One integrated segment, as planned from concrete values: from `t0` to `t1`
+    (where `event`, if not `None`, stopped it), first step `dt`, `num_critical`
+    critical directions in the frozen `basis`."""
+
+    t0: float
+    t1: float
+    dt: Scalar
+    num_critical: int
+    basis: Basis
+    event: tuple | None
 
 
 class AbstractFlowProcess(eqx.Module):
@@ -129,16 +148,19 @@ class AbstractFlowProcess(eqx.Module):
         """Integrate from `(t0, y)` towards `t1` in the frozen `basis`, stopping where
         `crossing` happens: `None`, `("activation",)` or `(index, threshold)` (an event
         without its kind)."""
-        condition = None
-        if crossing is not None and crossing[0] != "activation":
-            index, threshold = crossing
-            ritz = lambda y, b: ritz_at(self.objective, self.optimizer, y, b)
-            condition = lambda y, b: ritz(y, b).values[index] - threshold
-        elif crossing is not None:
-            condition = lambda y, b: self.activation(y, b, num_critical)
+        condition = None if crossing is None else self.condition(crossing, num_critical)
         return integrate_segment(
             self.field(num_critical), y, t0, t1, dt, basis, self.options, condition
         )
+
+    def condition(
+        self, crossing: tuple, num_critical: int
+    ) -> Callable[[FlowState, Basis], Scalar]:
+        """`(y, basis) -> c`, rising through 0 where `crossing` (as for `segment`) happens."""
+        if crossing[0] == "activation":
+            return lambda y, b: self.activation(y, b, num_critical)
+        index, threshold = crossing
+        return lambda y, b: ritz_at(self.objective, self.optimizer, y, b).values[index] - threshold
 
     def observe_now(
         self, state: FlowProcessState, t: float, key: PRNGKeyArray
@@ -153,9 +175,16 @@ class AbstractFlowProcess(eqx.Module):
         return state, k, event, self.observe(state, k)
 
     def advance_unit(
-        self, state: FlowProcessState, t: int, key: PRNGKeyArray
+        self,
+        state: FlowProcessState,
+        t: int,
+        key: PRNGKeyArray,
+        trace: list | None = None,
     ) -> tuple[FlowProcessState, Vector, Record]:
         """Log time `t` and integrate to `t + 1`, re-planning at every event.
+
+        With a list `trace`, every integrated segment is appended to it as a
+        `PlannedSegment` (what a replay needs to retrace the unit differentiably).
 
         **Returns:** `(state_at_t_plus_1, position_at_t, record_at_t)`; once the flow has
         stopped, the position and record are NaN but for the stop and onset times.
@@ -171,10 +200,10 @@ class AbstractFlowProcess(eqx.Module):
         steps = rejected = segments = 0
         now = float(t)
         while now < t + 1 and np.isnan(float(state.stop_time)):
-            crossing = event if event is None or event[0] == "activation" else event[1:]
+            crossing = None if event is None else event_crossing(event)
+            basis = self.basis(state, k)
             segment = self.segment(
-                state.y, state.dt, self.basis(state, k), jnp.asarray(now), jnp.asarray(t + 1.0),
-                k, crossing,
+                state.y, state.dt, basis, jnp.asarray(now), jnp.asarray(t + 1.0), k, crossing
             )
             steps += int(segment.steps)
             rejected += int(segment.rejected)
@@ -183,6 +212,9 @@ class AbstractFlowProcess(eqx.Module):
             if bool(segment.failed) or not finite:
                 state = self.stop(state, now, 2 if finite else 1)
                 break
+            if trace is not None:
+                fired = event if bool(segment.event) else None
+                trace.append(PlannedSegment(now, float(segment.t), state.dt, k, basis, fired))
             state = eqx.tree_at(lambda s: (s.y, s.dt), state, (segment.y, segment.dt))
             now = float(segment.t)
             if bool(segment.event):
@@ -200,7 +232,7 @@ class AbstractFlowProcess(eqx.Module):
     def on_event(self, state: FlowProcessState, event: tuple, time: float) -> FlowProcessState:
         """Update the state after `event` stopped a segment at `time`."""
         if event[0] in ("activation", "eos"):
-            return eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(time))
+            return eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(time, state.y.w.dtype))
         if event[0] == "ceiling":
             return self.stop(state, time, 3)
         return state

@@ -30,6 +30,8 @@ class FlowOptions(eqx.Module):
     - `guard`: tracked eigenvectors beyond the critical ones kept in the Rayleigh–Ritz
       basis inside the vector field: they let the critical directions rotate within a
       unit of time, and show the next eigenvalue entering the critical set.
+    - `adjoint`: how diffrax differentiates a segment (reverse mode by default;
+      `central_flow` switches to `ForwardMode()` by itself under `jax.jvp`/`jacfwd`).
     """
 
     solver: dfx.AbstractSolver = dfx.Tsit5()
@@ -42,6 +44,7 @@ class FlowOptions(eqx.Module):
     max_seff: float = 100.0
     max_steps: int = eqx.field(default=1024, static=True)
     guard: int = eqx.field(default=2, static=True)
+    adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint()
 
     def __check_init__(self):
         for name in ("dt0", "tau", "sdcp_threshold", "max_seff"):
@@ -128,6 +131,7 @@ def integrate_segment(
         stepsize_controller=options.stepsize_controller,
         event=event,
         max_steps=options.max_steps,
+        adjoint=options.adjoint,
         throw=False,
     )
     fired = jnp.array(False) if event is None else jnp.asarray(solution.event_mask)

@@ -34,7 +34,7 @@ def _psd_projection_jvp(primals, tangents):
     d, q = jnp.linalg.eigh(_sym(y))
     positive = jnp.maximum(d, 0)
     gap = d[:, None] - d[None, :]
-    close = jnp.abs(gap) <= 1e3 * jnp.finfo(d.dtype).eps * (1 + jnp.max(jnp.abs(d)))
+    close = jnp.abs(gap) <= 1e3 * jnp.finfo(d.dtype).eps * (1 + jnp.max(jnp.abs(d), initial=0.0))
     step = (d > 0).astype(d.dtype)
     average_step = (step[:, None] + step[None, :]) / 2
     divided = (positive[:, None] - positive[None, :]) / jnp.where(close, 1, gap)

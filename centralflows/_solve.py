@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Sequence
 
+import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.flatten_util as jfu
@@ -12,9 +13,12 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
 from ._eigen import EigConfig
 from ._flow_processes import AbstractFlowProcess, CentralFlowProcess, StableFlowProcess
+from ._flows import FlowState
 from ._integrate import FlowOptions
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
+from ._processes import initial_opt_state
+from ._replay import Observation, replay
 
 
 class FlowSolution(eqx.Module):
@@ -46,6 +50,22 @@ class FlowSolution(eqx.Module):
     stats: dict[str, Array]
 
 
+def _has_tracers(tree: PyTree) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jtu.tree_leaves(tree))
+
+
+def _concrete(tree: PyTree) -> PyTree:
+    """`tree` with its arrays' primal values: the concrete values a solve plans from."""
+    tree = jtu.tree_map(lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, tree)
+    if _has_tracers(tree):
+        raise ValueError(
+            "A flow plans its segments (critical sets, events, tracked eigenpairs) from "
+            "concrete values, so it cannot run under `jax.jit` or `jax.vmap`; call it "
+            "eagerly. `jax.grad`, `jax.jacfwd` and `jax.jvp` work."
+        )
+    return tree
+
+
 def _solve(
     cls: type[AbstractFlowProcess],
     loss: Objective | Callable[[PyTree], Scalar],
@@ -68,38 +88,59 @@ def _solve(
         raise ValueError(
             f"`w0` has {w.size} parameters; the objective has {objective.num_params}."
         )
+    traced = _has_tracers((objective, optimizer, w))
+    leaves = jtu.tree_leaves((objective, optimizer, w))
+    if any(isinstance(x, jax.interpreters.ad.JVPTracer) for x in leaves):
+        # Forward mode (jax.jvp, jacfwd): diffrax's checkpointed adjoint is reverse-only.
+        options = eqx.tree_at(lambda o: o.adjoint, options, dfx.ForwardMode())
     key = jr.key(0) if key is None else key
-    process = cls(objective, optimizer, eig, options)
-    state = process.init(w, key)
+    process = cls(*_concrete((objective, optimizer)), eig, options)
+    state = process.init(_concrete(w), key)
+    trace = [] if traced else None
     saved, records, stats = [], [], []
     for t in range(t1 + 1):
         unit_key = jr.fold_in(key, t)
         if t in ts:
-            state, _, _, record = process.observe_now(state, t, unit_key)
+            state, k, _, record = process.observe_now(state, t, unit_key)
             saved.append(state.y)
             records.append(record)
+            if traced:
+                trace.append(Observation(t, k, process.basis(state, k)))
         if t < t1:
-            state, _, record = process.advance_unit(state, t, unit_key)
+            state, _, record = process.advance_unit(state, t, unit_key, trace)
             stats.append(record)
     width = max(r.get("predicted_variances", jnp.zeros(1)).size for r in records)
+    eos_onset, stop_time = state.eos_time, state.stop_time
+    if traced:
+        replayed = cls(objective, optimizer, eig, options)
+        y0 = FlowState(w, initial_opt_state(optimizer, objective, w, None))
+        observed, times = replay(replayed, y0, trace)
+        saved = [y for y, _ in observed]
+        records = [record for _, record in observed]
+        eos_onset = times.get("activation", times.get("eos", eos_onset))
+        if float(state.stop_reason) == 3:
+            stop_time = times.get("ceiling", stop_time)
 
     def variances(r):
         v = r.get("predicted_variances", jnp.full(width, jnp.nan))
         return jnp.pad(jnp.asarray(v), (0, width - v.size), constant_values=jnp.nan)
+
+    def sharpness(r):
+        return r["effective_sharpness"] if traced else r["effective_hessian_eigs"][0]
 
     stacked = jtu.tree_map(lambda *xs: jnp.stack(xs), *saved)
     return FlowSolution(
         ts=jnp.asarray(ts, w.dtype),
         w=jax.vmap(unravel_w0)(stacked.w),
         opt_state=stacked.opt_state,
-        loss=jnp.asarray([r["train_loss"] for r in records]),
-        effective_sharpness=jnp.asarray([r["effective_hessian_eigs"][0] for r in records]),
-        predicted_loss=jnp.asarray(
-            [r.get("predicted_loss", r["train_loss"]) for r in records]
+        loss=jnp.stack([jnp.asarray(r["train_loss"]) for r in records]),
+        effective_sharpness=jnp.stack([jnp.asarray(sharpness(r)) for r in records]),
+        predicted_loss=jnp.stack(
+            [jnp.asarray(r.get("predicted_loss", r["train_loss"])) for r in records]
         ),
         predicted_variances=jnp.stack([variances(r) for r in records]),
-        eos_onset=state.eos_time,
-        stop_time=state.stop_time,
+        eos_onset=eos_onset,
+        stop_time=stop_time,
         stats={
             name: jnp.asarray([r[name] for r in stats])
             for name in ("solver_steps", "rejected_steps", "rhs_evals", "segments")
@@ -137,6 +178,17 @@ def central_flow(
     - `key`: PRNG key for the initial eigenvector guesses.
 
     **Returns:** a `FlowSolution`.
+
+    **Differentiation.** `jax.grad`, `jax.jacrev`, `jax.jacfwd` and `jax.jvp` work with
+    respect to the optimizer's float fields (`lr`, `beta2`, `eps`), `w0`, and the
+    arrays of `loss` (an `Objective`'s data, or the leaves of a callable pytree such as
+    `jax.tree_util.Partial(fn, strength=λ)`). The flow is first solved with concrete
+    values, recording its discrete decisions (critical sets, events, tracked bases);
+    that solve is then replayed with the traced inputs: eigenvectors are differentiated
+    implicitly (`eigenbasis`), the SDCP implicitly, segments by diffrax's adjoint
+    (`options.adjoint`; forward mode is chosen by itself under `jax.jvp`), event times
+    by the implicit function theorem. Not under `jax.jit` or `jax.vmap`: planning needs
+    concrete values.
     """
     return _solve(CentralFlowProcess, loss, w0, optimizer, t1, saveat, eig, options, key)
 
@@ -154,7 +206,7 @@ def stable_flow(
 ) -> FlowSolution:
     """Integrate the stable flow `dw/dt = −P⁻¹∇L` (gradient flow for GD) to time `t1`.
 
-    Arguments and returns as for [`centralflows.central_flow`][]; the flow stops (see
-    `stop_time`) once its effective sharpness exceeds `options.max_seff`.
+    Arguments, returns and differentiation as for [`centralflows.central_flow`][]; the
+    flow stops (see `stop_time`) once its effective sharpness exceeds `options.max_seff`.
     """
     return _solve(StableFlowProcess, loss, w0, optimizer, t1, saveat, eig, options, key)

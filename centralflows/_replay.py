@@ -1,0 +1,165 @@
+"""Differentiating a flow: replay a solve planned from concrete values, with traced inputs.
+
+The discrete decisions of a flow (how many directions are critical, which event ends
+each segment, how many eigenpairs are tracked) are made in Python from concrete
+eigenvalues, so `jax.grad` cannot trace them. A replay takes those decisions from a
+concrete solve and recomputes everything else as a function of the traced inputs: the
+tracked eigenbasis by `eigenbasis` (implicit eigenvector derivatives), each segment by
+diffrax, and each event time by the implicit function theorem.
+"""
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Scalar
+
+from ._eigen import eigenbasis
+from ._flow_processes import AbstractFlowProcess, PlannedSegment, event_crossing
+from ._flows import Basis, FlowState, ritz_at
+from ._processes import Record
+
+_NEWTON_STEPS = 4
+_EVENT_TOLERANCE = 1e-4  # how far before the event the replay may stop, in time
+
+
+class Observation(NamedTuple):
+    """The flow was observed at integer time `t` with `num_critical` critical directions
+    in the tracked `basis`."""
+
+    t: int
+    num_critical: int
+    basis: Basis
+
+
+@eqx.filter_jit
+def _basis(process: AbstractFlowProcess, y: FlowState, basis: Basis) -> Basis:
+    """`basis`, differentiable as the eigenbasis at `y`."""
+    return eigenbasis(process.objective, y.w, process.p_diag(y), basis=basis)
+
+
+def _axpy(a: Scalar, x: FlowState, y: FlowState) -> FlowState:
+    return jtu.tree_map(lambda u, v: a * u + v, x, y)
+
+
+def _through_event(
+    process: AbstractFlowProcess,
+    segment: PlannedSegment,
+    y: FlowState,
+    basis: Basis,
+    following: PlannedSegment | None,
+) -> tuple[FlowState, Basis | None, Scalar]:
+    """Integrate `segment` from `y` to its event and step through the event.
+
+    The solve located the event on the solver's dense output; here Newton's method on
+    the event condition `c` stops the integration just before it (so that no solver
+    step straddles the switch of vector field, whose derivative would then be taken
+    over the whole step), and the event time is extrapolated linearly from there:
+    `t_e = t − c / (dc/dt)`, whose derivative is the implicit one, `−dc / (dc/dt)`.
+    The next segment starts at its planned time, so its start is moved back along the
+    new vector field to there: the state's derivative jumps by `(f_before − f_after)
+    dt_e`, as across any switch of vector field.
+
+    **Returns:** `(state, next_basis, event_time)`: the state to start the next segment
+    from at its planned start (`None` basis if the flow stopped at the event), and the
+    event time.
+    """
+    k = segment.num_critical
+    condition = process.condition(event_crossing(segment.event), k)
+    field = process.field(k)
+
+    def integrate(t1):
+        return process.segment(y, segment.dt, basis, jnp.asarray(segment.t0), t1, k, None).y
+
+    def value_and_rate(z):
+        return jax.jvp(lambda x: condition(x, basis), (z,), (field(None, z, basis),))
+
+    # Newton's method on the event time, to a point just before the event (c < 0): a
+    # solver step that straddled the switch would differentiate the new vector field's
+    # terms over the whole step. c is only as accurate as the solve, so the event time
+    # is then extrapolated linearly from there, which also carries its derivative.
+    t_end = jnp.asarray(segment.t1)
+    for _ in range(_NEWTON_STEPS):
+        end = integrate(t_end)
+        value, rate = value_and_rate(end)
+        gap = float(jax.lax.stop_gradient(value / rate))
+        if -_EVENT_TOLERANCE < gap <= 0:
+            break
+        t_end = t_end - gap - _EVENT_TOLERANCE / 2
+    else:
+        raise RuntimeError(
+            f"Replaying the {segment.event[0]!r} event at t = {segment.t1:.6g}: the event "
+            "condition could not be bracketed; tighten the solver's tolerances."
+        )
+    delta = -value / jax.lax.stop_gradient(rate)
+    t_event = t_end + delta
+    if following is None or following.t0 != segment.t1:  # the flow stopped here
+        return end, None, t_event
+    end = _axpy(delta, field(None, end, basis), end)
+    next_basis = _basis(process, end, following.basis)
+    after = process.field(following.num_critical)(None, end, next_basis)
+    return _axpy(segment.t1 - t_event, after, end), next_basis, t_event
+
+
+@eqx.filter_jit
+def _unit(
+    process: AbstractFlowProcess,
+    y: FlowState,
+    times: tuple[Scalar, Scalar, Scalar],
+    num_critical: int,
+    tracked: Basis,
+    basis: Basis | None,
+) -> FlowState:
+    """Integrate an event-free segment from `y` over `times = (t0, t1, dt)`, in `basis`
+    (default: the `tracked` basis, differentiated at `y` where the vector field uses it)."""
+    t0, t1, dt = times
+    if basis is None:
+        basis = _basis(process, y, tracked) if num_critical > 0 else tracked
+    return process.segment(y, dt, basis, t0, t1, num_critical, None).y
+
+
+def replay(
+    process: AbstractFlowProcess, y0: FlowState, trace: list
+) -> tuple[list[tuple[FlowState, Record]], dict[str, Scalar]]:
+    """Retrace a planned solve from `y0` (traced), following `trace`.
+
+    **Arguments:**
+
+    - `process`: the flow process, built from the traced objective and optimizer.
+    - `y0`: the initial state.
+    - `trace`: `Observation`s and `PlannedSegment`s in the order the solve met them.
+
+    **Returns:** `(observed, times)`: the state and logged terms (with
+    `effective_sharpness`) at each observation, and for each event kind that fired
+    (`"activation"`, `"eos"`, `"ceiling"`, `"enter"`), the last such event's time.
+    """
+    segments = [item for item in trace if isinstance(item, PlannedSegment)]
+    y, basis = y0, None  # `basis`: carried across an event into the next segment
+    starts, times = [], {}
+    for i, segment in enumerate(segments):
+        starts.append(y)
+        if segment.event is None:
+            span = (jnp.asarray(segment.t0), jnp.asarray(segment.t1), segment.dt)
+            y = _unit(process, y, span, segment.num_critical, segment.basis, basis)
+            basis = None
+            continue
+        if basis is None:
+            basis = _basis(process, y, segment.basis)
+        following = segments[i + 1] if i + 1 < len(segments) else None
+        y, basis, times[segment.event[0]] = _through_event(process, segment, y, basis, following)
+    starts.append(y)
+    observed, done = [], 0
+    for item in trace:
+        if isinstance(item, PlannedSegment):
+            done += 1
+            continue
+        y = starts[done]
+        basis = _basis(process, y, item.basis)
+        record = dict(process.point_record(y, basis, item.num_critical))
+        record["effective_sharpness"] = ritz_at(
+            process.objective, process.optimizer, y, basis
+        ).values[0]
+        observed.append((y, record))
+    return observed, times

@@ -1,0 +1,120 @@
+"""Differentiating flows with respect to hyperparameters, the start and the loss."""
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import centralflows as cf
+from centralflows._eigen import eigenbasis
+
+from .helpers import small_mlp_objective
+
+# The analytic toy of DESIGN §6, with its constants as leaves of the loss.
+S0, C, B, ETA, TAU = 1.0, 1.0, 0.1, 0.5, 0.25
+TOY = {"s0": S0, "c": C, "b": B}
+OPTIONS = cf.FlowOptions(tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10))
+
+
+def toy_loss(w, s0, c, b):
+    return 0.5 * (s0 - c * w["y"]) * w["x"] ** 2 + b * w["y"]
+
+
+def toy_outcomes(lr, constants, y0, t1=100):
+    """The central flow's y at t1 (at rest by then) and its EOS onset time."""
+    loss = jax.tree_util.Partial(toy_loss, **constants)
+    w0 = {"x": jnp.zeros_like(y0), "y": y0}
+    sol = cf.central_flow(loss, w0, cf.GD(lr), t1, options=OPTIONS)
+    return jnp.stack([sol.w["y"][-1], sol.eos_onset])
+
+
+def toy_exact(lr, constants, y0):
+    """At rest y* = (s0 − 2/η)/c; the relaxed constraint activates where
+    η a(y) = 2 − τ c η² b, reached by gradient flow y(t) = y0 − ηbt."""
+    s0, c, b = constants["s0"], constants["c"], constants["b"]
+    y_onset = (s0 - (2 - TAU * c * lr**2 * b) / lr) / c
+    return jnp.stack([(s0 - 2 / lr) / c, (y0 - y_onset) / (lr * b)])
+
+
+ARGS = (ETA, TOY, jnp.array(0.0))
+
+
+@pytest.fixture(scope="module")
+def toy_jacobian():
+    return jax.jacrev(toy_outcomes, argnums=(0, 1, 2))(*ARGS)
+
+
+def test_toy_reverse_mode_matches_the_closed_form(toy_jacobian):
+    exact = jax.jacrev(toy_exact, argnums=(0, 1, 2))(*ARGS)
+    flat = lambda jac: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(jac)])
+    got, want = flat(toy_jacobian), flat(exact)
+    # dy*/dη = 2/(cη²) = 8, d onset/db = −600, ...; the onset derivative is exact to the
+    # event location, y* to its approach to rest.
+    assert np.count_nonzero(want) == 8
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_toy_forward_mode_matches_reverse_mode(toy_jacobian):
+    forward = jax.jacfwd(toy_outcomes, argnums=0)(*ARGS)
+    np.testing.assert_allclose(forward, toy_jacobian[0], rtol=1e-8)
+
+
+def test_mlp_gradient_through_eos_matches_finite_differences():
+    # From the gradient-flow point at t = 34, through the EOS onset (≈ 4.8 units later),
+    # with respect to η and to the start along a random direction.
+    objective, w0 = small_mlp_objective()
+    options = cf.FlowOptions(stepsize_controller=dfx.PIDController(rtol=1e-9, atol=1e-11))
+    eig = cf.EigConfig(tol=1e-10, max_iters=500)
+    lr = 0.9
+    start = cf.stable_flow(objective, w0, cf.GD(lr), 34, options=options).w[-1]
+
+    def outcome(lr, w):
+        sol = cf.central_flow(objective, w, cf.GD(lr), 10, options=options, eig=eig)
+        assert 2 < float(jax.lax.stop_gradient(sol.eos_onset)) < 8
+        return sol.predicted_loss[-1]
+
+    g_lr, g_w = jax.grad(outcome, argnums=(0, 1))(lr, start)
+    direction = jax.random.normal(jax.random.key(3), start.shape)
+    h = 1e-5
+    fd_lr = (outcome(lr * (1 + h), start) - outcome(lr * (1 - h), start)) / (2 * h * lr)
+    fd_w = (outcome(lr, start + h * direction) - outcome(lr, start - h * direction)) / (2 * h)
+    np.testing.assert_allclose(g_lr, fd_lr, rtol=1e-4)
+    np.testing.assert_allclose(jnp.vdot(g_w, direction), fd_w, rtol=1e-4)
+
+
+def test_eigenbasis_derivative_matches_the_dense_eigenvectors():
+    # The span of the top eigenvectors of H u = λ P u, differentiated matrix-free (CG on
+    # the complement), against jnp.linalg.eigh on the dense problem.
+    n, b = 12, 3
+    m = jax.random.normal(jax.random.key(0), (n, n))
+
+    def loss(w, a):
+        return 0.5 * w @ a @ w + 0.1 * jnp.sum(w**4)
+
+    def dense_top(a, w, p):
+        d = 1 / jnp.sqrt(p)
+        hessian = jax.hessian(loss)(w, a)
+        _, vectors = jnp.linalg.eigh(d[:, None] * hessian * d[None, :])
+        return (vectors[:, ::-1][:, :b] * d[:, None]).T
+
+    projector = lambda v: v.T @ jnp.linalg.solve(v @ v.T, v)
+
+    def matrix_free(a, w, p):
+        basis = dense_top(*jax.lax.stop_gradient((a, w, p)))
+        objective = cf.Objective.from_function(jax.tree_util.Partial(loss, a=a), w)
+        return projector(eigenbasis(objective, w, p, basis=basis))
+
+    args = ((m + m.T) / 2, jax.random.normal(jax.random.key(1), (n,)), jnp.linspace(1, 2, n))
+    for i in range(3):
+        tangent = [jnp.zeros_like(x) for x in args]
+        tangent[i] = jax.random.normal(jax.random.key(10 + i), args[i].shape)
+        got = jax.jvp(matrix_free, args, tuple(tangent))[1]
+        want = jax.jvp(lambda *x: projector(dense_top(*x)), args, tuple(tangent))[1]
+        assert float(jnp.max(jnp.abs(want))) > 0.1
+        np.testing.assert_allclose(got, want, atol=1e-10)
+
+
+def test_a_flow_under_jit_says_it_needs_concrete_values():
+    with pytest.raises(ValueError, match="cannot run under `jax.jit`"):
+        jax.jit(lambda lr: toy_outcomes(lr, TOY, jnp.array(0.0), 5))(ETA)
