@@ -347,8 +347,14 @@ def test_a_killed_writer_leaves_a_whole_checkpoint(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
-        while (checkpoint := load_checkpoint(path)) is None or checkpoint.step < 20:
+        step = 0
+        while step < 20:  # a reader may lose the race with this fast writer: poll again
             time.sleep(0.01)
+            try:
+                checkpoint = load_checkpoint(path)
+            except OSError:
+                continue
+            step = 0 if checkpoint is None else checkpoint.step
         writer.kill()
         writer.wait()
     finally:
