@@ -135,6 +135,29 @@ class Objective(eqx.Module):
             example_loss, example_accuracy, None, unravel, train, test, chunk_size, flat.size
         )
 
+    def check_params(self, w: Vector) -> None:
+        """Raise `ValueError` unless `w` is a flat parameter vector for this objective:
+        `num_params` entries, of the floating dtype of its data (if it holds data).
+
+        **Arguments:**
+
+        - `w`: the raveled parameters.
+
+        **Returns:** nothing.
+        """
+        if w.shape != (self.num_params,):
+            raise ValueError(
+                f"`w0` has {w.size} parameters; the objective has {self.num_params}."
+            )
+        data = jtu.tree_leaves((self.train, self.test))
+        dtypes = sorted({str(x.dtype) for x in data if eqx.is_inexact_array(x)})
+        if dtypes and dtypes != [str(w.dtype)]:
+            raise ValueError(
+                f"`w0` is {w.dtype} but the objective's data is {', '.join(dtypes)}: give "
+                "both one precision (cast `w0`, or build the data under the same "
+                "`jax_enable_x64` setting)."
+            )
+
     def _mean(self, fn: Callable, w: Vector, data: PyTree[Array]) -> Any:
         params = self.unravel(w)
         return _chunked_mean(lambda xy: fn(params, *xy), data, self.chunk_size)

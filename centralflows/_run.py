@@ -474,11 +474,7 @@ def run(
     names = _check_processes(processes)
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, _ = jfu.ravel_pytree(w0)
-    if w.shape != (objective.num_params,):
-        raise ValueError(
-            f"`w0` has {w.size} parameters, which does not match the objective's "
-            f"{objective.num_params}."
-        )
+    objective.check_params(w)
     loss0 = _check_start(objective, optimizer, w)
     key = jr.key(0) if key is None else key
     # What a resumed run must share with the run in the file.

@@ -84,10 +84,7 @@ def _solve(
         raise ValueError(f"`saveat` must be increasing integer times in [0, t1], got {saveat!r}.")
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, unravel_w0 = jfu.ravel_pytree(w0)
-    if w.shape != (objective.num_params,):
-        raise ValueError(
-            f"`w0` has {w.size} parameters; the objective has {objective.num_params}."
-        )
+    objective.check_params(w)
     traced = _has_tracers((objective, optimizer, w))
     leaves = jtu.tree_leaves((objective, optimizer, w))
     if any(isinstance(x, jax.interpreters.ad.JVPTracer) for x in leaves):

@@ -136,7 +136,7 @@ def test_bad_input_is_rejected_before_any_file(tmp_path):
         cf.run(lambda w: jnp.log(-jnp.sum(w**2)), jnp.ones(3), cf.GD(lr=0.1), steps=3, out=out, progress=False)
     with pytest.raises(ValueError, match="scalar"):
         cf.run(lambda w: w**2, jnp.ones(3), cf.GD(lr=0.1), steps=3, out=out, progress=False)
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="the objective has"):
         cf.run(objective, w0[:-1], cf.GD(lr=0.1), steps=3, out=out, progress=False)
     with pytest.raises(ValueError, match="warm-start steps: the optimizer diverged"):
         cf.run(objective, w0, cf.GD(lr=1e3), steps=3, warm_start=50, out=out, progress=False)
@@ -205,3 +205,16 @@ def test_unconverged_eigensolves_warn_once_or_fail_when_strict(tmp_path):
     assert cf.load_run(out).steps_done == 2  # the chunk that failed is in the file
     converged = cf.run(objective, w0, cf.GD(lr=0.1), steps=3, eig=EIG, progress=False)
     np.testing.assert_array_equal(converged["discrete"]["eig_converged"], 1)
+
+
+@pytest.mark.parametrize("entry", ["run", "central_flow"])
+def test_parameters_of_the_wrong_size_or_precision_are_refused(entry):
+    objective, w0 = small_mlp_objective()
+    call = {
+        "run": lambda w: cf.run(objective, w, cf.GD(0.1), steps=2, progress=False),
+        "central_flow": lambda w: cf.central_flow(objective, w, cf.GD(0.1), 2),
+    }[entry]
+    with pytest.raises(ValueError, match=f"has {w0.size - 1} parameters; the objective has {w0.size}"):
+        call(w0[1:])
+    with pytest.raises(ValueError, match="`w0` is float32 but the objective's data is float64"):
+        call(w0.astype(jnp.float32))
