@@ -155,24 +155,23 @@ def _solver_problems(records, t0: int, warm_start: int) -> list[tuple[str, str, 
         if "train_loss" not in record:  # distances, deltas
             continue
         finite = np.isfinite(record["train_loss"])  # a diverged step is reported as such
-        unconverged = finite & (record["eig_converged"] == 0)
-        if np.any(unconverged):
-            rows = np.flatnonzero(unconverged)
-            problems.append((name, "eig", (
-                f"LOBPCG did not converge at {len(rows)} step(s) from step "
-                f"{warm_start + t0 + rows[0]} (see eig_residuals; raise eig.max_iters or "
-                "eig.tol)"
-            )))
+
+        def report(kind, bad, describe):
+            if np.any(finite & bad):
+                rows = np.flatnonzero(finite & bad)
+                where = f"at {len(rows)} step(s) from step {warm_start + t0 + rows[0]}"
+                problems.append((name, kind, describe(rows, where)))
+
+        report("eig", record["eig_converged"] == 0, lambda rows, where: (
+            f"LOBPCG did not converge {where} (see eig_residuals; raise eig.max_iters or "
+            "eig.tol)"
+        ))
         if "sdcp_residual" in record:  # NaN counts as a failure
             residual = record["sdcp_residual"]
-            bad = finite & ~(residual <= _SDCP_TOLERANCE)
-            if np.any(bad):
-                rows = np.flatnonzero(bad)
-                problems.append((name, "sdcp", (
-                    f"the SDCP residual exceeded {_SDCP_TOLERANCE:g} at {len(rows)} step(s) "
-                    f"from step {warm_start + t0 + rows[0]} (max {np.max(residual[rows]):.3g}; "
-                    "NaN if the SDCP's data were not finite)"
-                )))
+            report("sdcp", ~(residual <= _SDCP_TOLERANCE), lambda rows, where: (
+                f"the SDCP residual exceeded {_SDCP_TOLERANCE:g} {where} (max "
+                f"{np.max(residual[rows]):.3g}; NaN if the SDCP's data were not finite)"
+            ))
     return problems
 
 
