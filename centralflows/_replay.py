@@ -26,10 +26,9 @@ _EVENT_TOLERANCE = 1e-4  # how far before the event the replay may stop, in time
 
 
 class Observation(NamedTuple):
-    """The flow was observed at integer time `t` with `num_critical` critical directions
-    in the tracked `basis`."""
+    """The flow was observed (at an integer time) with `num_critical` critical
+    directions in the tracked `basis`."""
 
-    t: int
     num_critical: int
     basis: Basis
 

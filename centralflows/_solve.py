@@ -85,8 +85,8 @@ def _solve(
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, unravel_w0 = jfu.ravel_pytree(w0)
     objective.check_params(w)
-    traced = _has_tracers((objective, optimizer, w))
     leaves = jtu.tree_leaves((objective, optimizer, w))
+    traced = _has_tracers(leaves)
     if any(isinstance(x, jax.interpreters.ad.JVPTracer) for x in leaves):
         # Forward mode (jax.jvp, jacfwd): diffrax's checkpointed adjoint is reverse-only.
         options = eqx.tree_at(lambda o: o.adjoint, options, dfx.ForwardMode())
@@ -102,7 +102,7 @@ def _solve(
             saved.append(state.y)
             records.append(record)
             if traced:
-                trace.append(Observation(t, k, process.basis(state, k)))
+                trace.append(Observation(k, process.basis(state, k)))
         if t < t1:
             state, _, record = process.advance_unit(state, t, unit_key, trace)
             stats.append(record)
