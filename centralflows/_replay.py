@@ -34,9 +34,51 @@ class Observation(NamedTuple):
 
 
 @eqx.filter_jit
+@eqx.filter_checkpoint
 def _basis(process: AbstractFlowProcess, y: FlowState, basis: Basis) -> Basis:
-    """`basis`, differentiable as the eigenbasis at `y`."""
+    """`basis`, differentiable as the eigenbasis at `y` (its derivative's intermediates
+    are recomputed in reverse mode rather than kept: a Hessian's worth per vector)."""
     return eigenbasis(process.objective, y.w, process.p_diag(y), basis=basis)
+
+
+@eqx.filter_jit
+@eqx.filter_checkpoint
+def _observe(
+    process: AbstractFlowProcess, y: FlowState, tracked: Basis, num_critical: int
+) -> Record:
+    """What is logged at `y`, with `effective_sharpness`, differentiable in `y` and the
+    tracked basis; recomputed in reverse mode rather than kept (third-order terms)."""
+    basis = _basis(process, y, tracked)
+    record = dict(process.point_record(y, basis, num_critical))
+    ritz = ritz_at(process.objective, process.optimizer, y, basis)
+    record["effective_sharpness"] = ritz.values[0]
+    return record
+
+
+@eqx.filter_jit
+@eqx.filter_checkpoint
+def _velocity(
+    process: AbstractFlowProcess, num_critical: int, y: FlowState, basis: Basis
+) -> FlowState:
+    """The vector field at `y` (recomputed in reverse mode rather than kept)."""
+    return process.field(num_critical)(None, y, basis)
+
+
+@eqx.filter_jit
+@eqx.filter_checkpoint
+def _condition_and_rate(
+    process: AbstractFlowProcess,
+    crossing: tuple,
+    num_critical: int,
+    y: FlowState,
+    basis: Basis,
+) -> tuple[Scalar, Scalar, FlowState]:
+    """An event's condition at `y`, its rate of change along the flow, and the flow's
+    velocity there."""
+    condition = process.condition(crossing, num_critical)
+    velocity = _velocity(process, num_critical, y, basis)
+    value, rate = jax.jvp(lambda x: condition(x, basis), (y,), (velocity,))
+    return value, rate, velocity
 
 
 def _axpy(a: Scalar, x: FlowState, y: FlowState) -> FlowState:
@@ -66,14 +108,10 @@ def _through_event(
     event time.
     """
     k = segment.num_critical
-    condition = process.condition(event_crossing(segment.event), k)
-    field = process.field(k)
+    crossing = event_crossing(segment.event)
 
     def integrate(t1):
         return process.segment(y, segment.dt, basis, jnp.asarray(segment.t0), t1, k, None).y
-
-    def value_and_rate(z):
-        return jax.jvp(lambda x: condition(x, basis), (z,), (field(None, z, basis),))
 
     # Newton's method on the event time, to a point just before the event (c < 0): a
     # solver step that straddled the switch would differentiate the new vector field's
@@ -82,7 +120,7 @@ def _through_event(
     t_end = jnp.asarray(segment.t1)
     for _ in range(_NEWTON_STEPS):
         end = integrate(t_end)
-        value, rate = value_and_rate(end)
+        value, rate, velocity = _condition_and_rate(process, crossing, k, end, basis)
         gap = float(jax.lax.stop_gradient(value / rate))
         if -_EVENT_TOLERANCE < gap <= 0:
             break
@@ -96,9 +134,9 @@ def _through_event(
     t_event = t_end + delta
     if following is None or following.t0 != segment.t1:  # the flow stopped here
         return end, None, t_event
-    end = _axpy(delta, field(None, end, basis), end)
+    end = _axpy(delta, velocity, end)
     next_basis = _basis(process, end, following.basis)
-    after = process.field(following.num_critical)(None, end, next_basis)
+    after = _velocity(process, following.num_critical, end, next_basis)
     return _axpy(segment.t1 - t_event, after, end), next_basis, t_event
 
 
@@ -155,10 +193,5 @@ def replay(
             done += 1
             continue
         y = starts[done]
-        basis = _basis(process, y, item.basis)
-        record = dict(process.point_record(y, basis, item.num_critical))
-        record["effective_sharpness"] = ritz_at(
-            process.objective, process.optimizer, y, basis
-        ).values[0]
-        observed.append((y, record))
+        observed.append((y, _observe(process, y, item.basis, item.num_critical)))
     return observed, times

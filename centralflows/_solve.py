@@ -66,6 +66,23 @@ def _concrete(tree: PyTree) -> PyTree:
     return tree
 
 
+def _check_opt_state(
+    optimizer: AbstractOptimizer, w: Float[Array, " n"], opt_state: PyTree
+) -> None:
+    """Refuse an initial optimizer state unlike the one `optimizer.init` makes."""
+    expected = eqx.filter_eval_shape(optimizer.init, w, w)
+    shape = lambda tree: jtu.tree_map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+    try:
+        same = shape(expected) == shape(opt_state)
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ValueError(
+            f"`opt_state0` must be shaped like {type(optimizer).__name__}'s state "
+            f"{shape(expected)}, got {shape(opt_state)}."
+        )
+
+
 def _solve(
     cls: type[AbstractFlowProcess],
     loss: Objective | Callable[[PyTree], Scalar],
@@ -76,6 +93,7 @@ def _solve(
     eig: EigConfig,
     options: FlowOptions,
     key: PRNGKeyArray | None,
+    opt_state0: PyTree | None,
 ) -> FlowSolution:
     if isinstance(t1, bool) or not isinstance(t1, int) or t1 < 0:
         raise ValueError(f"`t1` must be a non-negative integer (steps), got {t1!r}.")
@@ -85,14 +103,16 @@ def _solve(
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, unravel_w0 = jfu.ravel_pytree(w0)
     objective.check_params(w)
-    leaves = jtu.tree_leaves((objective, optimizer, w))
+    if opt_state0 is not None:
+        _check_opt_state(optimizer, w, opt_state0)
+    leaves = jtu.tree_leaves((objective, optimizer, w, opt_state0))
     traced = _has_tracers(leaves)
     if any(isinstance(x, jax.interpreters.ad.JVPTracer) for x in leaves):
         # Forward mode (jax.jvp, jacfwd): diffrax's checkpointed adjoint is reverse-only.
         options = eqx.tree_at(lambda o: o.adjoint, options, dfx.ForwardMode())
     key = jr.key(0) if key is None else key
     process = cls(*_concrete((objective, optimizer)), eig, options)
-    state = process.init(_concrete(w), key)
+    state = process.init(_concrete(w), key, _concrete(opt_state0))
     trace = [] if traced else None
     saved, records, stats = [], [], []
     for t in range(t1 + 1):
@@ -110,7 +130,7 @@ def _solve(
     eos_onset, stop_time = state.eos_time, state.stop_time
     if traced:
         replayed = cls(objective, optimizer, eig, options)
-        y0 = FlowState(w, initial_opt_state(optimizer, objective, w, None))
+        y0 = FlowState(w, initial_opt_state(optimizer, objective, w, opt_state0))
         observed, times = replay(replayed, y0, trace)
         saved = [y for y, _ in observed]
         records = [record for _, record in observed]
@@ -155,6 +175,7 @@ def central_flow(
     eig: EigConfig = EigConfig(),
     options: FlowOptions = FlowOptions(),
     key: PRNGKeyArray | None = None,
+    opt_state0: PyTree | None = None,
 ) -> FlowSolution:
     """Integrate the central flow of `optimizer` on `loss` from `w0` to time `t1`.
 
@@ -173,21 +194,25 @@ def central_flow(
     - `options`: solver, tolerances, relaxation time `tau`; `FlowOptions.euler(n)` for
       the reference scheme.
     - `key`: PRNG key for the initial eigenvector guesses.
+    - `opt_state0`: the optimizer's state at `w0` (default: `optimizer.init` there), e.g.
+      an RMSProp ν after a few discrete warm-up steps.
 
     **Returns:** a `FlowSolution`.
 
     **Differentiation.** `jax.grad`, `jax.jacrev`, `jax.jacfwd` and `jax.jvp` work with
-    respect to the optimizer's float fields (`lr`, `beta2`, `eps`), `w0`, and the
-    arrays of `loss` (an `Objective`'s data, or the leaves of a callable pytree such as
-    `jax.tree_util.Partial(fn, strength=λ)`). The flow is first solved with concrete
-    values, recording its discrete decisions (critical sets, events, tracked bases);
+    respect to the optimizer's float fields (`lr`, `beta2`, `eps`), `w0`, `opt_state0`
+    and the arrays of `loss` (an `Objective`'s data, or the leaves of a callable pytree
+    such as `jax.tree_util.Partial(fn, strength=λ)`). The flow is first solved with
+    concrete values, recording its discrete decisions (critical sets, events, tracked bases);
     that solve is then replayed with the traced inputs: eigenvectors are differentiated
     implicitly (`eigenbasis`), the SDCP implicitly, segments by diffrax's adjoint
     (`options.adjoint`; forward mode is chosen by itself under `jax.jvp`), event times
     by the implicit function theorem. Not under `jax.jit` or `jax.vmap`: planning needs
     concrete values.
     """
-    return _solve(CentralFlowProcess, loss, w0, optimizer, t1, saveat, eig, options, key)
+    return _solve(
+        CentralFlowProcess, loss, w0, optimizer, t1, saveat, eig, options, key, opt_state0
+    )
 
 
 def stable_flow(
@@ -200,10 +225,11 @@ def stable_flow(
     eig: EigConfig = EigConfig(),
     options: FlowOptions = FlowOptions(),
     key: PRNGKeyArray | None = None,
+    opt_state0: PyTree | None = None,
 ) -> FlowSolution:
     """Integrate the stable flow `dw/dt = −P⁻¹∇L` (gradient flow for GD) to time `t1`.
 
     Arguments, returns and differentiation as for [`centralflows.central_flow`][]; the
     flow stops (see `stop_time`) once its effective sharpness exceeds `options.max_seff`.
     """
-    return _solve(StableFlowProcess, loss, w0, optimizer, t1, saveat, eig, options, key)
+    return _solve(StableFlowProcess, loss, w0, optimizer, t1, saveat, eig, options, key, opt_state0)

@@ -83,6 +83,50 @@ def test_mlp_gradient_through_eos_matches_finite_differences():
     np.testing.assert_allclose(jnp.vdot(g_w, direction), fd_w, rtol=1e-4)
 
 
+@pytest.mark.slow  # 23 min on 2 cores shared with three other jobs: `pytest -m slow`
+def test_rmsprop_gradient_through_eos_matches_finite_differences():
+    # RMSProp on a small MLP, from its stable flow at t = 62 (S_eff = 1.6, with the flow's
+    # ν as `opt_state0`), through the EOS onset: the predicted loss 12 units later w.r.t.
+    # η, β₂, ε (P and its derivative enter the eigenvectors' and the SDCP's) and the start.
+    objective, w0 = small_mlp_objective()
+    options = cf.FlowOptions(stepsize_controller=dfx.PIDController(rtol=1e-9, atol=1e-11))
+    eig = cf.EigConfig(tol=1e-10, max_iters=500)
+    hyper = (0.003, 0.9, 1e-4)
+    warm = cf.stable_flow(objective, w0, cf.RMSProp(hyper[0], beta2=hyper[1], eps=hyper[2]), 62)
+    start, nu = warm.w[-1], jax.tree_util.tree_map(lambda x: x[-1], warm.opt_state)
+
+    def outcome(lr, beta2, eps, w):
+        optimizer = cf.RMSProp(lr, beta2=beta2, eps=eps)
+        sol = cf.central_flow(objective, w, optimizer, 12, options=options, eig=eig, opt_state0=nu)
+        assert 2 < float(jax.lax.stop_gradient(sol.eos_onset)) < 10
+        return sol.predicted_loss[-1]
+
+    grads = jax.grad(outcome, argnums=(0, 1, 2, 3))(*hyper, start)
+    direction = jax.random.normal(jax.random.key(3), start.shape)
+    h = 1e-4
+    for i, value in enumerate(hyper):
+        step = h * (1 - value) if i == 1 else h * value
+        up, down = list(hyper), list(hyper)
+        up[i] += step
+        down[i] -= step
+        fd = (outcome(*up, start) - outcome(*down, start)) / (2 * step)
+        np.testing.assert_allclose(grads[i], fd, rtol=5e-4)
+    fd_w = (outcome(*hyper, start + h * direction) - outcome(*hyper, start - h * direction)) / (
+        2 * h
+    )
+    np.testing.assert_allclose(jnp.vdot(grads[3], direction), fd_w, rtol=5e-4)
+
+
+def test_a_start_state_unlike_the_optimizers_is_refused():
+    rmsprop_state = cf.RMSProp(0.1).init(jnp.zeros(3), jnp.ones(3))
+    loss = jax.tree_util.Partial(toy_loss, **TOY)
+    w0 = {"x": jnp.array(0.0), "y": jnp.array(0.0)}
+    with pytest.raises(ValueError, match="`opt_state0` must be shaped like GD's state"):
+        cf.central_flow(loss, w0, cf.GD(ETA), 5, opt_state0=rmsprop_state)
+    with pytest.raises(ValueError, match="`opt_state0` must be shaped like RMSProp's state"):
+        cf.stable_flow(loss, w0, cf.RMSProp(0.1), 5, opt_state0=rmsprop_state)  # ν: 3 ≠ 2
+
+
 def test_eigenbasis_derivative_matches_the_dense_eigenvectors():
     # The span of the top eigenvectors of H u = λ P u, differentiated matrix-free (CG on
     # the complement), against jnp.linalg.eigh on the dense problem.
