@@ -22,6 +22,7 @@ import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import timed  # noqa: E402
 
 import centralflows as cf  # noqa: E402
 from centralflows._config import load_config  # noqa: E402
@@ -36,12 +37,6 @@ from centralflows._processes import Discrete, grow  # noqa: E402
 from centralflows._run import _advance_chunk  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
 
 
 def main():

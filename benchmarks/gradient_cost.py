@@ -15,11 +15,12 @@ import argparse
 import json
 import pathlib
 import resource
-import time
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+from _timing import timed  # noqa: E402
 
 import centralflows as cf  # noqa: E402
 from centralflows._config import load_config  # noqa: E402
@@ -30,12 +31,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
 
 
 def main():
