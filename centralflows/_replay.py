@@ -111,7 +111,7 @@ def _through_event(
     crossing = event_crossing(segment.event)
 
     def integrate(t1):
-        return process.segment(y, segment.dt, basis, jnp.asarray(segment.t0), t1, k, None).y
+        return process.segment(y, segment.dt, basis, jnp.asarray(segment.t0), t1, k, ()).y
 
     # Newton's method on the event time, to a point just before the event (c < 0): a
     # solver step that straddled the switch would differentiate the new vector field's
@@ -154,7 +154,7 @@ def _unit(
     t0, t1, dt = times
     if basis is None:
         basis = _basis(process, y, tracked) if num_critical > 0 else tracked
-    return process.segment(y, dt, basis, t0, t1, num_critical, None).y
+    return process.segment(y, dt, basis, t0, t1, num_critical, ()).y
 
 
 def replay(
