@@ -18,6 +18,7 @@ from ._optimizers import AbstractOptimizer
 from ._processes import (
     Record,
     Tracking,
+    above_threshold,
     eig_record,
     grow,
     init_tracking,
@@ -118,8 +119,17 @@ class AbstractFlowProcess(eqx.Module):
         `(kind, index, threshold, vectors)` (Ritz value `index` in the span of `vectors`,
         or of the segment's basis where `None`, rising through the array `threshold`,
         which is traced, so that events of one shape share a program; kind `"eos"`,
-        `"ceiling"` or `"enter"`) or `("activation",)` (the stability
+        `"ceiling"`, `"enter"` or `"track"`) or `("activation",)` (the stability
         constraint becoming active: the central flow's EOS onset)."""
+
+    def track_event(self, state: FlowProcessState) -> tuple:
+        """The smallest tracked eigenvalue rising through `eig.track_threshold`, as the
+        Rayleigh quotient of its eigenvector frozen for the segment (exact to first
+        order). Once `eig.max_neigs` are tracked the threshold is unreachable, but the
+        event stays armed, so that the program is shared."""
+        effective = state.tracking.effective
+        threshold = self.eig.track_threshold if effective.num < self.eig.max_neigs else jnp.inf
+        return ("track", 0, jnp.asarray(threshold), effective.vectors[-1:])
 
     @abc.abstractmethod
     def point_record(self, y: FlowState, basis: Basis, num_critical: int) -> Record:
@@ -279,7 +289,7 @@ class StableFlowProcess(AbstractFlowProcess):
             sharpening = ("eos", 0, jnp.asarray(2.0), None)
         else:
             sharpening = ("ceiling", 0, jnp.asarray(self.options.max_seff), None)
-        return state, 0, (sharpening,)
+        return state, 0, (sharpening, self.track_event(state))
 
     @eqx.filter_jit
     def point_record(self, y, basis, num_critical):
@@ -288,8 +298,8 @@ class StableFlowProcess(AbstractFlowProcess):
 
 class CentralFlowProcess(AbstractFlowProcess):
     """The central flow, with the critical set re-planned at every integer time and
-    after every event: the EOS onset, or a tracked eigenvalue rising through
-    `options.sdcp_threshold`."""
+    after every event: the EOS onset, a tracked eigenvalue rising through
+    `options.sdcp_threshold`, the smallest rising through `eig.track_threshold`."""
 
     objective: Objective
     optimizer: AbstractOptimizer
@@ -302,8 +312,7 @@ class CentralFlowProcess(AbstractFlowProcess):
 
     def plan(self, state, now):
         values = np.asarray(state.tracking.effective.values)
-        # Slack for an eigenvalue that an event just stopped on, at the threshold.
-        k = int(np.sum(values > self.options.sdcp_threshold * (1 - 1e-7)))
+        k = int(np.sum(above_threshold(values, self.options.sdcp_threshold)))
         events = []
         if k >= 1 and np.isnan(float(state.eos_time)):
             if float(self.activation(state.y, self.basis(state, k), k)) < 0:
@@ -312,7 +321,7 @@ class CentralFlowProcess(AbstractFlowProcess):
                 state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, values.dtype))
         if k < values.size:
             events.append(("enter", k, jnp.asarray(self.options.sdcp_threshold), None))
-        return state, k, tuple(events)
+        return state, k, (*events, self.track_event(state))
 
     @eqx.filter_jit
     def activation(self, y: FlowState, basis: Basis, num_critical: int) -> Scalar:

@@ -101,7 +101,9 @@ def _through_event(
     `t_e = t − c / (dc/dt)`, whose derivative is the implicit one, `−dc / (dc/dt)`.
     The next segment starts at its planned time, so its start is moved back along the
     new vector field to there: the state's derivative jumps by `(f_before − f_after)
-    dt_e`, as across any switch of vector field.
+    dt_e`, as across any switch of vector field. (A `"track"` event's tracked vector is
+    held at its planned value: that event switches only to a refreshed basis, so the
+    jump, and with it its time's derivative, scarcely matters.)
 
     **Returns:** `(state, next_basis, event_time)`: the state to start the next segment
     from at its planned start (`None` basis if the flow stopped at the event), and the
@@ -170,7 +172,8 @@ def replay(
 
     **Returns:** `(observed, times)`: the state and logged terms (with
     `effective_sharpness`) at each observation, and for each event kind that fired
-    (`"activation"`, `"eos"`, `"ceiling"`, `"enter"`), the last such event's time.
+    (`"activation"`, `"eos"`, `"ceiling"`, `"enter"`, `"track"`), the last such event's
+    time.
     """
     segments = [item for item in trace if isinstance(item, PlannedSegment)]
     y, basis = y0, None  # `basis`: carried across an event into the next segment
