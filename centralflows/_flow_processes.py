@@ -11,7 +11,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
 from ._eigen import EigConfig, preconditioner_diagonal
-from ._flows import Basis, CentralFlow, FlowState, StableFlow, ritz_at
+from ._flows import Basis, CentralFlow, FlowState, StableFlow, ritz_pairs
 from ._integrate import FlowOptions, Segment, integrate_segment
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
@@ -160,26 +160,39 @@ class AbstractFlowProcess(eqx.Module):
         """Integrate from `(t0, y)` towards `t1` in the frozen `basis`, stopping where
         the first of `crossings` happens (events without their kind, as `condition`
         takes them)."""
-        each = [self.condition(crossing, num_critical) for crossing in crossings]
-        conditions = (lambda y, b: jnp.stack([c(y, b) for c in each])) if each else None
+        conditions = self.conditions(crossings, num_critical) if crossings else None
         return integrate_segment(
             self.field(num_critical), y, t0, t1, dt, basis, self.options, conditions
         )
 
-    def condition(
-        self, crossing: tuple, num_critical: int
-    ) -> Callable[[FlowState, Basis], Scalar]:
-        """`(y, basis) -> c`, rising through 0 where `crossing` happens: `("activation",)`
-        or `(index, threshold, vectors)` (an event without its kind)."""
-        if crossing[0] == "activation":
-            return lambda y, b: self.activation(y, b, num_critical)
-        index, threshold, vectors = crossing
+    def conditions(
+        self, crossings: tuple[tuple, ...], num_critical: int
+    ) -> Callable[[FlowState, Basis], Float[Array, " e"]]:
+        """`(y, basis) -> c`, entry i rising through 0 where `crossings[i]` happens:
+        `("activation",)` or `(index, threshold, vectors)` (an event without its kind).
+        The Ritz values of all crossings come from one batch of Hessian-vector products."""
 
-        def condition(y, basis):
-            span = basis if vectors is None else vectors
-            return ritz_at(self.objective, self.optimizer, y, span).values[index] - threshold
+        def values(y, basis):
+            spans = [basis if c[2] is None else c[2] for c in crossings if c[0] != "activation"]
+            products = self.objective.hvps(y.w, jnp.concatenate(spans)) if spans else None
+            p_diag, start, out = self.p_diag(y), 0, []
+            for crossing in crossings:
+                if crossing[0] == "activation":
+                    out.append(self.activation(y, basis, num_critical))
+                    continue
+                index, threshold, vectors = crossing
+                span = basis if vectors is None else vectors
+                ritz = ritz_pairs(products[start : start + len(span)], span, p_diag)
+                start += len(span)
+                out.append(ritz.values[index] - threshold)
+            return jnp.stack(out)
 
-        return condition
+        return values
+
+    def condition(self, crossing: tuple, num_critical: int) -> Callable[[FlowState, Basis], Scalar]:
+        """`(y, basis) -> c`, rising through 0 where `crossing` happens."""
+        conditions = self.conditions((crossing,), num_critical)
+        return lambda y, b: conditions(y, b)[0]
 
     def observe_now(
         self, state: FlowProcessState, t: float, key: PRNGKeyArray
