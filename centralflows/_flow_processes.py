@@ -11,13 +11,14 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
 from ._eigen import EigConfig, preconditioner_diagonal
-from ._flows import Basis, CentralFlow, FlowState, StableFlow, ritz_at
+from ._flows import Basis, CentralFlow, FlowState, StableFlow, ritz_pairs
 from ._integrate import FlowOptions, Segment, integrate_segment
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import (
     Record,
     Tracking,
+    above_threshold,
     eig_record,
     grow,
     init_tracking,
@@ -111,13 +112,24 @@ class AbstractFlowProcess(eqx.Module):
     @abc.abstractmethod
     def plan(
         self, state: FlowProcessState, now: float
-    ) -> tuple[FlowProcessState, int, tuple | None]:
-        """From concrete eigenvalues at time `now`: `(state, num_critical, event)`, where
-        `state` may record an onset that is already under way, and `event` is `None`,
-        `(kind, index, threshold)` (Ritz value `index` rising through the array
-        `threshold`, which is traced, so that both stable-flow events share a program; kind
-        `"eos"`, `"ceiling"` or `"enter"`) or `("activation",)` (the stability
+    ) -> tuple[FlowProcessState, int, tuple[tuple, ...]]:
+        """From concrete eigenvalues at time `now`: `(state, num_critical, events)`, where
+        `state` may record an onset that is already under way, and `events` are the
+        events armed for the next segment, which ends at the first of them. An event is
+        `(kind, index, threshold, vectors)` (Ritz value `index` in the span of `vectors`,
+        or of the segment's basis where `None`, rising through the array `threshold`,
+        which is traced, so that events of one shape share a program; kind `"eos"`,
+        `"ceiling"`, `"enter"` or `"track"`) or `("activation",)` (the stability
         constraint becoming active: the central flow's EOS onset)."""
+
+    def track_event(self, state: FlowProcessState) -> tuple:
+        """The smallest tracked eigenvalue rising through `eig.track_threshold`, as the
+        Rayleigh quotient of its eigenvector frozen for the segment (exact to first
+        order). Once `eig.max_neigs` are tracked the threshold is unreachable, but the
+        event stays armed, so that the program is shared."""
+        effective = state.tracking.effective
+        threshold = self.eig.track_threshold if effective.num < self.eig.max_neigs else jnp.inf
+        return ("track", 0, jnp.asarray(threshold), effective.vectors[-1:])
 
     @abc.abstractmethod
     def point_record(self, y: FlowState, basis: Basis, num_critical: int) -> Record:
@@ -143,36 +155,56 @@ class AbstractFlowProcess(eqx.Module):
         t0: Scalar,
         t1: Scalar,
         num_critical: int,
-        crossing: tuple | None,
+        crossings: tuple[tuple, ...],
     ) -> Segment:
         """Integrate from `(t0, y)` towards `t1` in the frozen `basis`, stopping where
-        `crossing` happens: `None`, `("activation",)` or `(index, threshold)` (an event
-        without its kind)."""
-        condition = None if crossing is None else self.condition(crossing, num_critical)
+        the first of `crossings` happens (events without their kind, as `condition`
+        takes them)."""
+        conditions = self.conditions(crossings, num_critical) if crossings else None
         return integrate_segment(
-            self.field(num_critical), y, t0, t1, dt, basis, self.options, condition
+            self.field(num_critical), y, t0, t1, dt, basis, self.options, conditions
         )
 
-    def condition(
-        self, crossing: tuple, num_critical: int
-    ) -> Callable[[FlowState, Basis], Scalar]:
-        """`(y, basis) -> c`, rising through 0 where `crossing` (as for `segment`) happens."""
-        if crossing[0] == "activation":
-            return lambda y, b: self.activation(y, b, num_critical)
-        index, threshold = crossing
-        return lambda y, b: ritz_at(self.objective, self.optimizer, y, b).values[index] - threshold
+    def conditions(
+        self, crossings: tuple[tuple, ...], num_critical: int
+    ) -> Callable[[FlowState, Basis], Float[Array, " e"]]:
+        """`(y, basis) -> c`, entry i rising through 0 where `crossings[i]` happens:
+        `("activation",)` or `(index, threshold, vectors)` (an event without its kind).
+        The Ritz values of all crossings come from one batch of Hessian-vector products."""
+
+        def values(y, basis):
+            spans = [basis if c[2] is None else c[2] for c in crossings if c[0] != "activation"]
+            products = self.objective.hvps(y.w, jnp.concatenate(spans)) if spans else None
+            p_diag, start, out = self.p_diag(y), 0, []
+            for crossing in crossings:
+                if crossing[0] == "activation":
+                    out.append(self.activation(y, basis, num_critical))
+                    continue
+                index, threshold, vectors = crossing
+                span = basis if vectors is None else vectors
+                ritz = ritz_pairs(products[start : start + len(span)], span, p_diag)
+                start += len(span)
+                out.append(ritz.values[index] - threshold)
+            return jnp.stack(out)
+
+        return values
+
+    def condition(self, crossing: tuple, num_critical: int) -> Callable[[FlowState, Basis], Scalar]:
+        """`(y, basis) -> c`, rising through 0 where `crossing` happens."""
+        conditions = self.conditions((crossing,), num_critical)
+        return lambda y, b: conditions(y, b)[0]
 
     def observe_now(
         self, state: FlowProcessState, t: float, key: PRNGKeyArray
-    ) -> tuple[FlowProcessState, int, tuple | None, Record]:
+    ) -> tuple[FlowProcessState, int, tuple[tuple, ...], Record]:
         """Refresh (and grow) the tracked eigenpairs, plan the critical set, and log, at
         time `t`.
 
-        **Returns:** `(state, num_critical, event, record)`.
+        **Returns:** `(state, num_critical, events, record)`.
         """
         state = grow(self, self.refresh(state, state.tracking), key)
-        state, k, event = self.plan(state, t)
-        return state, k, event, self.observe(state, k)
+        state, k, events = self.plan(state, t)
+        return state, k, events, self.observe(state, k)
 
     def advance_unit(
         self,
@@ -195,15 +227,15 @@ class AbstractFlowProcess(eqx.Module):
             record = {n: v if n in kept else np.full_like(v, np.nan) for n, v in record.items()}
             record.update({n: np.asarray(np.nan) for n in _SOLVER_STATS})
             return state, jnp.full_like(state.y.w, jnp.nan), record
-        state, k, event, record = self.observe_now(state, t, key)
+        state, k, events, record = self.observe_now(state, t, key)
         position = state.y.w
         steps = rejected = segments = 0
         now = float(t)
         while now < t + 1 and np.isnan(float(state.stop_time)):
-            crossing = None if event is None else event_crossing(event)
+            crossings = tuple(event_crossing(event) for event in events)
             basis = self.basis(state, k)
             segment = self.segment(
-                state.y, state.dt, basis, jnp.asarray(now), jnp.asarray(t + 1.0), k, crossing
+                state.y, state.dt, basis, jnp.asarray(now), jnp.asarray(t + 1.0), k, crossings
             )
             steps += int(segment.steps)
             rejected += int(segment.rejected)
@@ -212,17 +244,17 @@ class AbstractFlowProcess(eqx.Module):
             if bool(segment.failed) or not finite:
                 state = self.stop(state, now, 2 if finite else 1)
                 break
+            fired = events[int(segment.event)] if int(segment.event) >= 0 else None
             if trace is not None:
-                fired = event if bool(segment.event) else None
                 trace.append(PlannedSegment(now, float(segment.t), state.dt, k, basis, fired))
             state = eqx.tree_at(lambda s: (s.y, s.dt), state, (segment.y, segment.dt))
             now = float(segment.t)
-            if bool(segment.event):
-                state = self.on_event(state, event, now)
+            if fired is not None:
+                state = self.on_event(state, fired, now)
                 if segments >= _MAX_SEGMENTS:
                     break
                 state = grow(self, self.refresh(state, state.tracking), jr.fold_in(key, segments))
-                state, k, event = self.plan(state, now)
+                state, k, events = self.plan(state, now)
         record["solver_steps"] = np.asarray(steps, float)
         record["rejected_steps"] = np.asarray(rejected, float)
         record["rhs_evals"] = np.asarray(steps * self.options.evals_per_step, float)
@@ -265,10 +297,12 @@ class StableFlowProcess(AbstractFlowProcess):
         if np.isnan(float(state.eos_time)) and sharpness >= 2:
             state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, state.y.w.dtype))
         if sharpness > self.options.max_seff:
-            return self.stop(state, now, 3), 0, None
+            return self.stop(state, now, 3), 0, ()
         if np.isnan(float(state.eos_time)):
-            return state, 0, ("eos", 0, jnp.asarray(2.0))
-        return state, 0, ("ceiling", 0, jnp.asarray(self.options.max_seff))
+            sharpening = ("eos", 0, jnp.asarray(2.0), None)
+        else:
+            sharpening = ("ceiling", 0, jnp.asarray(self.options.max_seff), None)
+        return state, 0, (sharpening, self.track_event(state))
 
     @eqx.filter_jit
     def point_record(self, y, basis, num_critical):
@@ -277,7 +311,8 @@ class StableFlowProcess(AbstractFlowProcess):
 
 class CentralFlowProcess(AbstractFlowProcess):
     """The central flow, with the critical set re-planned at every integer time and
-    whenever a tracked eigenvalue rises through `options.sdcp_threshold`."""
+    after every event: the EOS onset, a tracked eigenvalue rising through
+    `options.sdcp_threshold`, the smallest rising through `eig.track_threshold`."""
 
     objective: Objective
     optimizer: AbstractOptimizer
@@ -290,16 +325,16 @@ class CentralFlowProcess(AbstractFlowProcess):
 
     def plan(self, state, now):
         values = np.asarray(state.tracking.effective.values)
-        # Slack for an eigenvalue that an event just stopped on, at the threshold.
-        k = int(np.sum(values > self.options.sdcp_threshold * (1 - 1e-7)))
+        k = int(np.sum(above_threshold(values, self.options.sdcp_threshold)))
+        events = []
         if k >= 1 and np.isnan(float(state.eos_time)):
             if float(self.activation(state.y, self.basis(state, k), k)) < 0:
-                return state, k, ("activation",)
-            # Already active (an event cannot fire on a segment's first step): onset now.
-            state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, values.dtype))
+                events.append(("activation",))
+            else:  # Already active (an event cannot fire on a segment's first step): onset now.
+                state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, values.dtype))
         if k < values.size:
-            return state, k, ("enter", k, jnp.asarray(self.options.sdcp_threshold))
-        return state, k, None
+            events.append(("enter", k, jnp.asarray(self.options.sdcp_threshold), None))
+        return state, k, (*events, self.track_event(state))
 
     @eqx.filter_jit
     def activation(self, y: FlowState, basis: Basis, num_critical: int) -> Scalar:

@@ -4,10 +4,11 @@ from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optimistix as optx
-from jaxtyping import Array, Bool, Int, Scalar
+from jaxtyping import Array, Bool, Float, Int, Scalar
 
 from ._flows import Basis, CentralFlow, FlowState, StableFlow
 
@@ -76,7 +77,7 @@ class Segment(eqx.Module):
 
     y: FlowState
     t: Scalar  # where it stopped: t1, or an event time
-    event: Bool[Array, ""]  # whether the event stopped it
+    event: Int[Array, ""]  # the index of the condition that stopped it; -1 if none did
     steps: Int[Array, ""]  # accepted + rejected
     rejected: Int[Array, ""]
     failed: Bool[Array, ""]  # e.g. max_steps reached, or a non-finite step
@@ -91,9 +92,10 @@ def integrate_segment(
     dt0: Scalar,
     basis: Basis,
     options: FlowOptions,
-    condition: Callable[[FlowState, Basis], Scalar] | None = None,
+    conditions: Callable[[FlowState, Basis], Float[Array, " e"]] | None = None,
 ) -> Segment:
-    """Integrate `field` from `t0` to `t1`, stopping early where `condition` rises through 0.
+    """Integrate `field` from `t0` to `t1`, stopping early where the first of `conditions`
+    rises through 0.
 
     **Arguments:**
 
@@ -103,9 +105,10 @@ def integrate_segment(
       always takes `options.dt0`).
     - `basis`: the eigenvector basis frozen for this segment.
     - `options`: solver settings.
-    - `condition`: `(y, basis) -> scalar`; where it crosses 0 upwards the segment ends,
-      the time located by bisection on the solver's dense output (Newton can leave the
-      step and fail).
+    - `conditions`: `(y, basis) -> vector`, none positive at `t0`; where their maximum
+      crosses 0 upwards the segment ends, the time located by bisection on the solver's
+      dense output (Newton can leave the step and fail). The condition that stopped it
+      is the largest there.
 
     **Returns:** a `Segment`.
     """
@@ -113,9 +116,9 @@ def integrate_segment(
     if constant:
         dt0 = options.dt0
     event = None
-    if condition is not None:
+    if conditions is not None:
         event = dfx.Event(
-            lambda t, y, args, **kwargs: condition(y, args),
+            lambda t, y, args, **kwargs: jnp.max(conditions(y, args)),
             optx.Bisection(rtol=1e-12, atol=1e-9),
             direction=True,
         )
@@ -134,7 +137,14 @@ def integrate_segment(
         adjoint=options.adjoint,
         throw=False,
     )
-    fired = jnp.array(False) if event is None else jnp.asarray(solution.event_mask)
+    y_end = jtu.tree_map(lambda x: x[-1], solution.ys)
+    fired = jnp.array(-1)
+    if event is not None:
+        fired = jax.lax.cond(
+            solution.event_mask,
+            lambda: jnp.argmax(conditions(y_end, basis)),
+            lambda: jnp.array(-1),
+        )
     ok = (solution.result == dfx.RESULTS.successful) | (
         solution.result == dfx.RESULTS.event_occurred
     )
@@ -144,7 +154,7 @@ def integrate_segment(
     mean_step = (t_end - t0) / jnp.maximum(accepted, 1)
     dt = jnp.where(constant | (accepted == 0) | (t_end <= t0), dt0, mean_step)
     return Segment(
-        jtu.tree_map(lambda x: x[-1], solution.ys),
+        y_end,
         t_end,
         fired,
         solution.stats["num_steps"],

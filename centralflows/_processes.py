@@ -93,6 +93,12 @@ def eig_record(tracking: Tracking, p_diag: Vector, computed) -> Record:
     }
 
 
+def above_threshold(values, threshold):
+    """`values > threshold`, with a relative slack of 1e-7 for an eigenvalue that an event
+    just stopped on, at the threshold."""
+    return values > threshold * (1 - 1e-7)
+
+
 def grow_tracking(tracking: Tracking, key: PRNGKeyArray, config: EigConfig) -> Tracking | None:
     """One more tracked eigenpair where the smallest tracked one exceeds the threshold.
 
@@ -108,7 +114,7 @@ def grow_tracking(tracking: Tracking, key: PRNGKeyArray, config: EigConfig) -> T
             target = parts[0].num
         else:
             smallest = float(eigs.values[-1])
-            needs = jnp.isfinite(smallest) and smallest > threshold
+            needs = jnp.isfinite(smallest) and above_threshold(smallest, threshold)
             target = eigs.num + 1 if needs and eigs.num < config.max_neigs else eigs.num
         if target > eigs.num:
             grown = True

@@ -101,7 +101,9 @@ def _through_event(
     `t_e = t − c / (dc/dt)`, whose derivative is the implicit one, `−dc / (dc/dt)`.
     The next segment starts at its planned time, so its start is moved back along the
     new vector field to there: the state's derivative jumps by `(f_before − f_after)
-    dt_e`, as across any switch of vector field.
+    dt_e`, as across any switch of vector field. (A `"track"` event's tracked vector is
+    held at its planned value: that event switches only to a refreshed basis, so the
+    jump, and with it its time's derivative, scarcely matters.)
 
     **Returns:** `(state, next_basis, event_time)`: the state to start the next segment
     from at its planned start (`None` basis if the flow stopped at the event), and the
@@ -111,7 +113,7 @@ def _through_event(
     crossing = event_crossing(segment.event)
 
     def integrate(t1):
-        return process.segment(y, segment.dt, basis, jnp.asarray(segment.t0), t1, k, None).y
+        return process.segment(y, segment.dt, basis, jnp.asarray(segment.t0), t1, k, ()).y
 
     # Newton's method on the event time, to a point just before the event (c < 0): a
     # solver step that straddled the switch would differentiate the new vector field's
@@ -154,7 +156,7 @@ def _unit(
     t0, t1, dt = times
     if basis is None:
         basis = _basis(process, y, tracked) if num_critical > 0 else tracked
-    return process.segment(y, dt, basis, t0, t1, num_critical, None).y
+    return process.segment(y, dt, basis, t0, t1, num_critical, ()).y
 
 
 def replay(
@@ -170,7 +172,8 @@ def replay(
 
     **Returns:** `(observed, times)`: the state and logged terms (with
     `effective_sharpness`) at each observation, and for each event kind that fired
-    (`"activation"`, `"eos"`, `"ceiling"`, `"enter"`), the last such event's time.
+    (`"activation"`, `"eos"`, `"ceiling"`, `"enter"`, `"track"`), the last such event's
+    time.
     """
     segments = [item for item in trace if isinstance(item, PlannedSegment)]
     y, basis = y0, None  # `basis`: carried across an event into the next segment

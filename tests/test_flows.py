@@ -1,9 +1,11 @@
 import diffrax as dfx
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
 
 import centralflows as cf
+from centralflows._flow_processes import FLOW_PROCESSES
 from centralflows._flows import FlowState
 
 from .helpers import small_mlp_objective
@@ -151,3 +153,33 @@ def test_all_optimizers_run_through_eos_on_a_small_net(optimizer, steps):
         # Paper eq. 28: at EOS the effective step size η/(√ν + ε) equals 2/S(w).
         product = central["opt.effective_step_size"] * central["hessian_eigs"][:, 0]
         np.testing.assert_allclose(product[int(onset) + 5 :], 2.0, rtol=0.02)
+
+
+# Three directions x_i with sharpnesses a_i = s_i − c y_i, all sharpening at one rate along
+# gradient flow y_i(t) = −ηbt: η a_i(t) = η s_i + cη²bt, the eigenvalues of P⁻¹H at x = 0.
+ETA_S, RATE = np.array([1.05, 0.8, 0.7]), C * ETA**2 * 0.5
+
+
+def three_direction_loss(w):
+    x, y = w[:3], w[3:]
+    return 0.5 * jnp.sum((ETA_S / ETA - C * y) * x**2) + 0.5 * jnp.sum(y)
+
+
+@pytest.mark.parametrize("name", ["central", "stable"])
+def test_tracked_set_grows_where_its_smallest_eigenvalue_crosses_the_threshold(name):
+    # η a_1, η a_2 cross 1.5 at t = 3.6 and 5.6; η a_3 at 6.4, when max_neigs are tracked.
+    eig = cf.EigConfig(track_threshold=1.5, max_neigs=3)
+    objective = cf.Objective.from_function(three_direction_loss, jnp.zeros(6))
+    process = FLOW_PROCESSES[name](objective, cf.GD(ETA), eig, cf.FlowOptions())
+    state, trace, tracked = process.init(jnp.zeros(6), jr.key(0)), [], []
+    for t in range(7):
+        state, _, record = process.advance_unit(state, t, jr.key(t), trace)
+        tracked.append(state.tracking.effective.num)
+        assert record["segments"] == 1 + (t in (3, 5))
+    events = [(s.event[0], s.t1) for s in trace if s.event is not None]
+    assert [kind for kind, _ in events] == ["track", "track"]
+    # The solution is linear in t, so Tsit5's dense output is exact: the crossing is
+    # located to the bisection's tolerance (1e-9).
+    np.testing.assert_allclose([t for _, t in events], (1.5 - ETA_S[:2]) / RATE, atol=1e-8)
+    assert tracked == [1, 1, 1, 2, 2, 3, 3]  # grown at 3.6 and 5.6, not at 4 and 6
+    np.testing.assert_allclose(state.y.w[3:], -ETA * 0.5 * 7, rtol=1e-12)
