@@ -27,7 +27,7 @@ from ._processes import (
 )
 
 Vector = Float[Array, " n"]
-_MAX_SEGMENTS = 16  # events handled per unit of time before giving up on it
+_MAX_SEGMENTS = 16  # events handled per unit of time before stopping (STOP_REASONS[4])
 _SOLVER_STATS = ("solver_steps", "rejected_steps", "rhs_evals", "segments")
 
 
@@ -251,7 +251,8 @@ class AbstractFlowProcess(eqx.Module):
             now = float(segment.t)
             if fired is not None:
                 state = self.on_event(state, fired, now)
-                if segments >= _MAX_SEGMENTS:
+                if segments >= _MAX_SEGMENTS:  # rather than skip the rest of the unit
+                    state = self.stop(state, now, 4)
                     break
                 state = grow(self, self.refresh(state, state.tracking), jr.fold_in(key, segments))
                 state, k, events = self.plan(state, now)

@@ -9,6 +9,7 @@ STOP_REASONS = {
     1: "non-finite loss or parameters (diverged)",
     2: "the flow's ODE solver failed",
     3: "the stable flow's effective sharpness passed stable.max_Seff",
+    4: "too many events in one unit of time (the flow's events chatter)",
 }
 """What the codes of a process's `stop_reason` series mean (NaN while it runs)."""
 

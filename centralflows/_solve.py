@@ -34,7 +34,9 @@ class FlowSolution(eqx.Module):
     - `eos_onset`: when the edge of stability began (NaN if it did not): for the central
       flow, when the stability constraint became active; for the stable flow, when its
       effective sharpness crossed 2.
-    - `stop_time`: where the flow was stopped (NaN if it ran to the end).
+    - `stop_time`, `stop_reason`: where the flow was stopped and why, a code of
+      `centralflows.STOP_REASONS` (both NaN if it ran to the end). Saves after
+      `stop_time` repeat the state it stopped in.
     - `stats`: solver steps, right-hand-side evaluations and segments per unit of time.
     """
 
@@ -47,6 +49,7 @@ class FlowSolution(eqx.Module):
     predicted_variances: Float[Array, "T k"]
     eos_onset: Scalar
     stop_time: Scalar
+    stop_reason: Scalar
     stats: dict[str, Array]
 
 
@@ -158,6 +161,7 @@ def _solve(
         predicted_variances=jnp.stack([variances(r) for r in records]),
         eos_onset=eos_onset,
         stop_time=stop_time,
+        stop_reason=state.stop_reason,
         stats={
             name: jnp.asarray([r[name] for r in stats])
             for name in ("solver_steps", "rejected_steps", "rhs_evals", "segments")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import centralflows as cf
+from centralflows import _flow_processes
 from centralflows._flow_processes import FLOW_PROCESSES
 from centralflows._flows import FlowState
 
@@ -46,6 +47,7 @@ def test_toy_central_flow_onset_and_rest(toy_central):
     # (2 − λ)/τ equals that rate: τ before the sharpness would reach 2.
     # Located on Tsit5's dense output, whose interpolant is accurate to ~1e-7 here.
     assert float(sol.eos_onset) == pytest.approx(T_STAR - TAU, abs=1e-4)
+    assert np.isnan(float(sol.stop_time)) and np.isnan(float(sol.stop_reason))
     # At rest: y = y*, S_eff = 2, Σ = σ² e_x eₓᵀ with σ² = 2b/c, i.e. X = σ²/η.
     assert float(sol.w["y"][-1]) == pytest.approx(Y_STAR, abs=1e-6)
     assert float(sol.effective_sharpness[-1]) == pytest.approx(2.0, abs=1e-6)
@@ -62,6 +64,15 @@ def test_toy_central_vector_field_vanishes_at_equilibrium():
     np.testing.assert_allclose(terms.derivative.w, 0, atol=1e-10)
     assert float(terms.X[0, 0]) * ETA == pytest.approx(2 * B / C, rel=1e-9)  # B regularized by 1e-10
     assert float(terms.sdcp.residual) < 1e-12
+
+
+def test_a_unit_with_too_many_events_stops_the_flow_rather_than_skip_time(monkeypatch):
+    monkeypatch.setattr(_flow_processes, "_MAX_SEGMENTS", 1)  # the onset alone is too many
+    sol = cf.central_flow(toy_loss, TOY_W0, cf.GD(ETA), 70, saveat=[0, 59, 70], options=OPTIONS)
+    assert float(sol.stop_time) == pytest.approx(T_STAR - TAU, abs=1e-4)
+    assert cf.STOP_REASONS[int(sol.stop_reason)].startswith("too many events")
+    # The last save holds the state at the stop, not a state past the skipped time.
+    assert float(sol.w["y"][-1]) == pytest.approx(-ETA * B * (T_STAR - TAU), abs=1e-6)
 
 
 def two_direction_loss(w):
