@@ -109,10 +109,12 @@ def main():
     eig_hvps = float(np.mean([r["eig_hvps"] for r in records]))
     k, m = int(np.median(ks)), int(np.median(ms))
     # Per right-hand-side evaluation: one gradient, b = k + guard HVPs (Rayleigh-Ritz),
-    # one third-order product per critical pair; the event test adds b HVPs per step.
+    # one third-order product per critical pair; the event test adds b HVPs per step (a
+    # tracked eigenvalue entering the critical set) and one (the smallest tracked one
+    # crossing eig.track_threshold).
     b = min(k + central_options.guard, m)
     steps = float(np.mean([r["solver_steps"] for r in records]))
-    hvps_per_unit = eig_hvps + (rhs + steps) * b
+    hvps_per_unit = eig_hvps + rhs * b + steps * (b + 1)
     third_per_unit = rhs * k * (k + 1) / 2
     result = {
         "config": args.config,

@@ -69,6 +69,18 @@ def _concrete(tree: PyTree) -> PyTree:
     return tree
 
 
+def _scalars_as_arrays(tree: PyTree, dtype) -> PyTree:
+    """`tree` with its scalars (hyperparameters such as `GD(0.5)`'s η: Python floats,
+    weakly typed or other-precision arrays) as arrays of `dtype`, so that compiled code
+    takes them as inputs of one type, and a sweep over η compiles once."""
+
+    def array(x):
+        scalar = isinstance(x, float) or (eqx.is_inexact_array(x) and jnp.ndim(x) == 0)
+        return jnp.asarray(x, dtype) if scalar else x
+
+    return jtu.tree_map(array, tree)
+
+
 def _check_opt_state(
     optimizer: AbstractOptimizer, w: Float[Array, " n"], opt_state: PyTree
 ) -> None:
@@ -106,6 +118,7 @@ def _solve(
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, unravel_w0 = jfu.ravel_pytree(w0)
     objective.check_params(w)
+    objective, optimizer = _scalars_as_arrays((objective, optimizer), w.dtype)
     if opt_state0 is not None:
         _check_opt_state(optimizer, w, opt_state0)
     leaves = jtu.tree_leaves((objective, optimizer, w, opt_state0))

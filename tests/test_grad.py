@@ -60,6 +60,15 @@ def test_toy_forward_mode_matches_reverse_mode(toy_jacobian):
     np.testing.assert_allclose(forward, toy_jacobian[0], rtol=1e-8)
 
 
+def test_the_natural_spelling_at_default_tolerances_matches_the_closed_form():
+    # At rest the loss is b y* = b (s0 − 2/η)/c, so dL/dη = 2b/(cη²). With the default
+    # (looser) solver tolerances the replay once failed to bracket the onset at η = 0.6.
+    loss = jax.tree_util.Partial(toy_loss, **TOY)
+    w0 = {"x": jnp.array(0.0), "y": jnp.array(0.0)}
+    grad = jax.grad(lambda lr: cf.central_flow(loss, w0, cf.GD(lr), 100).loss[-1])
+    assert float(grad(0.6)) == pytest.approx(2 * B / (C * 0.6**2), rel=1e-5)
+
+
 def test_mlp_gradient_through_eos_matches_finite_differences():
     # From the gradient-flow point at t = 34, through the EOS onset (≈ 4.8 units later),
     # with respect to η and to the start along a random direction.
