@@ -12,7 +12,7 @@ Problems: the analytic toy of DESIGN §6 (GD and Scalar RMSProp) and the digits 
 the default config (GD from the gradient-flow point at t = 120, RMSProp from
 `configs/rmsprop-mlp-digits.toml`'s 10 discrete warm-up steps).
 
-    python scripts/gradient_check.py [--problems toy digits]
+    python scripts/gradient_check.py [--problems toy digits] [--gd-lrs ...] [--rmsprop-lrs ...]
 Writes docs/gradient-check.json and prints a Markdown table.
 """
 
@@ -130,7 +130,7 @@ def rmsprop(cls):
     return lambda lr, beta2, eps: cls(lr, beta2=beta2, eps=eps)
 
 
-def cases(problems):
+def cases(problems, gd_lrs, rmsprop_lrs):
     """(problem name, optimizer name, problem, optimizer factory, params, t1)."""
     if "toy" in problems:
         toy = toy_problem()
@@ -141,10 +141,10 @@ def cases(problems):
             yield "toy", "ScalarRMSProp", toy, rmsprop(cf.ScalarRMSProp), params, 150
     if "digits" in problems:
         gd = digits_gd_problem()
-        for lr in (0.4, 0.5, 0.6):
+        for lr in gd_lrs:
             yield "digits", "GD", gd, cf.GD, {"lr": lr}, 40
         rms = digits_rmsprop_problem()
-        for lr in (0.001, 0.002, 0.003):
+        for lr in rmsprop_lrs:
             params = {"lr": lr, "beta2": 0.99, "eps": 1e-6}
             yield "digits", "RMSProp", rms, rmsprop(cf.RMSProp), params, 20
 
@@ -173,12 +173,15 @@ def table(rows) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="+", default=["toy", "digits"])
+    parser.add_argument("--gd-lrs", type=float, nargs="*", default=[0.4, 0.5, 0.6])
+    parser.add_argument("--rmsprop-lrs", type=float, nargs="*", default=[0.001, 0.002, 0.003])
+    parser.add_argument("--out", help="JSON file (default docs/gradient-check-<problems>.json)")
     args = parser.parse_args()
     rows = []
-    for problem, optimizer, data, factory, params, t1 in cases(args.problems):
+    for problem, optimizer, data, factory, params, t1 in cases(args.problems, args.gd_lrs, args.rmsprop_lrs):
         row = check(data, factory, params, t1)
         rows.append({"problem": problem, "optimizer": optimizer, **row})
-    out = ROOT / "docs" / f"gradient-check-{'-'.join(args.problems)}.json"
+    out = pathlib.Path(args.out or ROOT / "docs" / f"gradient-check-{'-'.join(args.problems)}.json")
     out.write_text(json.dumps(rows, indent=2) + "\n")
     worst = max(d[q]["relative_error"] for r in rows for d in r["derivatives"].values() for q in d)
     print(table(rows))

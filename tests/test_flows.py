@@ -1,4 +1,7 @@
+import logging
+
 import diffrax as dfx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -53,6 +56,15 @@ def test_toy_central_flow_onset_and_rest(toy_central):
     assert float(sol.effective_sharpness[-1]) == pytest.approx(2.0, abs=1e-6)
     assert float(sol.predicted_variances[-1, 0]) * ETA == pytest.approx(2 * B / C, rel=1e-5)
     assert float(sol.predicted_loss[-1]) == pytest.approx(B * Y_STAR + 2 * B / (ETA * C), rel=1e-5)
+
+
+def test_a_sweep_over_the_learning_rate_compiles_once(toy_central, caplog):
+    # `toy_central` compiled the flow's programs at η = 0.5; another η reuses them all.
+    with jax.log_compiles(), caplog.at_level(logging.WARNING, logger="jax"):
+        cf.central_flow(toy_loss, TOY_W0, cf.GD(0.55), 100, saveat=[0, 30, 59, 61, 100], options=OPTIONS)
+        jax.jit(lambda x: x + 1)(1.0)  # a program that is new, so the log is seen
+    compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
+    assert len(compiled) == 1 and "<lambda>" in compiled[0], compiled
 
 
 def test_toy_central_vector_field_vanishes_at_equilibrium():
