@@ -117,9 +117,11 @@ def integrate_segment(
         dt0 = options.dt0
     event = None
     if conditions is not None:
+        # Times near t ~ 100 resolve to ~1e-5 in float32: bisect no finer than that.
+        rtol = max(1e-12, 4 * float(jnp.finfo(y0.w.dtype).eps))
         event = dfx.Event(
             lambda t, y, args, **kwargs: jnp.max(conditions(y, args)),
-            optx.Bisection(rtol=1e-12, atol=1e-9),
+            optx.Bisection(rtol=rtol, atol=1e-9),
             direction=True,
         )
     solution = dfx.diffeqsolve(

@@ -11,7 +11,7 @@ to the end):
 - `sharpness_error`: median |effective sharpness − 2| of the central flow.
 
     python scripts/fidelity_report.py --config configs/gd-mlp-digits.toml --steps 600 \
-        --mode adaptive euler4 [--set run.warm_start=130]
+        --mode adaptive euler4 [--set run.warm_start=130] [--set run.precision=float32]
 
 Rows are optimizer steps after the warm start; `--steps` counts logged steps.
 Writes docs/fidelity-<config>[-warm<N>]-<mode>.json and prints the same JSON.
@@ -95,6 +95,7 @@ def main():
         if mode.startswith("euler"):
             overrides += ["central.solver=euler", f"central.nsubsteps={int(mode[5:])}"]
         cfg = load_config(ROOT / args.config, overrides)
+        jax.config.update("jax_enable_x64", cfg["run"]["precision"] == "float64")
         objective, w0 = make_problem(cfg)
         central, stable = make_flow_options(cfg)
         start = time.perf_counter()
@@ -111,6 +112,8 @@ def main():
         name = pathlib.Path(args.config).stem
         if cfg["run"]["warm_start"]:
             name += f"-warm{cfg['run']['warm_start']}"
+        if cfg["run"]["precision"] != "float64":
+            name += f"-{cfg['run']['precision']}"
         text = json.dumps(report, indent=2)
         print(text, flush=True)
         (ROOT / f"docs/fidelity-{name}-{mode}.json").write_text(text + "\n")
