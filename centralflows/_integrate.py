@@ -117,11 +117,13 @@ def integrate_segment(
         dt0 = options.dt0
     event = None
     if conditions is not None:
-        # Times near t ~ 100 resolve to ~1e-5 in float32: bisect no finer than that.
-        rtol = max(1e-12, 4 * float(jnp.finfo(y0.w.dtype).eps))
+        # Bisection stops where both the time bracket and the condition are within
+        # tolerance, so neither may be finer than the dtype resolves (float64: 1e-12
+        # and 1e-9; float32: 5e-7 and 1e-4, where times near 100 resolve to 1e-5).
+        eps = float(jnp.finfo(y0.w.dtype).eps)
         event = dfx.Event(
             lambda t, y, args, **kwargs: jnp.max(conditions(y, args)),
-            optx.Bisection(rtol=rtol, atol=1e-9),
+            optx.Bisection(rtol=max(1e-12, 4 * eps), atol=max(1e-9, 1e3 * eps)),
             direction=True,
         )
     solution = dfx.diffeqsolve(
