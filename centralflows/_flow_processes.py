@@ -75,6 +75,13 @@ class AbstractFlowProcess(eqx.Module):
     ) -> FlowProcessState:
         """The flow at time 0 from `w0` and `opt_state` (default: the optimizer's
         initial state at `w0`)."""
+        default = jnp.zeros(()).dtype
+        if w0.dtype != default:
+            raise ValueError(
+                f"The {self.name} flow computes in JAX's default float precision ({default} "
+                f"here) but `w0` is {w0.dtype}: cast `w0`, or set `jax_enable_x64` to "
+                "match (the CLI's run.precision does)."
+            )
         y = FlowState(w0, initial_opt_state(self.optimizer, self.objective, w0, opt_state))
         tracking = init_tracking(key, self.optimizer, w0, self.eig)
         nan = jnp.array(jnp.nan, w0.dtype)

@@ -87,6 +87,13 @@ def test_a_unit_with_too_many_events_stops_the_flow_rather_than_skip_time(monkey
     assert float(sol.w["y"][-1]) == pytest.approx(-ETA * B * (T_STAR - TAU), abs=1e-6)
 
 
+@pytest.mark.parametrize("flow", [cf.central_flow, cf.stable_flow])
+def test_parameters_in_another_precision_than_jax_default_are_refused(flow):
+    w0 = {k: v.astype(jnp.float32) for k, v in TOY_W0.items()}  # the suite runs in float64
+    with pytest.raises(ValueError, match="default float precision.*`w0` is float32"):
+        flow(toy_loss, w0, cf.GD(ETA), 10)
+
+
 def two_direction_loss(w):
     # Two oscillating directions x1, x2 whose sharpnesses both depend on y1, y2.
     a1 = 1.0 - 1.0 * w[2] - 0.5 * w[3]
