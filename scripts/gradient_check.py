@@ -178,7 +178,9 @@ def main():
     parser.add_argument("--out", help="JSON file (default docs/gradient-check-<problems>.json)")
     args = parser.parse_args()
     rows = []
-    for problem, optimizer, data, factory, params, t1 in cases(args.problems, args.gd_lrs, args.rmsprop_lrs):
+    for problem, optimizer, data, factory, params, t1 in cases(
+        args.problems, args.gd_lrs, args.rmsprop_lrs
+    ):
         row = check(data, factory, params, t1)
         rows.append({"problem": problem, "optimizer": optimizer, **row})
     out = pathlib.Path(args.out or ROOT / "docs" / f"gradient-check-{'-'.join(args.problems)}.json")
