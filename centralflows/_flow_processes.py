@@ -25,9 +25,11 @@ from ._processes import (
     initial_opt_state,
     refresh_tracking,
 )
+from ._sdcp import complementarity_margins, rank_branch
 
 Vector = Float[Array, " n"]
 _MAX_SEGMENTS = 16  # events handled per unit of time before stopping (STOP_REASONS[4])
+_RANK_CROSSINGS = ("activate", "deactivate")  # the SDCP's active rank changing
 _SOLVER_STATS = ("solver_steps", "rejected_steps", "rhs_evals", "segments")
 
 
@@ -44,7 +46,9 @@ class FlowProcessState(eqx.Module):
 
 def event_crossing(event: tuple) -> tuple:
     """A planned event without its kind: what `AbstractFlowProcess.condition` takes."""
-    return event if event[0] == "activation" else event[1:]
+    if event[0] in ("onset", "activate"):
+        return ("activate", event[1])
+    return event if event[0] == "deactivate" else event[1:]
 
 
 class PlannedSegment(NamedTuple):
@@ -118,16 +122,18 @@ class AbstractFlowProcess(eqx.Module):
 
     @abc.abstractmethod
     def plan(
-        self, state: FlowProcessState, now: float
+        self, state: FlowProcessState, now: float, fired: tuple | None = None
     ) -> tuple[FlowProcessState, int, tuple[tuple, ...]]:
-        """From concrete eigenvalues at time `now`: `(state, num_critical, events)`, where
-        `state` may record an onset that is already under way, and `events` are the
-        events armed for the next segment, which ends at the first of them. An event is
-        `(kind, index, threshold, vectors)` (Ritz value `index` in the span of `vectors`,
-        or of the segment's basis where `None`, rising through the array `threshold`,
-        which is traced, so that events of one shape share a program; kind `"eos"`,
-        `"ceiling"`, `"enter"` or `"track"`) or `("activation",)` (the stability
-        constraint becoming active: the central flow's EOS onset)."""
+        """From concrete eigenvalues at time `now`, just after the event `fired` (if
+        any): `(state, num_critical, events)`, where `state` may record an onset that is
+        already under way, and `events` are the events armed for the next segment, which
+        ends at the first of them. An event is `(kind, index, threshold, vectors)` (Ritz
+        value `index` in the span of `vectors`, or of the segment's basis where `None`,
+        rising through the array `threshold`, which is traced, so that events of one
+        shape share a program; kind `"eos"`, `"ceiling"`, `"enter"` or `"track"`), or
+        `(kind, rank)` for the central flow's SDCP leaving active rank `rank` (kind
+        `"activate"` or `"deactivate"`; `"onset"`, the stability constraint first
+        becoming active, is the EOS onset)."""
 
     def track_event(self, state: FlowProcessState) -> tuple:
         """The smallest tracked eigenvalue rising through `eig.track_threshold`, as the
@@ -176,16 +182,22 @@ class AbstractFlowProcess(eqx.Module):
         self, crossings: tuple[tuple, ...], num_critical: int
     ) -> Callable[[FlowState, Basis], Float[Array, " e"]]:
         """`(y, basis) -> c`, entry i rising through 0 where `crossings[i]` happens:
-        `("activation",)` or `(index, threshold, vectors)` (an event without its kind).
-        The Ritz values of all crossings come from one batch of Hessian-vector products."""
+        `("activate" | "deactivate", rank)` or `(index, threshold, vectors)` (events
+        without their kind). The Ritz values of all crossings come from one batch of
+        Hessian-vector products, the rank events' margins from one SDCP branch."""
 
         def values(y, basis):
-            spans = [basis if c[2] is None else c[2] for c in crossings if c[0] != "activation"]
+            ranks = [c for c in crossings if c[0] in _RANK_CROSSINGS]
+            ritz_crossings = [c for c in crossings if c[0] not in _RANK_CROSSINGS]
+            spans = [basis if c[2] is None else c[2] for c in ritz_crossings]
             products = self.objective.hvps(y.w, jnp.concatenate(spans)) if spans else None
+            margins = self.rank_margins(y, basis, num_critical, ranks[0][1]) if ranks else None
             p_diag, start, out = self.p_diag(y), 0, []
             for crossing in crossings:
-                if crossing[0] == "activation":
-                    out.append(self.activation(y, basis, num_critical))
+                if crossing[0] in _RANK_CROSSINGS:
+                    # z_{r+1} rises through 0 as X gains a direction, z_r falls as it loses one.
+                    _, rank = crossing
+                    out.append(margins[rank] if crossing[0] == "activate" else -margins[rank - 1])
                     continue
                 index, threshold, vectors = crossing
                 span = basis if vectors is None else vectors
@@ -262,7 +274,7 @@ class AbstractFlowProcess(eqx.Module):
                     state = self.stop(state, now, 4)
                     break
                 state = grow(self, self.refresh(state, state.tracking), jr.fold_in(key, segments))
-                state, k, events = self.plan(state, now)
+                state, k, events = self.plan(state, now, fired)
         record["solver_steps"] = np.asarray(steps, float)
         record["rejected_steps"] = np.asarray(rejected, float)
         record["rhs_evals"] = np.asarray(steps * self.options.evals_per_step, float)
@@ -271,7 +283,7 @@ class AbstractFlowProcess(eqx.Module):
 
     def on_event(self, state: FlowProcessState, event: tuple, time: float) -> FlowProcessState:
         """Update the state after `event` stopped a segment at `time`."""
-        if event[0] in ("activation", "eos"):
+        if event[0] in ("onset", "eos"):
             return eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(time, state.y.w.dtype))
         if event[0] == "ceiling":
             return self.stop(state, time, 3)
@@ -298,7 +310,8 @@ class StableFlowProcess(AbstractFlowProcess):
         del num_critical
         return StableFlow(self.objective, self.optimizer)
 
-    def plan(self, state, now):
+    def plan(self, state, now, fired=None):
+        del fired
         # A crossing already past when planned is recorded now: an event cannot fire on a
         # segment's first step.
         sharpness = float(state.tracking.effective.values[0])
@@ -331,23 +344,43 @@ class CentralFlowProcess(AbstractFlowProcess):
     def field(self, num_critical: int) -> CentralFlow:
         return CentralFlow(self.objective, self.optimizer, self.options.tau, num_critical)
 
-    def plan(self, state, now):
+    def plan(self, state, now, fired=None):
         values = np.asarray(state.tracking.effective.values)
         k = int(np.sum(above_threshold(values, self.options.sdcp_threshold)))
         events = []
-        if k >= 1 and np.isnan(float(state.eos_time)):
-            if float(self.activation(state.y, self.basis(state, k), k)) < 0:
-                events.append(("activation",))
-            else:  # Already active (an event cannot fire on a segment's first step): onset now.
+        if k >= 1:
+            rank = self.active_rank(state, k, fired)
+            if rank >= 1 and np.isnan(float(state.eos_time)):
+                # Already active (an event cannot fire on a segment's first step): onset now.
                 state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, values.dtype))
+            if rank < k:
+                events.append(("onset" if np.isnan(float(state.eos_time)) else "activate", rank))
+            if rank >= 1:
+                events.append(("deactivate", rank))
         if k < values.size:
             events.append(("enter", k, jnp.asarray(self.options.sdcp_threshold), None))
         return state, k, (*events, self.track_event(state))
 
+    def active_rank(self, state: FlowProcessState, num_critical: int, fired: tuple | None) -> int:
+        """The SDCP's active rank (the rank of X) for the next segment: one more or less
+        than before a rank event that just `fired` (X's new direction is at 0 there, on
+        either side as rounding goes), else the count of positive margins."""
+        if fired is not None and fired[0] in ("onset", "activate", "deactivate"):
+            return min(max(fired[1] + (-1 if fired[0] == "deactivate" else 1), 0), num_critical)
+        margins = self.rank_margins(state.y, self.basis(state, num_critical), num_critical)
+        return int(np.sum(np.asarray(margins) > 0))
+
     @eqx.filter_jit
-    def activation(self, y: FlowState, basis: Basis, num_critical: int) -> Scalar:
-        """`−λ_min(α)`: positive once X = 0 no longer solves the SDCP (the EOS onset)."""
-        return -jnp.linalg.eigvalsh(self.field(num_critical).terms(y, basis).alpha)[0]
+    def rank_margins(
+        self, y: FlowState, basis: Basis, num_critical: int, rank: int | None = None
+    ) -> Float[Array, " k"]:
+        """`complementarity_margins` of the SDCP at `y`, on its branch of active rank
+        `rank` (default: at its solution): while X has rank r, the r first are positive
+        and the rest negative. With r = 0 the first is `−λ_min(α)`, positive once X = 0
+        no longer solves the SDCP (the EOS onset)."""
+        terms = self.field(num_critical).terms(y, basis)
+        x = terms.X if rank is None else rank_branch(terms.alpha, terms.operator, rank, terms.X)
+        return complementarity_margins(x, terms.alpha, terms.operator)
 
     @eqx.filter_jit
     def point_record(self, y, basis, num_critical):

@@ -72,9 +72,7 @@ def ritz_pairs(hessian_basis: Basis, basis: Basis, p_diag: Vector) -> RitzPairs:
     inner = jax.scipy.linalg.solve_triangular(chol, inner.T, lower=True)
     values, z = jnp.linalg.eigh((inner + inner.T) / 2)
     coefficients = jax.scipy.linalg.solve_triangular(chol.T, z[:, ::-1], lower=False)
-    return RitzPairs(
-        values[::-1], coefficients.T @ basis, coefficients.T @ hessian_basis
-    )
+    return RitzPairs(values[::-1], coefficients.T @ basis, coefficients.T @ hessian_basis)
 
 
 def ritz_at(
@@ -98,6 +96,7 @@ class CentralTerms(eqx.Module):
     predicted_grad_norm_sq: Scalar
     sigma_trace: Scalar
     alpha: Float[Array, "k k"]
+    operator: Float[Array, "k k k k"]
 
 
 class CentralFlow(eqx.Module):
@@ -188,6 +187,7 @@ class CentralFlow(eqx.Module):
             predicted_grad_norm_sq=jnp.sum(grad**2) + jnp.sum(x * hh),  # ‖∇L‖² + tr(HΣH)
             sigma_trace=jnp.sum(x * (u @ u.T)),
             alpha=alpha,
+            operator=operator,
         )
 
     def __call__(self, t: Scalar, y: FlowState, args: Basis) -> FlowState:

@@ -175,8 +175,8 @@ def replay(
 
     **Returns:** `(observed, times)`: the state and logged terms (with
     `effective_sharpness`) at each observation, and for each event kind that fired
-    (`"activation"`, `"eos"`, `"ceiling"`, `"enter"`, `"track"`), the last such event's
-    time.
+    (`"onset"`, `"activate"`, `"deactivate"`, `"eos"`, `"ceiling"`, `"enter"`,
+    `"track"`), the last such event's time.
     """
     segments = [item for item in trace if isinstance(item, PlannedSegment)]
     y, basis = y0, None  # `basis`: carried across an event into the next segment

@@ -1,5 +1,7 @@
 """The semidefinite complementarity problem that pins down the oscillation covariance."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,17 @@ def apply_operator(operator: Operator, x: Matrix) -> Matrix:
     return jnp.einsum("ijlm,lm->ij", operator, x)
 
 
+def _spectral_map(d, q, f, df, dy):
+    """`Q f(D) Qᵀ` and its derivative along `dy` by Löwner's formula: `Q (Γ ∘ Qᵀ dY Q) Qᵀ`
+    with divided differences Γ of f, and f's mean slope `df` where eigenvalues meet
+    (well defined at repeated eigenvalues, where jnp.linalg.eigh's own rule is not)."""
+    gap = d[:, None] - d[None, :]
+    close = jnp.abs(gap) <= 1e3 * jnp.finfo(d.dtype).eps * (1 + jnp.max(jnp.abs(d), initial=0.0))
+    divided = (f[:, None] - f[None, :]) / jnp.where(close, 1, gap)
+    gamma = jnp.where(close, (df[:, None] + df[None, :]) / 2, divided)
+    return (q * f) @ q.T, q @ (gamma * (q.T @ _sym(dy) @ q)) @ q.T
+
+
 @jax.custom_jvp
 def psd_projection(y: Matrix) -> Matrix:
     """The nearest positive semidefinite matrix to the symmetric part of `y` (Frobenius)."""
@@ -28,19 +41,30 @@ def psd_projection(y: Matrix) -> Matrix:
 
 @psd_projection.defjvp
 def _psd_projection_jvp(primals, tangents):
-    # Löwner's formula: dΠ = Q (Γ ∘ Qᵀ dY Q) Qᵀ with divided differences Γ of max(·, 0),
-    # well defined at repeated eigenvalues (where jnp.linalg.eigh's own rule is not).
     (y,), (dy,) = primals, tangents
     d, q = jnp.linalg.eigh(_sym(y))
-    positive = jnp.maximum(d, 0)
-    gap = d[:, None] - d[None, :]
-    close = jnp.abs(gap) <= 1e3 * jnp.finfo(d.dtype).eps * (1 + jnp.max(jnp.abs(d), initial=0.0))
-    step = (d > 0).astype(d.dtype)
-    average_step = (step[:, None] + step[None, :]) / 2
-    divided = (positive[:, None] - positive[None, :]) / jnp.where(close, 1, gap)
-    gamma = jnp.where(close, average_step, divided)
-    out = (q * positive) @ q.T
-    return out, q @ (gamma * (q.T @ _sym(dy) @ q)) @ q.T
+    return _spectral_map(d, q, jnp.maximum(d, 0), (d > 0).astype(d.dtype), dy)
+
+
+def _kept(d, rank: int):
+    return jnp.arange(d.size) >= d.size - rank  # eigh sorts ascending
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def rank_projection(y: Matrix, rank: int) -> Matrix:
+    """The symmetric part of `y` truncated to its `rank` largest eigenpairs, whatever
+    their sign: the PSD projection where exactly `rank` eigenvalues are positive, and its
+    smooth continuation past where one of them changes sign."""
+    d, q = jnp.linalg.eigh(_sym(y))
+    return (q * jnp.where(_kept(d, rank), d, 0)) @ q.T
+
+
+@rank_projection.defjvp
+def _rank_projection_jvp(rank, primals, tangents):
+    (y,), (dy,) = primals, tangents
+    d, q = jnp.linalg.eigh(_sym(y))
+    kept = _kept(d, rank)
+    return _spectral_map(d, q, jnp.where(kept, d, 0), kept.astype(d.dtype), dy)
 
 
 class SDCPSolution(eqx.Module):
@@ -49,6 +73,16 @@ class SDCPSolution(eqx.Module):
     X: Matrix
     residual: Float[Array, ""]
     result: optx.RESULTS
+
+
+def _regularized(operator: Operator) -> Operator:
+    # A tiny multiple of the identity makes X unique where B is singular (e.g. on
+    # off-diagonal entries that no third derivative couples), moving the solution by
+    # O(1e-10) relative, and keeps Newton's Jacobian invertible.
+    k = operator.shape[0]
+    scale = jnp.max(jnp.abs(operator), initial=0.0)
+    identity = jnp.einsum("il,jm->ijlm", jnp.eye(k), jnp.eye(k))
+    return operator + 1e-10 * scale * identity
 
 
 def natural_residual(x: Matrix, alpha: Matrix, operator: Operator) -> Matrix:
@@ -85,12 +119,7 @@ def sdcp_solve(
     **Returns:** an `SDCPSolution`; `residual` is the max-norm of the natural residual.
     """
     k = alpha.shape[0]
-    # A tiny multiple of the identity makes X unique where B is singular (e.g. on
-    # off-diagonal entries that no third derivative couples), moving the solution by
-    # O(1e-10) relative, and keeps Newton's Jacobian invertible.
-    scale = jnp.max(jnp.abs(operator), initial=0.0)
-    identity = jnp.einsum("il,jm->ijlm", jnp.eye(k), jnp.eye(k))
-    operator = operator + 1e-10 * scale * identity
+    operator = _regularized(operator)
     diagonal = jnp.einsum("iiii->i", operator)
     safe = jnp.where(diagonal > 0, diagonal, 1)
     guess = jnp.diag(jnp.where(diagonal > 0, jnp.maximum(0, -jnp.diag(alpha) / safe), 0))
@@ -108,3 +137,36 @@ def sdcp_solve(
         x, result = _sym(solution.value), solution.result
     residual = jnp.max(jnp.abs(natural_residual(x, alpha, operator)), initial=0.0)
     return SDCPSolution(x, residual, result)
+
+
+def complementarity_margins(x: Matrix, alpha: Matrix, operator: Operator) -> Float[Array, " k"]:
+    """The eigenvalues of `X − (α + B[X])`, descending. At a solution of the SDCP of rank
+    r, the r first are X's positive eigenvalues and the rest are minus those of
+    `α + B[X]` on X's kernel: the active rank changes where one of them reaches 0."""
+    z = x - alpha - apply_operator(_regularized(operator), x)
+    return jnp.linalg.eigvalsh(_sym(z))[::-1]
+
+
+def rank_branch(alpha: Matrix, operator: Operator, rank: int, x0: Matrix) -> Matrix:
+    """The SDCP's solution with its active rank held at `rank`: the root of
+    `X − Π_r(X − α − B[X])` near `x0`, with `Π_r` the truncation to the `rank` largest
+    eigenpairs (`rank_projection`). It is the SDCP's solution while that has rank
+    `rank`, and continues it smoothly past a change of rank, where its
+    `complementarity_margins` change sign (the conditions of the active-rank events).
+
+    **Arguments:**
+
+    - `alpha`, `operator`: the SDCP, as for `sdcp_solve`.
+    - `rank`: the active rank to hold (a Python int).
+    - `x0`: the starting point, e.g. the SDCP's solution.
+
+    **Returns:** the `(k, k)` solution on the branch.
+    """
+    if rank == 0:
+        return jnp.zeros_like(alpha)
+    regularized = _regularized(operator)
+    residual = lambda x, _: x - rank_projection(x - alpha - apply_operator(regularized, x), rank)
+    solution = optx.root_find(
+        residual, optx.Newton(rtol=1e-10, atol=1e-12), x0, max_steps=64, throw=False
+    )
+    return _sym(solution.value)

@@ -150,7 +150,7 @@ def _solve(
         observed, times = replay(replayed, y0, trace)
         saved = [y for y, _ in observed]
         records = [record for _, record in observed]
-        eos_onset = times.get("activation", times.get("eos", eos_onset))
+        eos_onset = times.get("onset", times.get("eos", eos_onset))
         if float(state.stop_reason) == 3:
             stop_time = times.get("ceiling", stop_time)
 

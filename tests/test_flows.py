@@ -101,16 +101,39 @@ def two_direction_loss(w):
     return 0.5 * a1 * w[0] ** 2 + 0.5 * a2 * w[1] ** 2 + 0.1 * (w[2] + w[3])
 
 
-def test_two_simultaneously_critical_directions():
-    sol = cf.central_flow(
-        two_direction_loss, jnp.zeros(4), cf.GD(ETA), 200, saveat=[200],
-        eig=cf.EigConfig(initial_neigs=2), options=OPTIONS,
+def test_two_directions_become_critical_and_active_at_the_closed_form_times():
+    # GD from 0: ẏ = −ηb(1, 1), so ηa1 = 0.5 + ε t and ηa2 = 0.4 + ε t, ε = 0.0375. The
+    # onset is where (2 − ηa1)/τ = ε (as for the toy): t1 = 39.75, with m = 2 − ηa1 =
+    # ετ. At EOS on x1 alone, ηȧ1 = m1/τ with m1 = m e^{−(t − t1)/τ}, and eliminating σ1²
+    # gives ηȧ2 = η²(0.03) + 0.8 ηȧ1. So ηa2 reaches the SDCP threshold 1.95 (x2 enters
+    # the critical set) at t1 + (1.95 − ηa2(t1) − 0.8m)/(0.03η²), and X gains its second
+    # direction where (2 − ηa2)/τ = 0.03η², at t1 + (2 − 0.03η²τ − ηa2(t1) − 0.8m)/(0.03η²)
+    # (dropping e^{−27}).
+    objective = cf.Objective.from_function(two_direction_loss, jnp.zeros(4))
+    process = FLOW_PROCESSES["central"](
+        objective, cf.GD(jnp.asarray(ETA)), cf.EigConfig(initial_neigs=2), OPTIONS
     )
+    state, trace = process.init(jnp.zeros(4), jr.key(0)), []
+    for t in range(200):
+        state, _, _ = process.advance_unit(state, t, jr.key(t), trace)
+    events = [(s.event[0], s.t1) for s in trace if s.event is not None and s.event[0] != "track"]
+    eps = ETA**2 * 0.15
+    t1 = (1.5 - eps * TAU) / eps
+    m, a2, rate = eps * TAU, 0.4 + eps * t1, 0.03 * ETA**2
+    expected = [
+        ("enter", (1.95 - 0.5) / eps),  # x1 enters at ηa1 = 1.95
+        ("onset", t1),
+        ("enter", t1 + (1.95 - a2 - 0.8 * m) / rate),
+        ("activate", t1 + (2 - rate * TAU - a2 - 0.8 * m) / rate),
+    ]
+    assert [kind for kind, _ in events] == [kind for kind, _ in expected]
+    np.testing.assert_allclose([t for _, t in events], [t for _, t in expected], atol=2e-4)
     # Equilibrium: both sharpnesses at 2/η and x1² = x2² = 2b/(c + d) = 0.2/1.5.
-    np.testing.assert_allclose(sol.predicted_variances[-1, :2] * ETA, 0.2 / 1.5, rtol=1e-4)
-    a1 = 1.0 - sol.w[-1, 2] - 0.5 * sol.w[-1, 3]
-    a2 = 0.8 - 0.5 * sol.w[-1, 2] - sol.w[-1, 3]
-    np.testing.assert_allclose([a1 * ETA, a2 * ETA], 2.0, rtol=1e-5)
+    _, k, _, record = process.observe_now(state, 200, jr.key(200))
+    assert k == 2
+    np.testing.assert_allclose(record["predicted_variances"][:2] * ETA, 0.2 / 1.5, rtol=1e-4)
+    w = np.asarray(state.y.w)
+    np.testing.assert_allclose([ETA * (1 - w[2] - 0.5 * w[3]), ETA * (0.8 - 0.5 * w[2] - w[3])], 2, rtol=1e-5)
 
 
 def test_below_threshold_central_equals_stable():

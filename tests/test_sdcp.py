@@ -7,8 +7,11 @@ from hypothesis import strategies as st
 
 from centralflows._sdcp import (
     apply_operator,
+    complementarity_margins,
     natural_residual,
     psd_projection,
+    rank_branch,
+    rank_projection,
     sdcp_solve,
 )
 
@@ -106,3 +109,47 @@ def test_implicit_derivative_matches_finite_differences():
     fd = (f(1.0 + h) - f(1.0 - h)) / (2 * h)
     assert float(grad) == pytest.approx(float(fd), rel=1e-5)
     assert float(jnp.abs(natural_residual(sdcp_solve(alpha, operator).X, alpha, operator)).max()) < 1e-10
+
+
+def test_rank_projection_derivative_matches_finite_differences():
+    # Rank 2 of eigenvalues (1, 1, −0.5, −2): a repeated kept pair, and a kept negative one
+    # at rank 3 (the continuation past a sign change).
+    q, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(4, 4)))
+    y = jnp.asarray(q @ np.diag([1.0, 1.0, -0.5, -2.0]) @ q.T)
+    dy = jnp.asarray(np.random.default_rng(4).normal(size=(4, 4)))
+    for rank in (2, 3):
+        _, jvp = jax.jvp(lambda m: rank_projection(m, rank), (y,), (dy,))
+        h = 1e-6
+        fd = (rank_projection(y + h * dy, rank) - rank_projection(y - h * dy, rank)) / (2 * h)
+        np.testing.assert_allclose(jvp, fd, atol=1e-8)
+    np.testing.assert_allclose(rank_projection(y, 2), psd_projection(y), atol=1e-14)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31), k=st.integers(2, 4))
+def test_the_rank_branch_is_the_solution_at_its_own_rank(seed, k):
+    alpha, operator = random_instance(seed, k)
+    sol = sdcp_solve(alpha, operator)
+    margins = complementarity_margins(sol.X, alpha, operator)
+    rank = int(np.sum(np.asarray(margins) > 0))
+    # X's eigenvalues, then minus those of α + B[X] (both PSD, complementary).
+    x_eigs = np.linalg.eigvalsh(np.asarray(sol.X))[::-1]
+    np.testing.assert_allclose(margins[:rank], x_eigs[:rank], rtol=1e-8, atol=1e-10)
+    assert np.all(np.asarray(margins[rank:]) <= 1e-10)
+    branch = rank_branch(alpha, operator, rank, sol.X + 1e-3 * jnp.eye(k))
+    np.testing.assert_allclose(branch, sol.X, atol=1e-9)
+
+
+def test_the_rank_branch_continues_past_a_change_of_rank():
+    # Decoupled: X = diag(max(0, −α_i / b_i)). On the rank-2 branch X_22 = −α_22 / b_2
+    # whatever its sign, so the deactivation margin −z_2 crosses 0 exactly where α_22 does;
+    # on the rank-1 branch the activation margin z_2 = −α_22 crosses 0 there too.
+    b = jnp.array([2.0, 4.0])
+    operator = jnp.einsum("il,jm,ij,i->ijlm", jnp.eye(2), jnp.eye(2), jnp.eye(2), b)
+    for a22 in (-0.2, 0.2):
+        alpha = jnp.diag(jnp.array([-1.0, a22]))
+        x = sdcp_solve(alpha, operator).X
+        rank2 = complementarity_margins(rank_branch(alpha, operator, 2, x), alpha, operator)
+        rank1 = complementarity_margins(rank_branch(alpha, operator, 1, x), alpha, operator)
+        np.testing.assert_allclose(rank2, [0.5, -a22 / 4], rtol=1e-8)  # z = X's eigenvalues
+        np.testing.assert_allclose(rank1, [0.5, -a22], rtol=1e-8)  # z = (X_11, −α_22)
