@@ -29,7 +29,8 @@ from ._sdcp import complementarity_margins, rank_branch
 
 Vector = Float[Array, " n"]
 _MAX_SEGMENTS = 16  # events handled per unit of time before stopping (STOP_REASONS[4])
-_RANK_CROSSINGS = ("activate", "deactivate")  # the SDCP's active rank changing
+_RANK_EVENTS = ("onset", "activate", "deactivate")  # the SDCP's active rank changing
+_RANK_CROSSINGS = _RANK_EVENTS[1:]  # the same without their kind ("onset" → "activate")
 _SOLVER_STATS = ("solver_steps", "rejected_steps", "rhs_evals", "segments")
 
 
@@ -365,7 +366,7 @@ class CentralFlowProcess(AbstractFlowProcess):
         """The SDCP's active rank (the rank of X) for the next segment: one more or less
         than before a rank event that just `fired` (X's new direction is at 0 there, on
         either side as rounding goes), else the count of positive margins."""
-        if fired is not None and fired[0] in ("onset", "activate", "deactivate"):
+        if fired is not None and fired[0] in _RANK_EVENTS:
             return min(max(fired[1] + (-1 if fired[0] == "deactivate" else 1), 0), num_critical)
         margins = self.rank_margins(state.y, self.basis(state, num_critical), num_critical)
         return int(np.sum(np.asarray(margins) > 0))

@@ -85,9 +85,13 @@ def _regularized(operator: Operator) -> Operator:
     return operator + 1e-10 * scale * identity
 
 
-def natural_residual(x: Matrix, alpha: Matrix, operator: Operator) -> Matrix:
-    """`X − Π_PSD(X − (α + B[X]))`: zero exactly at a solution of the SDCP."""
-    return x - psd_projection(x - alpha - apply_operator(operator, x))
+def natural_residual(
+    x: Matrix, alpha: Matrix, operator: Operator, rank: int | None = None
+) -> Matrix:
+    """`X − Π_PSD(X − (α + B[X]))`: zero exactly at a solution of the SDCP. With `rank`,
+    `Π_PSD` is replaced by `rank_projection` (the SDCP's branch of that active rank)."""
+    z = x - alpha - apply_operator(operator, x)
+    return x - (psd_projection(z) if rank is None else rank_projection(z, rank))
 
 
 @eqx.filter_jit
@@ -165,8 +169,11 @@ def rank_branch(alpha: Matrix, operator: Operator, rank: int, x0: Matrix) -> Mat
     if rank == 0:
         return jnp.zeros_like(alpha)
     regularized = _regularized(operator)
-    residual = lambda x, _: x - rank_projection(x - alpha - apply_operator(regularized, x), rank)
     solution = optx.root_find(
-        residual, optx.Newton(rtol=1e-10, atol=1e-12), x0, max_steps=64, throw=False
+        lambda x, _: natural_residual(x, alpha, regularized, rank),
+        optx.Newton(rtol=1e-10, atol=1e-12),
+        x0,
+        max_steps=64,
+        throw=False,
     )
     return _sym(solution.value)
