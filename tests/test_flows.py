@@ -136,6 +136,46 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times():
     np.testing.assert_allclose([ETA * (1 - w[2] - 0.5 * w[3]), ETA * (0.8 - 0.5 * w[2] - w[3])], 2, rtol=1e-5)
 
 
+def leaving_loss(w, k=0.02):
+    # Sharpness 1 + y along x; y and z pull on each other through k z y, so that once y
+    # is held at the edge, z keeps moving and ends the oscillation's reason to exist.
+    x, y, z = w
+    return 0.5 * (1 + y) * x**2 - k * (3 - z) * y - 3 * k * z
+
+
+def test_the_oscillation_deactivates_at_the_closed_form_time():
+    # GD with η = 1 from 0: ẏ = k(3 − z), ż = k(3 − y), so y = z = 3(1 − e^{−kt}). The
+    # onset is where (1 − y)/τ = k(3 − y). After it, m = 1 − y = m1 e^{−(t − t1)/τ} and
+    # ż = k(2 + m), while σ² makes up ẏ = m/τ. σ² = 0 (X loses its direction) where
+    # k(3 − z) = m/τ, z = y1 + 2k(t − t1) + k m1 τ (e^{−(t − t1)/τ} dropped: e^{−400}).
+    # The crossing is slow (σ² falls by 1.6e-3 a unit), so the event time is 25 times as
+    # sensitive as z: at rtol 1e-8 it is 1.6e-3 late, at 1e-10 3e-5.
+    k = 0.02
+    objective = cf.Objective.from_function(leaving_loss, jnp.zeros(3))
+    options = cf.FlowOptions(tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12))
+    process = FLOW_PROCESSES["central"](
+        objective, cf.GD(jnp.asarray(1.0)), cf.EigConfig(initial_neigs=1), options
+    )
+    state, trace = process.init(jnp.zeros(3), jr.key(0)), []
+    for t in range(100):
+        state, _, _ = process.advance_unit(state, t, jr.key(t), trace)
+    events = [(s.event[0], s.t1) for s in trace if s.event is not None and s.event[0] != "track"]
+    y1 = (1 - 3 * TAU * k) / (1 - TAU * k)
+    t1 = -np.log(1 - y1 / 3) / k
+    m1 = 1 - y1
+    expected = [
+        ("enter", -np.log(1 - 0.95 / 3) / k),  # ηa = 1 + y reaches 1.95
+        ("onset", t1),
+        ("deactivate", t1 + (3 - y1 - k * m1 * TAU) / (2 * k)),
+    ]
+    assert [kind for kind, _ in events] == [kind for kind, _ in expected]
+    np.testing.assert_allclose([t for _, t in events], [t for _, t in expected], atol=1e-4)
+    # After it, the stable flow: y falls (ẏ = k(3 − z) < 0), and X stays 0.
+    _, _, _, record = process.observe_now(state, 100, jr.key(100))
+    assert float(state.y.w[1]) < 1 - 1e-3
+    assert np.all(np.nan_to_num(np.asarray(record["predicted_variances"])) == 0)
+
+
 def test_below_threshold_central_equals_stable():
     objective, w0 = small_mlp_objective()
     optimizer = cf.GD(lr=0.05)  # effective sharpness stays far below 2
