@@ -8,6 +8,8 @@ tracked eigenbasis by `eigenbasis` (implicit eigenvector derivatives), each segm
 diffrax, and each event time by the implicit function theorem.
 """
 
+import pathlib
+import warnings
 from typing import NamedTuple
 
 import equinox as eqx
@@ -21,11 +23,31 @@ from ._flow_processes import AbstractFlowProcess, PlannedSegment, event_crossing
 from ._flows import Basis, FlowState, ritz_at
 from ._processes import Record
 
-_NEWTON_STEPS = 6
+_NEWTON_STEPS = 10
 # How far before the event the replay may stop, in time. Re-solving to another end time
 # takes other steps, so the condition there is only as accurate as the solve: about 1e-4
-# in time at the default rtol 1e-6. The linear extrapolation over the gap errs by O(gap²).
+# in time at the default rtol 1e-6, more where the condition crosses 0 slowly (an
+# active-rank event: 4e-3 on the deactivation toy of the tests). The window doubles after
+# the third Newton step, up to 0.128; the linear extrapolation over the gap errs by
+# O(gap²).
 _EVENT_TOLERANCE = 1e-3
+
+
+def _check_map_limit(needed: int = 262144) -> None:
+    """Warn where Linux's per-process limit on memory maps is low. XLA's CPU backend
+    maps each compiled program's code, and a gradient through a long flow on the
+    digits MLP compiles enough programs, and allocates enough buffers, to pass the
+    default 65530: LLVM then aborts the process ("LLVM compilation error: Cannot
+    allocate memory") with most of the RAM free."""
+    path = pathlib.Path("/proc/sys/vm/max_map_count")
+    if path.is_file() and int(path.read_text()) < needed:
+        warnings.warn(
+            f"vm.max_map_count is {int(path.read_text())}: a long differentiated flow may "
+            "abort with 'LLVM compilation error: Cannot allocate memory' once the process "
+            f"holds that many memory maps. Raise it (as root: sysctl -w "
+            f"vm.max_map_count={needed}) before long gradient runs.",
+            stacklevel=4,
+        )
 
 
 class Observation(NamedTuple):
@@ -122,18 +144,36 @@ def _through_event(
     # solver step that straddled the switch would differentiate the new vector field's
     # terms over the whole step. c is only as accurate as the solve, so the event time
     # is then extrapolated linearly from there, which also carries its derivative.
-    t_end = jnp.asarray(segment.t1)
-    for _ in range(_NEWTON_STEPS):
-        end = integrate(t_end)
+    # Past an active-rank event the vector field is no longer the one whose rate c uses,
+    # so a Newton step from there can crawl: after two points past it in a row, bisect
+    # between the last times known to lie before and after it.
+    t_end, before, after, past = segment.t1, segment.t0, None, 0
+    for i in range(_NEWTON_STEPS):
+        window = _EVENT_TOLERANCE * 2.0 ** max(0, i - 2)
+        end = integrate(jnp.asarray(t_end))
         value, rate, velocity = _condition_and_rate(process, crossing, k, end, basis)
         gap = float(jax.lax.stop_gradient(value / rate))
-        if -_EVENT_TOLERANCE < gap <= 0:
+        if -window < gap <= 0:
             break
-        t_end = t_end - gap - _EVENT_TOLERANCE / 2
+        if gap <= 0:
+            before, past = t_end, 0
+        else:
+            after, past = t_end, past + 1
+        t_end = t_end - gap - window / 2
+        if past > 1 or not (before < t_end and (after is None or t_end < after)):
+            t_end = (before + after) / 2 if after is not None else t_end
     else:
         raise RuntimeError(
             f"Replaying the {segment.event[0]!r} event at t = {segment.t1:.6g}: the event "
             "condition could not be bracketed; tighten the solver's tolerances."
+        )
+    if gap < -_EVENT_TOLERANCE:
+        warnings.warn(
+            f"Replaying the {segment.event[0]!r} event at t = {segment.t1:.6g}: stopped "
+            f"{-gap:.2g} before it (the solve is too coarse to come closer); the event "
+            "time's derivative is extrapolated over that gap. Tighter solver tolerances "
+            "make it more accurate.",
+            stacklevel=2,
         )
     delta = -value / jax.lax.stop_gradient(rate)
     t_event = t_end + delta
@@ -178,6 +218,7 @@ def replay(
     (`"onset"`, `"activate"`, `"deactivate"`, `"eos"`, `"ceiling"`, `"enter"`,
     `"track"`), the last such event's time.
     """
+    _check_map_limit()
     segments = [item for item in trace if isinstance(item, PlannedSegment)]
     y, basis = y0, None  # `basis`: carried across an event into the next segment
     starts, times = [], {}

@@ -7,10 +7,11 @@ On the default digits MLP (GD from the initialization), for a grid of η:
   slope is noise;
 - the central flow's predicted loss at T (its prediction of the discrete loss's time
   average) on a coarse grid, and its derivative dL/dη by `jax.grad` at a few η, drawn
-  as tangents and checked against the coarse grid's own finite differences.
+  as tangents and checked against central differences of the flow (h = 1e-4 η).
 
-    python scripts/loss_vs_lr.py [--steps 200]
-Writes docs/figures/loss-vs-lr.png and docs/loss-vs-lr.json (needs the `figures` extra).
+    python scripts/loss_vs_lr.py [--steps 200] [--set data.n=200 ...]
+Writes docs/loss-vs-lr.json (after each phase, so a crash keeps what was measured) and
+docs/figures/loss-vs-lr.png (needs the `figures` extra).
 """
 
 import argparse
@@ -54,56 +55,87 @@ def main():
     parser.add_argument("--config", default="configs/gd-mlp-digits.toml")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr-min", type=float, default=0.3)
-    parser.add_argument("--lr-max", type=float, default=1.0)
-    parser.add_argument("--flow-points", type=int, default=13)
-    parser.add_argument("--grad-points", type=int, default=4)
+    parser.add_argument("--lr-max", type=float, default=0.9)
+    parser.add_argument("--flow-points", type=int, default=7)
+    parser.add_argument("--grad-points", type=int, default=3)
     parser.add_argument("--discrete-points", type=int, default=351)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the phases docs/loss-vs-lr.json already has"
+    )
     args = parser.parse_args()
-    cfg = load_config(ROOT / args.config)
+    cfg = load_config(ROOT / args.config, args.overrides)
     objective, w0 = make_problem(cfg)
     options, _ = make_flow_options(cfg)
     eig = make_eig_config(cfg["eig"])
     T = args.steps
 
-    start = time.perf_counter()
-    discrete = discrete_losses(objective, w0, T)
-    fine = np.linspace(args.lr_min, args.lr_max, args.discrete_points)
-    discrete_loss = np.array([float(discrete(lr)) for lr in fine])
-    discrete_slope = np.diff(discrete_loss) / np.diff(fine)
-    discrete_time = time.perf_counter() - start
+    settings = {k: v for k, v in vars(args).items() if k != "reuse"}
+    out = ROOT / "docs/loss-vs-lr.json"
+    result = {"settings": settings, "T": T, "seconds": {}}
+    if args.reuse and out.is_file():
+        previous = json.loads(out.read_text())
+        if previous.get("settings") != settings:
+            raise SystemExit(f"--reuse: {out} was written with other settings")
+        result = previous
+
+    def record(**entries):
+        result.update(entries)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    if "discrete" not in result:
+        start = time.perf_counter()
+        discrete = discrete_losses(objective, w0, T)
+        fine = np.linspace(args.lr_min, args.lr_max, args.discrete_points)
+        discrete_loss = np.array([float(discrete(lr)) for lr in fine])
+        discrete_slope = np.diff(discrete_loss) / np.diff(fine)
+        result["seconds"]["discrete"] = time.perf_counter() - start
+        record(
+            discrete={"lr": fine.tolist(), "loss": discrete_loss.tolist()},
+            discrete_slope_std=float(np.std(discrete_slope)),
+            discrete_slope_range=[float(discrete_slope.min()), float(discrete_slope.max())],
+        )
 
     def predicted_loss(lr):
         solution = cf.central_flow(objective, w0, cf.GD(lr), T, options=options, eig=eig)
         print(f"  η = {float(jax.lax.stop_gradient(lr)):.4g}: flow solved", flush=True)
         return solution.predicted_loss[-1], solution.eos_onset
 
-    start = time.perf_counter()
-    coarse = np.linspace(args.lr_min, args.lr_max, args.flow_points)
-    flow = [predicted_loss(lr) for lr in coarse]
-    flow_loss = np.array([float(value) for value, _ in flow])
-    onsets = np.array([float(onset) for _, onset in flow])
-    flow_time = time.perf_counter() - start
-    print(f"central flow at {len(coarse)} η: {flow_time:.0f} s", flush=True)
+    if "central" not in result:
+        start = time.perf_counter()
+        coarse = np.linspace(args.lr_min, args.lr_max, args.flow_points)
+        flow = [predicted_loss(lr) for lr in coarse]
+        result["seconds"]["central"] = time.perf_counter() - start
+        print(f"central flow at {len(coarse)} η: {result['seconds']['central']:.0f} s", flush=True)
+        record(
+            central={"lr": coarse.tolist(), "predicted_loss": [float(v) for v, _ in flow]},
+            central_eos_onset=[float(onset) for _, onset in flow],
+        )
 
-    start = time.perf_counter()
+    # jax.grad at a few η, each checked against a central difference of the flow;
+    # recorded point by point.
     tangent_at = np.linspace(args.lr_min, args.lr_max, args.grad_points + 2)[1:-1]
     gradient = jax.grad(lambda lr: predicted_loss(lr)[0])
-    slopes = np.array([float(gradient(lr)) for lr in tangent_at])
-    grad_time = time.perf_counter() - start
-    print(f"jax.grad at {len(tangent_at)} η: {grad_time:.0f} s", flush=True)
-
-    result = {
-        "config": args.config,
-        "T": T,
-        "discrete": {"lr": fine.tolist(), "loss": discrete_loss.tolist()},
-        "central": {"lr": coarse.tolist(), "predicted_loss": flow_loss.tolist()},
-        "central_eos_onset": onsets.tolist(),
-        "grad": {"lr": tangent_at.tolist(), "dloss_dlr": slopes.tolist()},
-        "discrete_slope_std": float(np.std(discrete_slope)),
-        "discrete_slope_range": [float(discrete_slope.min()), float(discrete_slope.max())],
-        "seconds": {"discrete": discrete_time, "central": flow_time, "grad": grad_time},
-    }
-    (ROOT / "docs/loss-vs-lr.json").write_text(json.dumps(result, indent=2) + "\n")
+    grad = result.get("grad", {"lr": [], "dloss_dlr": [], "central_difference": []})
+    for lr in tangent_at[len(grad["lr"]) :]:
+        start = time.perf_counter()
+        slope = float(gradient(lr))
+        h = 1e-4 * lr
+        above, below = (float(predicted_loss(lr + sign * h)[0]) for sign in (1, -1))
+        grad["lr"].append(float(lr))
+        grad["dloss_dlr"].append(slope)
+        grad["central_difference"].append((above - below) / (2 * h))
+        grad["relative_error"] = [
+            abs(g - d) / abs(d) for g, d in zip(grad["dloss_dlr"], grad["central_difference"])
+        ]
+        result["seconds"][f"grad_and_check_{lr:.4g}"] = time.perf_counter() - start
+        print(
+            f"  dL/dη at η = {lr:.4g}: {slope:.6g} (FD {grad['central_difference'][-1]:.6g})",
+            flush=True,
+        )
+        record(grad=grad)
     plot(result, ROOT / "docs/figures/loss-vs-lr.png")
 
 

@@ -1,5 +1,8 @@
 """Differentiating flows with respect to hyperparameters, the start and the loss."""
 
+import pathlib
+import warnings
+
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
@@ -7,6 +10,7 @@ import numpy as np
 import pytest
 
 import centralflows as cf
+from centralflows import _replay
 from centralflows._eigen import eigenbasis
 
 from .helpers import small_mlp_objective
@@ -171,3 +175,15 @@ def test_eigenbasis_derivative_matches_the_dense_eigenvectors():
 def test_a_flow_under_jit_says_it_needs_concrete_values():
     with pytest.raises(ValueError, match="cannot run under `jax.jit`"):
         jax.jit(lambda lr: toy_outcomes(lr, TOY, jnp.array(0.0), 5))(ETA)
+
+
+@pytest.mark.skipif(
+    not pathlib.Path("/proc/sys/vm/max_map_count").is_file(), reason="Linux only"
+)
+def test_a_low_memory_map_limit_is_reported_before_a_replay():
+    limit = int(pathlib.Path("/proc/sys/vm/max_map_count").read_text())
+    with pytest.warns(UserWarning, match=f"vm.max_map_count is {limit}.*sysctl"):
+        _replay._check_map_limit(needed=limit + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _replay._check_map_limit(needed=limit)
