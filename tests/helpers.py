@@ -26,6 +26,13 @@ def small_mlp_objective(*, num=40, width=8, depth=1, in_size=5, classes=3, seed=
     return objective, jax.flatten_util.ravel_pytree(params)[0]
 
 
+def leaving_loss(w, k=0.02):
+    # Sharpness 1 + y along x; y and z pull on each other through k z y, so that once y
+    # is held at the edge, z keeps moving and ends the oscillation's reason to exist.
+    x, y, z = w
+    return 0.5 * (1 + y) * x**2 - k * (3 - z) * y - 3 * k * z
+
+
 def dense_hessian(objective, w):
     return jax.hessian(objective.value)(w)
 

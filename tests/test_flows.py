@@ -12,7 +12,7 @@ from centralflows import _flow_processes
 from centralflows._flow_processes import FLOW_PROCESSES
 from centralflows._flows import FlowState
 
-from .helpers import small_mlp_objective
+from .helpers import leaving_loss, small_mlp_objective
 
 # The analytic toy of DESIGN §6: L = ½ a(y) x² + b y, a(y) = s0 − c y.
 S0, C, B, ETA, TAU = 1.0, 1.0, 0.1, 0.5, 0.25
@@ -134,13 +134,6 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times():
     np.testing.assert_allclose(record["predicted_variances"][:2] * ETA, 0.2 / 1.5, rtol=1e-4)
     w = np.asarray(state.y.w)
     np.testing.assert_allclose([ETA * (1 - w[2] - 0.5 * w[3]), ETA * (0.8 - 0.5 * w[2] - w[3])], 2, rtol=1e-5)
-
-
-def leaving_loss(w, k=0.02):
-    # Sharpness 1 + y along x; y and z pull on each other through k z y, so that once y
-    # is held at the edge, z keeps moving and ends the oscillation's reason to exist.
-    x, y, z = w
-    return 0.5 * (1 + y) * x**2 - k * (3 - z) * y - 3 * k * z
 
 
 def test_the_oscillation_deactivates_at_the_closed_form_time():

@@ -4,6 +4,7 @@ import pathlib
 import warnings
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +14,7 @@ import centralflows as cf
 from centralflows import _replay
 from centralflows._eigen import eigenbasis
 
-from .helpers import small_mlp_objective
+from .helpers import leaving_loss, small_mlp_objective
 
 # The analytic toy of DESIGN §6, with its constants as leaves of the loss.
 S0, C, B, ETA, TAU = 1.0, 1.0, 0.1, 0.5, 0.25
@@ -71,6 +72,62 @@ def test_the_natural_spelling_at_default_tolerances_matches_the_closed_form():
     w0 = {"x": jnp.array(0.0), "y": jnp.array(0.0)}
     grad = jax.grad(lambda lr: cf.central_flow(loss, w0, cf.GD(lr), 100).loss[-1])
     assert float(grad(0.6)) == pytest.approx(2 * B / (C * 0.6**2), rel=1e-5)
+
+
+class LinearWarmup(eqx.Module):
+    """η(t) = start + rate t: a schedule whose float fields are differentiated."""
+
+    start: float
+    rate: float
+
+    def __call__(self, t):
+        return self.start + self.rate * t
+
+
+def test_gradient_through_a_schedule_matches_the_closed_form():
+    # With η rising, the toy stays at the edge once there: M = 2/η − a(y) decays at rate
+    # 1/τ, so many τ after the onset (t ≈ 44) y(T) = (s0 − 2/η(T))/c, and
+    # dy/d(start) = 2/(cη²), dy/d(rate) = 2T/(cη²) (measured: within 1e-8).
+    loss = jax.tree_util.Partial(toy_loss, **TOY)
+    w0 = {"x": jnp.array(0.0), "y": jnp.array(0.0)}
+
+    def y_at_t1(start, rate):
+        return cf.central_flow(loss, w0, cf.GD(LinearWarmup(start, rate)), 100, options=OPTIONS)
+
+    solution = y_at_t1(0.5, 0.002)
+    assert float(solution.eos_onset) < 50
+    count = float(solution.opt_state.count[-1])  # the schedule's argument at T = 100
+    exact = lambda start, rate: (S0 - 2 / (start + rate * count)) / C
+    assert float(solution.w["y"][-1]) == pytest.approx(exact(0.5, 0.002), rel=1e-7)
+    grads = jax.grad(lambda *p: y_at_t1(*p).w["y"][-1], argnums=(0, 1))(0.5, 0.002)
+    want = jax.grad(exact, argnums=(0, 1))(0.5, 0.002)
+    np.testing.assert_allclose(grads, want, rtol=1e-6)
+
+
+def test_gradient_through_a_deactivation_matches_finite_differences():
+    # The three-parameter toy of tests/test_flows.py: onset at t ≈ 20, X loses its only
+    # direction at t ≈ 70 (a "deactivate" event), then the stable flow. z at T = 90 w.r.t.
+    # η and the loss's coupling k; measured 7e-6 and 9e-6 against central differences.
+    options = cf.FlowOptions(
+        tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12)
+    )
+    eig = cf.EigConfig(initial_neigs=1)
+
+    def solve(lr, k):
+        loss = jax.tree_util.Partial(leaving_loss, k=k)
+        return cf.central_flow(loss, jnp.zeros(3), cf.GD(lr), 90, saveat=[60, 90],
+                               options=options, eig=eig)
+
+    solution = solve(1.0, 0.02)
+    variances = np.nan_to_num(np.asarray(solution.predicted_variances)[:, 0])
+    assert variances[0] > 0 and variances[1] == 0  # oscillating at 60, not at 90
+    z_at_t1 = lambda lr, k: solve(lr, k).w[-1, 2]
+    grads = jax.grad(z_at_t1, argnums=(0, 1))(1.0, 0.02)
+    for i, (value, h) in enumerate([(1.0, 1e-5), (0.02, 2e-7)]):
+        plus, minus = [1.0, 0.02], [1.0, 0.02]
+        plus[i], minus[i] = value + h, value - h
+        fd = (z_at_t1(*plus) - z_at_t1(*minus)) / (2 * h)
+        np.testing.assert_allclose(grads[i], fd, rtol=1e-4)
 
 
 def test_mlp_gradient_through_eos_matches_finite_differences():
