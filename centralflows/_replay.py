@@ -40,9 +40,10 @@ def _check_map_limit(needed: int = 262144) -> None:
     default 65530: LLVM then aborts the process ("LLVM compilation error: Cannot
     allocate memory") with most of the RAM free."""
     path = pathlib.Path("/proc/sys/vm/max_map_count")
-    if path.is_file() and int(path.read_text()) < needed:
+    limit = int(path.read_text()) if path.is_file() else needed
+    if limit < needed:
         warnings.warn(
-            f"vm.max_map_count is {int(path.read_text())}: a long differentiated flow may "
+            f"vm.max_map_count is {limit}: a long differentiated flow may "
             "abort with 'LLVM compilation error: Cannot allocate memory' once the process "
             f"holds that many memory maps. Raise it (as root: sysctl -w "
             f"vm.max_map_count={needed}) before long gradient runs.",

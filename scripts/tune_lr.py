@@ -154,13 +154,14 @@ def main():
         start = time.perf_counter()
         value, grad = value_and_grad(jnp.asarray(u))
         grad = np.asarray(grad)
-        tuning_time += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        tuning_time += elapsed
         history.append(
             {
                 "params": {k: float(x) for k, x in hyperparameters(name, u).items()},
                 "predicted_loss": float(value),
                 "grad": grad.tolist(),
-                "seconds": time.perf_counter() - start,
+                "seconds": elapsed,
             }
         )
         print(json.dumps(history[-1]), flush=True)
@@ -195,7 +196,7 @@ def main():
             "start": start_params,
             "tuned": tuned,
             "history": history,
-            "flow_gradients": args.iterations,
+            "flow_gradients": len(history),
             "seconds": tuning_time,
             "equivalent_gradient_evaluations": tuning_time / seconds_per_gradient,
             "discrete_score_at_tuned": tuned_score,
