@@ -2,6 +2,7 @@
 
 import importlib.metadata
 
+from ._discrete import discrete_losses as discrete_losses
 from ._eigen import EigConfig as EigConfig
 from ._eigen import EigenState as EigenState
 from ._eigen import track_eigs as track_eigs

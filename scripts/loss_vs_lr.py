@@ -32,24 +32,6 @@ from centralflows._experiment import make_eig_config, make_flow_options, make_pr
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def discrete_losses(objective, w0, steps: int):
-    """`lr -> loss after `steps` GD steps` (compiled once)."""
-
-    @jax.jit
-    def final_loss(lr):
-        optimizer = cf.GD(lr)
-
-        def body(carry, _):
-            w, state = carry
-            return optimizer.step(w, state, objective.grad(w)), None
-
-        state = optimizer.init(w0, objective.grad(w0))
-        (w, _), _ = jax.lax.scan(body, (w0, state), None, length=steps)
-        return objective.value(w)
-
-    return final_loss
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/gd-mlp-digits.toml")
@@ -87,9 +69,10 @@ def main():
 
     if "discrete" not in result:
         start = time.perf_counter()
-        discrete = discrete_losses(objective, w0, T)
         fine = np.linspace(args.lr_min, args.lr_max, args.discrete_points)
-        discrete_loss = np.array([float(discrete(lr)) for lr in fine])
+        discrete_loss = np.array(
+            [float(cf.discrete_losses(objective, w0, cf.GD(lr), T)[-1]) for lr in fine]
+        )
         discrete_slope = np.diff(discrete_loss) / np.diff(fine)
         result["seconds"]["discrete"] = time.perf_counter() - start
         record(

@@ -61,24 +61,10 @@ def build(name: str, base: dict, params: dict) -> cf.AbstractOptimizer:
     return cf.RMSProp(params["lr"], beta2=params["beta2"], eps=base["eps"])
 
 
-def discrete_score(objective, w0, name, base, steps, warm_up):
-    """`params -> mean loss over the WINDOW steps centred on step T` (compiled once)."""
-
-    @jax.jit
-    def score(params):
-        optimizer = build(name, base, params)
-
-        def body(carry, _):
-            w, state = carry
-            loss, grad = objective.value_and_grad(w)
-            return optimizer.step(w, state, grad), loss
-
-        state = optimizer.init(w0, objective.grad(w0))
-        length = warm_up + steps + WINDOW // 2 + 1
-        _, losses = jax.lax.scan(body, (w0, state), None, length=length)
-        return jnp.mean(losses[-WINDOW:])
-
-    return score
+def discrete_score(objective, w0, optimizer, steps: int) -> float:
+    """The discrete run's loss averaged over the WINDOW steps centred on step `steps`."""
+    losses = cf.discrete_losses(objective, w0, optimizer, steps + WINDOW // 2)
+    return float(jnp.mean(losses[-WINDOW:]))
 
 
 def main():
@@ -170,8 +156,12 @@ def main():
         u, m, v = adam_step(i, u, m, v, grad)
     tuned = {k: float(x) for k, x in hyperparameters(name, u).items()}
 
-    score = discrete_score(objective, w0, name, base, args.steps, WARM_UP[name])
-    tuned_score = float(score({k: jnp.asarray(x) for k, x in tuned.items()}))  # compiles
+    steps = WARM_UP[name] + args.steps
+
+    def score(params):
+        return discrete_score(objective, w0, build(name, base, params), steps)
+
+    tuned_score = score(tuned)  # compiles
     start = time.perf_counter()
     grid_lr = np.geomspace(0.1, 3.0, args.grid_points) * base["lr"]
     grid_beta2 = [base.get("beta2")] if name == "gd" else [0.9, 0.95, 0.98, 0.99, 0.995, 0.999]
@@ -180,11 +170,11 @@ def main():
         for lr in grid_lr
         for b2 in grid_beta2
     ]
-    scores = np.array([float(score({k: jnp.asarray(x) for k, x in p.items()})) for p in grid])
+    scores = np.array([score(p) for p in grid])
     scores = np.where(np.isfinite(scores), scores, np.inf)
     grid_time = time.perf_counter() - start
     best = grid[int(np.argmin(scores))]
-    steps_per_run = WARM_UP[name] + args.steps + WINDOW // 2 + 1
+    steps_per_run = steps + WINDOW // 2 + 1
     seconds_per_gradient = grid_time / (len(grid) * steps_per_run)
     result = {
         "settings": settings,
