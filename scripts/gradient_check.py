@@ -5,14 +5,17 @@ side, where the flow has not reached the edge of stability by T, and on the EOS 
 reverse-mode autodiff of (training loss at T, predicted loss at T) with respect to the
 optimizer's hyperparameters (η for GD; η, β₂ and ε for the RMSProps) is compared with
 central differences `(f(p + h) − f(p − h)) / 2h`, `h = 1e-4 p` (for β₂,
-`h = 1e-4 (1 − β₂)`), in float64 with tight solver tolerances. Errors are relative to
-the finite difference (meaningless where the derivative vanishes: compare the values).
+`h = 1e-4 (1 − β₂)`; `--rel-steps` for others, to see whether the differences have
+converged), in float64 with tight solver tolerances. Errors are relative to the finite
+difference with the first step (meaningless where the derivative vanishes: compare the
+values).
 
 Problems: the analytic toy of DESIGN §6 (GD and Scalar RMSProp) and the digits MLP of
 the default config (GD from the gradient-flow point at t = 120, RMSProp from
 `configs/rmsprop-mlp-digits.toml`'s 10 discrete warm-up steps).
 
     python scripts/gradient_check.py [--problems toy digits] [--gd-lrs ...] [--rmsprop-lrs ...]
+                                     [--rel-steps 1e-4 3e-4 ...]
 Writes docs/gradient-check.json and prints a Markdown table.
 """
 
@@ -36,7 +39,6 @@ from centralflows._experiment import make_optimizer, make_problem  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OPTIONS = cf.FlowOptions(stepsize_controller=dfx.PIDController(rtol=1e-9, atol=1e-11))
 EIG = cf.EigConfig(tol=1e-9, max_iters=500)
-REL_STEP = 1e-4
 
 
 def toy_loss(w, s0, c, b):
@@ -68,11 +70,11 @@ def digits_rmsprop_problem():
     return objective, w, state
 
 
-def step(name: str, value: float) -> float:
-    return REL_STEP * (1 - value) if name == "beta2" else REL_STEP * value
+def step(name: str, value: float, rel_step: float) -> float:
+    return rel_step * (1 - value) if name == "beta2" else rel_step * value
 
 
-def check(problem, make_optimizer, params: dict, t1: int) -> dict:
+def check(problem, make_optimizer, params: dict, t1: int, rel_steps) -> dict:
     """Autodiff and finite differences of (loss, predicted loss) at `t1`."""
     loss, w0, opt_state0 = problem
     names = list(params)
@@ -108,17 +110,20 @@ def check(problem, make_optimizer, params: dict, t1: int) -> dict:
         "derivatives": {},
     }
     for i, name in enumerate(names):
-        h = step(name, values[i])
-        plus, minus = list(values), list(values)
-        plus[i] += h
-        minus[i] -= h
-        fd = (np.asarray(outcomes(*plus)) - np.asarray(outcomes(*minus))) / (2 * h)
         ad = np.asarray(jacobian[i])
+        fds = []
+        for rel_step in rel_steps:
+            h = step(name, values[i], rel_step)
+            plus, minus = list(values), list(values)
+            plus[i] += h
+            minus[i] -= h
+            fds.append((np.asarray(outcomes(*plus)) - np.asarray(outcomes(*minus))) / (2 * h))
         row["derivatives"][name] = {
             quantity: {
                 "autodiff": float(ad[j]),
-                "finite_difference": float(fd[j]),
-                "relative_error": float(abs(ad[j] - fd[j]) / abs(fd[j])),
+                "finite_difference": float(fds[0][j]),
+                "relative_error": float(abs(ad[j] - fds[0][j]) / abs(fds[0][j])),
+                "finite_differences": {f"{r:g}": float(fd[j]) for r, fd in zip(rel_steps, fds)},
             }
             for j, quantity in enumerate(("loss", "predicted_loss"))
         }
@@ -175,13 +180,20 @@ def main():
     parser.add_argument("--problems", nargs="+", default=["toy", "digits"])
     parser.add_argument("--gd-lrs", type=float, nargs="*", default=[0.4, 0.5, 0.6])
     parser.add_argument("--rmsprop-lrs", type=float, nargs="*", default=[0.001, 0.002, 0.003])
+    parser.add_argument(
+        "--rel-steps",
+        type=float,
+        nargs="+",
+        default=[1e-4],
+        help="relative finite-difference steps; errors are against the first",
+    )
     parser.add_argument("--out", help="JSON file (default docs/gradient-check-<problems>.json)")
     args = parser.parse_args()
     rows = []
     for problem, optimizer, data, factory, params, t1 in cases(
         args.problems, args.gd_lrs, args.rmsprop_lrs
     ):
-        row = check(data, factory, params, t1)
+        row = check(data, factory, params, t1, args.rel_steps)
         rows.append({"problem": problem, "optimizer": optimizer, **row})
     out = pathlib.Path(args.out or ROOT / "docs" / f"gradient-check-{'-'.join(args.problems)}.json")
     out.write_text(json.dumps(rows, indent=2) + "\n")
