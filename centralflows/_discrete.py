@@ -4,14 +4,13 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax
-import jax.flatten_util as jfu
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree, Scalar
 
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import initial_opt_state
-from ._solve import _check_opt_state, _scalars_as_arrays
+from ._solve import prepare
 
 
 def discrete_losses(
@@ -42,12 +41,7 @@ def discrete_losses(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"`steps` must be a non-negative integer, got {steps!r}.")
-    objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
-    w, _ = jfu.ravel_pytree(w0)
-    objective.check_params(w)
-    objective, optimizer = _scalars_as_arrays((objective, optimizer), w.dtype)
-    if opt_state0 is not None:
-        _check_opt_state(optimizer, w, opt_state0)
+    objective, optimizer, w, _ = prepare(loss, w0, optimizer, opt_state0)
     return _losses(objective, optimizer, w, opt_state0, steps)
 
 

@@ -98,6 +98,23 @@ def _check_opt_state(
         )
 
 
+def prepare(
+    loss: Objective | Callable[[PyTree], Scalar],
+    w0: PyTree,
+    optimizer: AbstractOptimizer,
+    opt_state0: PyTree | None,
+) -> tuple[Objective, AbstractOptimizer, Float[Array, " n"], Callable]:
+    """The objective, the optimizer (its scalars as arrays) and the flat start with its
+    unravelling, checked against each other (parameter count, dtype, `opt_state0`)."""
+    objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
+    w, unravel = jfu.ravel_pytree(w0)
+    objective.check_params(w)
+    objective, optimizer = _scalars_as_arrays((objective, optimizer), w.dtype)
+    if opt_state0 is not None:
+        _check_opt_state(optimizer, w, opt_state0)
+    return objective, optimizer, w, unravel
+
+
 def _solve(
     cls: type[AbstractFlowProcess],
     loss: Objective | Callable[[PyTree], Scalar],
@@ -115,12 +132,7 @@ def _solve(
     ts = [t1] if saveat is None else sorted(int(t) for t in saveat)
     if any(t < 0 or t > t1 for t in ts) or (saveat is not None and list(saveat) != ts):
         raise ValueError(f"`saveat` must be increasing integer times in [0, t1], got {saveat!r}.")
-    objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
-    w, unravel_w0 = jfu.ravel_pytree(w0)
-    objective.check_params(w)
-    objective, optimizer = _scalars_as_arrays((objective, optimizer), w.dtype)
-    if opt_state0 is not None:
-        _check_opt_state(optimizer, w, opt_state0)
+    objective, optimizer, w, unravel_w0 = prepare(loss, w0, optimizer, opt_state0)
     leaves = jtu.tree_leaves((objective, optimizer, w, opt_state0))
     traced = _has_tracers(leaves)
     if any(isinstance(x, jax.interpreters.ad.JVPTracer) for x in leaves):
