@@ -130,6 +130,41 @@ def test_gradient_through_a_deactivation_matches_finite_differences():
         np.testing.assert_allclose(grads[i], fd, rtol=1e-4)
 
 
+def _rising_second_curvature(w):
+    # x: curvature 1.8; z: 0.2 + 1.4 tanh(y), rising through the track threshold 1.5 at
+    # t = 1.654 as y climbs its unit slope (η = 1); below 2 throughout (no EOS).
+    x, z, y = w
+    return 0.9 * x**2 + 0.5 * (0.2 + 1.4 * jnp.tanh(y)) * z**2 - y
+
+
+@pytest.mark.parametrize("bracketed", [True, False])
+def test_gradient_through_a_track_event(bracketed, monkeypatch):
+    # x(T) = x0 exp(−1.8 η T) whatever the event does, so dx/dη = −1.8 T x(T) exactly.
+    # With the new vector field taken at the extrapolated point instead of where the
+    # replay stopped, the event's jump in the derivative was off by δ f' dt_e: 2.8e-3 of
+    # dx/dη here. Unbracketed (a track event whose condition creeps through the
+    # threshold), the event's planned time is held fixed, with a warning.
+    options = cf.FlowOptions(stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12))
+    w0 = jnp.array([0.1, 0.1, 0.0])
+
+    def final(lr):
+        return cf.stable_flow(_rising_second_curvature, w0, cf.GD(lr), 3, options=options).w[-1]
+
+    planned = cf.stable_flow(_rising_second_curvature, w0, cf.GD(1.0), 3, options=options)
+    assert list(planned.stats["segments"]) == [1, 2, 1]  # the track event in (1, 2)
+    if not bracketed:
+        monkeypatch.setattr(_replay, "_NEWTON_STEPS", 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x, z, _ = jax.jacfwd(final)(1.0)
+    held = [w for w in caught if "planned time is held fixed" in str(w.message)]
+    assert len(held) == (0 if bracketed else 1)
+    assert float(x) == pytest.approx(-1.8 * 3 * float(final(1.0)[0]), rel=1e-6)
+    h = 1e-5
+    fd = (final(1.0 + h)[1] - final(1.0 - h)[1]) / (2 * h)
+    np.testing.assert_allclose(z, fd, rtol=1e-5)
+
+
 def test_mlp_gradient_through_eos_matches_finite_differences():
     # From the gradient-flow point at t = 34, through the EOS onset (≈ 4.8 units later),
     # with respect to η and to the start along a random direction.
