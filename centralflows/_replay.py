@@ -193,13 +193,9 @@ def _through_event(
     t_event = t_end + delta
     if following is None or following.t0 != segment.t1:  # the flow stopped here
         return end, None, t_event
-    # y(t1) = y(t_end) + (t_e − t_end) f_before + (t1 − t_e) f_after, both fields taken at
-    # y(t_end): the derivative's jump (f_before − f_after) dt_e then compares them at one
-    # point. (Taking f_after at the extrapolated point made it off by δ f' dt_e: 1e-3 of
-    # dx/dη on a toy whose x the event does not touch.)
+    end = _axpy(delta, velocity, end)
     next_basis = _basis(process, end, following.basis)
     after = _velocity(process, following.num_critical, end, next_basis)
-    end = _axpy(delta, velocity, end)
     return _axpy(segment.t1 - t_event, after, end), next_basis, t_event
 
 
