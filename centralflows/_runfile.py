@@ -600,7 +600,13 @@ def load_run(path: str | os.PathLike[str], *, series: bool = True) -> Run:
                 groups.setdefault(group, {})[key] = values
 
         if series:
-            file.visititems(read)
+            try:
+                file.visititems(read)
+            except KeyError as error:  # a dataset being created as we read
+                raise OSError(
+                    f"{path}: a series could not be read ({error}); if a run is creating "
+                    "this file, read it again in a moment."
+                ) from error
     return Run(path, attrs, step, groups)
 
 

@@ -399,3 +399,20 @@ def test_reopen_copies_rows_and_checkpoint_and_replaces_atomically(tmp_path, mon
     assert run.attrs["steps"] == 7 and run.attrs["note"] == "resumed"
     assert run.attrs["config"] == ATTRS["config"]
     _assert_checkpoint(load_checkpoint(path), 2)
+
+
+def test_a_dataset_being_created_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
+    # HDF5 reports a dataset whose creation a writer has not finished as a KeyError
+    # ("invalid dataset size, likely file corruption"): a reader polling a new run file
+    # met it (test_cli). It is an OSError that says to read again.
+    path = tmp_path / "run.h5"
+    with _create(path) as writer:
+        writer.write(0, {"discrete/train_loss": np.array([1.0])})
+    assert load_run(path).num_rows == 10
+
+    def half_created(self, func):
+        raise KeyError("Unable to synchronously open object (invalid dataset size)")
+
+    monkeypatch.setattr(h5py.Group, "visititems", half_created)
+    with pytest.raises(OSError, match="run.h5.*read it again"):
+        load_run(path)
