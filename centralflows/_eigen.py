@@ -18,6 +18,11 @@ Columns = Float[Array, "n m"]
 TOL_FLOOR = 1000
 
 
+def _floored(tol, dtype):
+    """The relative residual tolerance `tol`, floored at `TOL_FLOOR` epsilons of `dtype`."""
+    return jnp.maximum(tol, TOL_FLOOR * jnp.finfo(dtype).eps)
+
+
 class EigConfig(eqx.Module):
     """How eigenpairs are tracked (config section `[eig]`).
 
@@ -116,7 +121,7 @@ def lobpcg(
     ax = matvec(x)
     theta = jnp.sum(x * ax, axis=0)
     zeros = jnp.zeros_like(x)
-    tol = jnp.maximum(tol, TOL_FLOOR * jnp.finfo(x.dtype).eps)
+    tol = _floored(tol, x.dtype)
 
     def residual_norms(x, ax, theta):
         return jnp.linalg.norm(ax - x * theta, axis=0)
@@ -208,7 +213,7 @@ def track_eigs(
             matvec, x0, tol=config.tol, max_iters=config.max_iters
         )
         count = k * (1 + 3 * iterations)
-    tol = jnp.maximum(config.tol, TOL_FLOOR * jnp.finfo(x.dtype).eps) * jnp.max(jnp.abs(theta))
+    tol = _floored(config.tol, x.dtype) * jnp.max(jnp.abs(theta))
     converged = jnp.all(rnorm <= tol)
     return EigenState(x.T * inv_sqrt, theta, rnorm, iterations, count, converged)
 
