@@ -194,8 +194,13 @@ def _through_event(
     if following is None or following.t0 != segment.t1:  # the flow stopped here
         return end, None, t_event
     end = _axpy(delta, velocity, end)
+    before = _velocity(process, k, end, basis)
     next_basis = _basis(process, end, following.basis)
     after = _velocity(process, following.num_critical, end, next_basis)
+    # Zero, but its derivative moves the old field's share of the jump to the event:
+    # `(f_before(y_e) − f_after(y_e)) dt_e`, right to O(δ²) rather than O(δ).
+    at_event = jtu.tree_map(jnp.subtract, before, velocity)
+    end = _axpy(t_event - jax.lax.stop_gradient(t_event), at_event, end)
     return _axpy(segment.t1 - t_event, after, end), next_basis, t_event
 
 

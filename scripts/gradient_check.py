@@ -16,7 +16,7 @@ the default config (GD from the gradient-flow point at t = 120, RMSProp from
 
     python scripts/gradient_check.py [--problems toy digits] [--gd-lrs ...] [--rmsprop-lrs ...]
                                      [--rel-steps 1e-4 3e-4 ...]
-Writes docs/gradient-check.json and prints a Markdown table.
+Writes docs/gradient-check-<problems>.json (after every case) and prints a Markdown table.
 """
 
 import argparse
@@ -189,14 +189,14 @@ def main():
     )
     parser.add_argument("--out", help="JSON file (default docs/gradient-check-<problems>.json)")
     args = parser.parse_args()
+    out = pathlib.Path(args.out or ROOT / "docs" / f"gradient-check-{'-'.join(args.problems)}.json")
     rows = []
     for problem, optimizer, data, factory, params, t1 in cases(
         args.problems, args.gd_lrs, args.rmsprop_lrs
     ):
         row = check(data, factory, params, t1, args.rel_steps)
         rows.append({"problem": problem, "optimizer": optimizer, **row})
-    out = pathlib.Path(args.out or ROOT / "docs" / f"gradient-check-{'-'.join(args.problems)}.json")
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+        out.write_text(json.dumps(rows, indent=2) + "\n")  # after every case
     worst = max(d[q]["relative_error"] for r in rows for d in r["derivatives"].values() for q in d)
     print(table(rows))
     print(f"largest relative error: {worst:.2e} (target 1e-3)")
