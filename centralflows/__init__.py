@@ -2,7 +2,9 @@
 
 import importlib.metadata
 
+from ._discrete import DiscreteRun as DiscreteRun
 from ._discrete import discrete_losses as discrete_losses
+from ._discrete import discrete_run as discrete_run
 from ._eigen import EigConfig as EigConfig
 from ._eigen import EigenState as EigenState
 from ._eigen import track_eigs as track_eigs

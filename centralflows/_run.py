@@ -23,6 +23,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree, Scalar
 from tqdm.auto import tqdm
 
+from ._discrete import discrete_steps
 from ._eigen import EigConfig, preconditioner_diagonal
 from ._flow_processes import FLOW_PROCESSES
 from ._integrate import FlowOptions
@@ -214,17 +215,9 @@ def _progress_summary(flat: Mapping[str, np.ndarray], name: str) -> dict[str, st
     return {"loss": f"{loss:.4g}", "S_eff": f"{sharpness:.3f}"}
 
 
-@eqx.filter_jit
-def _warm_start_steps(objective, optimizer, w, opt_state, steps):
-    def body(_, carry):
-        return optimizer.step(*carry, objective.grad(carry[0]))
-
-    return jax.lax.fori_loop(0, steps, body, (w, opt_state))
-
-
 def _warm_start(objective, optimizer, w, opt_state, steps: int):
     """`steps` optimizer steps from `(w, opt_state)`, checked to stay finite."""
-    w, opt_state = _warm_start_steps(objective, optimizer, w, opt_state, steps)
+    (w, opt_state), _ = discrete_steps(objective, optimizer, w, opt_state, steps)
     if not bool(jnp.isfinite(objective.value(w))):
         raise ValueError(
             f"The loss is not finite after the {steps} warm-start steps: the optimizer "

@@ -62,12 +62,9 @@ def digits_gd_problem():
 def digits_rmsprop_problem():
     """The RMSProp config's MLP after its 10 discrete warm-up steps (where S_eff < 2)."""
     cfg = load_config(ROOT / "configs/rmsprop-mlp-digits.toml")
-    objective, w = make_problem(cfg)
-    optimizer = make_optimizer(cfg["opt"])
-    state = optimizer.init(w, objective.grad(w))
-    for _ in range(10):
-        w, state = optimizer.step(w, state, objective.grad(w))
-    return objective, w, state
+    objective, w0 = make_problem(cfg)
+    warm = cf.discrete_run(objective, w0, make_optimizer(cfg["opt"]), 10)
+    return objective, warm.w, warm.opt_state
 
 
 def step(name: str, value: float, rel_step: float) -> float:

@@ -97,17 +97,15 @@ def main():
         # The warm-up steps use the tuned values too, as in the discrete runs; they are
         # differentiated like the flow (a few steps before any oscillation: not chaotic).
         optimizer = build(name, base, hyperparameters(name, u))
-        w, state = w0, optimizer.init(w0, objective.grad(w0))
-        for _ in range(WARM_UP[name]):
-            w, state = optimizer.step(w, state, objective.grad(w))
+        warm = cf.discrete_run(objective, w0, optimizer, WARM_UP[name])
         solution = cf.central_flow(
             objective,
-            w,
+            warm.w,
             optimizer,
             args.steps,
             options=options,
             eig=eig,
-            opt_state0=None if name == "gd" else state,
+            opt_state0=warm.opt_state,
         )
         return solution.predicted_loss[-1]
 

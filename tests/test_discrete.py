@@ -1,4 +1,5 @@
-"""`discrete_losses`: the discrete optimizer's loss along its trajectory, in one scan."""
+"""`discrete_run` and `discrete_losses`: the discrete optimizer along its trajectory, in one
+scan."""
 
 import logging
 
@@ -65,6 +66,23 @@ def test_the_warm_start_state_is_used():
     full = cf.discrete_losses(quadratic, W0, optimizer, 8)
     rest = cf.discrete_losses(quadratic, w, optimizer, 5, opt_state0=state)
     np.testing.assert_allclose(rest, full[3:], rtol=1e-12)
+    # ... and the run's last iterate and state are the loop's.
+    head = cf.discrete_run(quadratic, W0, optimizer, 3)
+    np.testing.assert_allclose(head.w["a"], w["a"], rtol=1e-12)
+    for got, want in zip(jax.tree.leaves(head.opt_state), jax.tree.leaves(state)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    tail = cf.discrete_run(quadratic, head.w, optimizer, 5, opt_state0=head.opt_state)
+    np.testing.assert_allclose(tail.losses, full[3:], rtol=1e-12)
+
+
+def test_the_last_iterate_is_differentiable_in_the_learning_rate():
+    # w_k = (1 − η h)^k w_0, so dw_k/dη = −k h (1 − η h)^(k−1) w_0.
+    lr, steps = 0.3, 7
+    last = jax.jacfwd(lambda lr: cf.discrete_run(quadratic, W0, cf.GD(lr), steps).w["a"])(lr)
+    rev = jax.jacrev(lambda lr: cf.discrete_run(quadratic, W0, cf.GD(lr), steps).w["a"])(lr)
+    exact = -steps * CURVATURES * (1 - lr * CURVATURES) ** (steps - 1) * W0["a"]
+    np.testing.assert_allclose(last, exact, rtol=1e-10)
+    np.testing.assert_allclose(rev, exact, rtol=1e-10)
 
 
 def test_bad_input_is_refused():
