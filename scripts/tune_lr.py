@@ -2,9 +2,10 @@
 
 Minimizes the central flow's predicted loss at time T (its prediction of the discrete
 run's time-averaged loss) over log η (and logit β₂ for RMSProp) by Adam on `jax.grad` of
-the flow, then runs the discrete optimizer at the tuned values and at every point of a
-grid, scoring each discrete run by its loss averaged over the 9 steps centred on T (the
-loss at EOS oscillates from step to step). Reports both optima and their cost.
+the flow (the tuned values: the evaluated point with the lowest predicted loss), then runs
+the discrete optimizer at the tuned values and at every point of a grid, scoring each
+discrete run by its loss averaged over the 9 steps centred on T (the loss at EOS
+oscillates from step to step). Reports both optima and their cost.
 
     python scripts/tune_lr.py --optimizer gd [--steps 200 --iterations 12]
     python scripts/tune_lr.py --optimizer rmsprop [--steps 100] [--set data.n=200 ...]
@@ -152,7 +153,8 @@ def main():
         progress = {"history": history, "seconds": tuning_time}
         out.write_text(json.dumps({"settings": settings, "flow_tuning": progress}, indent=2))
         u, m, v = adam_step(i, u, m, v, grad)
-    tuned = {k: float(x) for k, x in hyperparameters(name, u).items()}
+    # Adam at a fixed step size circles the optimum: keep the best point it evaluated.
+    tuned = min(history, key=lambda entry: entry["predicted_loss"])["params"]
 
     steps = WARM_UP[name] + args.steps
 
@@ -183,6 +185,7 @@ def main():
         "flow_tuning": {
             "start": start_params,
             "tuned": tuned,
+            "next_adam_iterate": {k: float(x) for k, x in hyperparameters(name, u).items()},
             "history": history,
             "flow_gradients": len(history),
             "seconds": tuning_time,
@@ -193,6 +196,7 @@ def main():
             "points": len(grid),
             "best": {k: float(x) for k, x in best.items()},
             "best_score": float(scores.min()),
+            "scores": [{**p, "score": float(x)} for p, x in zip(grid, scores)],
             "discrete_gradient_evaluations": len(grid) * steps_per_run,
             "seconds": grid_time,
         },
