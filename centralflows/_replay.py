@@ -127,7 +127,8 @@ def _through_event(
     `t_e = t − c / (dc/dt)`, whose derivative is the implicit one, `−dc / (dc/dt)`.
     The next segment starts at its planned time, so its start is moved back along the
     new vector field to there: the state's derivative jumps by `(f_before − f_after)
-    dt_e`, as across any switch of vector field. (A `"track"` event's tracked vector is
+    dt_e`, both fields at the extrapolated event point, as across any switch of vector
+    field. (A `"track"` event's tracked vector is
     held at its planned value: that event switches only to a refreshed basis, so the
     jump, and with it its time's derivative, scarcely matters.)
 
