@@ -109,9 +109,16 @@ def test_run_file_is_readable_mid_run_and_after_a_kill(tmp_path):
         with h5py.File(files[0], "r", libver="latest", swmr=True) as f:
             # Raw rows past the one chunk (5 steps) that may have been in flight are NaN.
             assert np.all(np.isnan(f["discrete/train_loss"][done + 5 :]))
-            for name in ("discrete/train_loss", "discrete/effective_hessian_eigs",
-                         "discrete/hessian_eigs", "discrete/grad_norm_sq", "discrete/opt.lr",
-                         "midpoint/test_acc", "distances/discrete-midpoint", "step"):
+            for name in (
+                "discrete/train_loss",
+                "discrete/effective_hessian_eigs",
+                "discrete/hessian_eigs",
+                "discrete/grad_norm_sq",
+                "discrete/opt.lr",
+                "midpoint/test_acc",
+                "distances/discrete-midpoint",
+                "step",
+            ):
                 assert f[name].shape[0] == 2001, name
     finally:
         proc.kill()
@@ -121,7 +128,17 @@ def test_run_file_is_readable_mid_run_and_after_a_kill(tmp_path):
 def test_default_config_reaches_and_holds_the_edge_of_stability(tmp_path):
     # The embedded default: GD's effective sharpness rises to 2 (progressive sharpening),
     # then hovers there (self-stabilization). Measured: onset at step ~148.
-    argv = ["run", DEFAULT, "--runs", "discrete", "--steps", "450", "--out", str(tmp_path), "--quiet"]
+    argv = [
+        "run",
+        DEFAULT,
+        "--runs",
+        "discrete",
+        "--steps",
+        "450",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
     assert main(argv) == 0
     (path,) = tmp_path.iterdir()
     series = cf.load_run(path)["discrete"]
@@ -145,8 +162,16 @@ def test_flows_from_the_command_line(tmp_path, capsys):
     np.testing.assert_allclose(result["distances"]["central-discrete"][0], 0, atol=1e-12)
     assert set(result) == {"discrete", "central", "stable", "distances", "deltas"}
     central = result["central"]
-    for name in ("predicted_loss", "predicted_grad_norm_sq", "predicted_variances",
-                 "sigma_trace", "sdcp_residual", "rhs_evals", "solver_steps", "eos_time"):
+    for name in (
+        "predicted_loss",
+        "predicted_grad_norm_sq",
+        "predicted_variances",
+        "sigma_trace",
+        "sdcp_residual",
+        "rhs_evals",
+        "solver_steps",
+        "eos_time",
+    ):
         assert name in central, name
     # Euler with 2 substeps: 2 right-hand-side evaluations per unit of time.
     np.testing.assert_array_equal(central["rhs_evals"][:6], 2)

@@ -30,14 +30,18 @@ OPTIONS = cf.FlowOptions(tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-
 
 @pytest.fixture(scope="module")
 def toy_central():
-    return cf.central_flow(toy_loss, TOY_W0, cf.GD(ETA), 100, saveat=[0, 30, 59, 61, 100], options=OPTIONS)
+    return cf.central_flow(
+        toy_loss, TOY_W0, cf.GD(ETA), 100, saveat=[0, 30, 59, 61, 100], options=OPTIONS
+    )
 
 
 def test_toy_stable_flow_is_gradient_flow():
     sol = cf.stable_flow(toy_loss, TOY_W0, cf.GD(ETA), 80, saveat=[0, 40, 80], options=OPTIONS)
     # dy/dt = −ηb: y(t) = −ηbt; the sharpness η a(y) crosses 2 at t* exactly.
     np.testing.assert_allclose(sol.w["y"], -ETA * B * np.array([0, 40, 80]), rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(sol.effective_sharpness, ETA * (S0 + C * ETA * B * np.array([0, 40, 80])), rtol=1e-9)
+    np.testing.assert_allclose(
+        sol.effective_sharpness, ETA * (S0 + C * ETA * B * np.array([0, 40, 80])), rtol=1e-9
+    )
     assert float(sol.eos_onset) == pytest.approx(T_STAR, abs=1e-4)
 
 
@@ -61,7 +65,9 @@ def test_toy_central_flow_onset_and_rest(toy_central):
 def test_a_sweep_over_the_learning_rate_compiles_once(toy_central, caplog):
     # `toy_central` compiled the flow's programs at η = 0.5; another η reuses them all.
     with jax.log_compiles(), caplog.at_level(logging.WARNING, logger="jax"):
-        cf.central_flow(toy_loss, TOY_W0, cf.GD(0.55), 100, saveat=[0, 30, 59, 61, 100], options=OPTIONS)
+        cf.central_flow(
+            toy_loss, TOY_W0, cf.GD(0.55), 100, saveat=[0, 30, 59, 61, 100], options=OPTIONS
+        )
         jax.jit(lambda x: x + 1)(1.0)  # a program that is new, so the log is seen
     compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
     assert len(compiled) == 1 and "<lambda>" in compiled[0], compiled
@@ -74,7 +80,9 @@ def test_toy_central_vector_field_vanishes_at_equilibrium():
     y = FlowState(w, optimizer.init(w, objective.grad(w)))
     terms = cf.CentralFlow(objective, optimizer, TAU, 1).terms(y, jnp.eye(2))
     np.testing.assert_allclose(terms.derivative.w, 0, atol=1e-10)
-    assert float(terms.X[0, 0]) * ETA == pytest.approx(2 * B / C, rel=1e-9)  # B regularized by 1e-10
+    assert float(terms.X[0, 0]) * ETA == pytest.approx(
+        2 * B / C, rel=1e-9
+    )  # B regularized by 1e-10
     assert float(terms.sdcp.residual) < 1e-12
 
 
@@ -133,7 +141,9 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times():
     assert k == 2
     np.testing.assert_allclose(record["predicted_variances"][:2] * ETA, 0.2 / 1.5, rtol=1e-4)
     w = np.asarray(state.y.w)
-    np.testing.assert_allclose([ETA * (1 - w[2] - 0.5 * w[3]), ETA * (0.8 - 0.5 * w[2] - w[3])], 2, rtol=1e-5)
+    np.testing.assert_allclose(
+        [ETA * (1 - w[2] - 0.5 * w[3]), ETA * (0.8 - 0.5 * w[2] - w[3])], 2, rtol=1e-5
+    )
 
 
 def test_the_oscillation_deactivates_at_the_closed_form_time():
@@ -187,8 +197,12 @@ def test_small_ritz_basis_agrees_with_the_whole_tracked_basis():
     objective, w0 = small_mlp_objective()
     optimizer = cf.GD(lr=0.9)
     saveat = [0, 40, 50]
-    small = cf.central_flow(objective, w0, optimizer, 50, saveat=saveat, options=cf.FlowOptions(guard=2))
-    whole = cf.central_flow(objective, w0, optimizer, 50, saveat=saveat, options=cf.FlowOptions(guard=8))
+    small = cf.central_flow(
+        objective, w0, optimizer, 50, saveat=saveat, options=cf.FlowOptions(guard=2)
+    )
+    whole = cf.central_flow(
+        objective, w0, optimizer, 50, saveat=saveat, options=cf.FlowOptions(guard=8)
+    )
     assert float(whole.eos_onset) < 45 and bool(jnp.any(whole.predicted_variances[-1] > 0))
     moved = float(jnp.max(jnp.abs(whole.w[-1] - w0)))
     # Measured: 3.6e-5 of a 0.65 move over 60 units.
@@ -201,12 +215,21 @@ def test_euler_parity_mode_converges_to_the_adaptive_flow():
     # 1/n towards the τ → 0 flow (approximated by the adaptive solver with small τ).
     objective, w0 = small_mlp_objective()
     optimizer = cf.GD(lr=0.9)
-    start = jnp.asarray(cf.run(objective, w0, optimizer, steps=40, save_w_every=40, progress=False)["discrete"]["w"][40])
+    start = jnp.asarray(
+        cf.run(objective, w0, optimizer, steps=40, save_w_every=40, progress=False)["discrete"][
+            "w"
+        ][40]
+    )
     fine = cf.FlowOptions(tau=1 / 32, stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10))
     reference = cf.central_flow(objective, start, optimizer, 15, options=fine)
     assert float(reference.eos_onset) < 15  # the comparison covers the EOS phase
     errors = [
-        float(jnp.linalg.norm(cf.central_flow(objective, start, optimizer, 15, options=cf.FlowOptions.euler(n)).w - reference.w))
+        float(
+            jnp.linalg.norm(
+                cf.central_flow(objective, start, optimizer, 15, options=cf.FlowOptions.euler(n)).w
+                - reference.w
+            )
+        )
         for n in (2, 4, 8)
     ]
     # Measured: 3.2e-3, 1.6e-3, 8.1e-4: halving with each doubling.
@@ -225,7 +248,9 @@ def test_euler_parity_mode_converges_to_the_adaptive_flow():
 )
 def test_all_optimizers_run_through_eos_on_a_small_net(optimizer, steps):
     objective, w0 = small_mlp_objective()
-    run = cf.run(objective, w0, optimizer, steps=steps, processes=("discrete", "central"), progress=False)
+    run = cf.run(
+        objective, w0, optimizer, steps=steps, processes=("discrete", "central"), progress=False
+    )
     central = run["central"]
     for name in ("discrete", "central"):
         assert np.all(np.isfinite(run[name]["train_loss"])), name

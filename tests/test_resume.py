@@ -78,7 +78,9 @@ def uninterrupted(problem, tmp_path_factory):
 def test_resume_after_a_crash_is_bit_identical(problem, uninterrupted, tmp_path, monkeypatch):
     objective, w0, optimizer = problem
     out = tmp_path / "run.h5"
-    _crash_after_writes(monkeypatch, 3)  # chunks [0, 3) [3, 4) [4, 6): dies before the checkpoint at 6
+    _crash_after_writes(
+        monkeypatch, 3
+    )  # chunks [0, 3) [3, 4) [4, 6): dies before the checkpoint at 6
     with pytest.raises(_Crash):
         cf.run(objective, w0, optimizer, steps=STEPS, out=out, **SETUP)
     monkeypatch.undo()
@@ -129,7 +131,10 @@ def test_incompatible_resume_names_every_difference(problem, finished):
     out, kwargs = finished
     before = out.read_bytes()
     cases = [
-        (dict(optimizer=cf.GD(lr=0.3)), ["optimizer: the file has 'GD(lr=0.5)', this call gives 'GD(lr=0.3)'"]),
+        (
+            dict(optimizer=cf.GD(lr=0.3)),
+            ["optimizer: the file has 'GD(lr=0.5)', this call gives 'GD(lr=0.3)'"],
+        ),
         (dict(processes=("discrete", "midpoint")), ["processes: the file has ['discrete']"]),
         (dict(w0=w0.at[0].add(1e-3)), ["start_sha256: the file has"]),
         (dict(key=jr.key(1)), ["key: the file has [0, 0], this call gives [0, 1]"]),
@@ -204,8 +209,9 @@ def test_a_killed_command_resumes_bit_identically(tmp_path, monkeypatch):
     config += ["--set", "run.chunk=5", "--set", "checkpoint.frequency=10", "--quiet"]
     killed_dir = tmp_path / "killed"
     argv = [sys.executable, "-m", "centralflows.cli", "run", *config, "--steps", "5000"]
-    proc = subprocess.Popen([*argv, "--out", str(killed_dir)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*argv, "--out", str(killed_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -277,7 +283,9 @@ def test_a_float32_state_round_trips(tmp_path):
     cf.run(loss, w0, cf.GD(lr=0.1), steps=3, out=out, **kwargs)
     arrays = cf.load_checkpoint(out).arrays
     assert any(a.dtype == np.float32 for a in arrays) and any(a.dtype == bool for a in arrays)
-    _assert_runs_equal(cf.run(loss, w0, cf.GD(lr=0.1), steps=6, out=out, resume=True, **kwargs), full)
+    _assert_runs_equal(
+        cf.run(loss, w0, cf.GD(lr=0.1), steps=6, out=out, resume=True, **kwargs), full
+    )
 
 
 def test_a_run_halted_on_divergence_resumes_without_repeating_the_warning(tmp_path):
@@ -289,11 +297,13 @@ def test_a_run_halted_on_divergence_resumes_without_repeating_the_warning(tmp_pa
         full = cf.run(loss, w0, cf.GD(lr=1.0), steps=20, **kwargs)
     out = tmp_path / "run.h5"
     with pytest.warns(UserWarning, match="stopped at step"):
-        halted = cf.run(loss, w0, cf.GD(lr=1.0), steps=20, out=out, stop_on_divergence=True,
-                        **kwargs)
+        halted = cf.run(
+            loss, w0, cf.GD(lr=1.0), steps=20, out=out, stop_on_divergence=True, **kwargs
+        )
     assert halted.steps_done < 21 and cf.load_checkpoint(out).step == halted.steps_done
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # reported once, before the halt: not again
-        resumed = cf.run(loss, w0, cf.GD(lr=1.0), out=out, resume=True,
-                         stop_on_divergence=True, **kwargs)
+        resumed = cf.run(
+            loss, w0, cf.GD(lr=1.0), out=out, resume=True, stop_on_divergence=True, **kwargs
+        )
     _assert_runs_equal(resumed, full)

@@ -33,9 +33,13 @@ def test_discrete_matches_manual_loop(gd_run):
     w = w0
     for t in range(13):
         np.testing.assert_allclose(result["discrete"]["w"][t], w, rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(result["discrete"]["train_loss"][t], objective.value(w), rtol=1e-12)
+        np.testing.assert_allclose(
+            result["discrete"]["train_loss"][t], objective.value(w), rtol=1e-12
+        )
         grad = objective.grad(w)
-        np.testing.assert_allclose(result["discrete"]["grad_norm_sq"][t], jnp.sum(grad**2), rtol=1e-12)
+        np.testing.assert_allclose(
+            result["discrete"]["grad_norm_sq"][t], jnp.sum(grad**2), rtol=1e-12
+        )
         w = w - 0.5 * grad
     np.testing.assert_array_equal(result.step, np.arange(13))
 
@@ -48,7 +52,9 @@ def test_midpoint_is_second_order_average(gd_run):
         expected = (wd[t - 1] + 2 * wd[t] + wd[t + 1]) / 4
         np.testing.assert_allclose(wm[t], expected, rtol=1e-12, atol=1e-14)
     distance = np.linalg.norm(wd - wm, axis=1)
-    np.testing.assert_allclose(result["distances"]["discrete-midpoint"], distance, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        result["distances"]["discrete-midpoint"], distance, rtol=1e-10, atol=1e-14
+    )
     assert distance[5] > 0  # the processes really differ
 
 
@@ -104,10 +110,14 @@ def test_plain_function_on_a_pytree_reproduces_closed_form(tmp_path):
     flat_a = np.array([1.0, 3.0, 0.5])
     flat_w0 = np.array([1.0, -2.0, 4.0])
     for t in (0, 2, 4, 6):
-        np.testing.assert_allclose(result["discrete"]["w"][t], (1 - 0.2 * flat_a) ** t * flat_w0, rtol=1e-12)
+        np.testing.assert_allclose(
+            result["discrete"]["w"][t], (1 - 0.2 * flat_a) ** t * flat_w0, rtol=1e-12
+        )
     assert np.all(np.isnan(result["discrete"]["w"][1::2]))  # only every second step saved
     # Tiny problem (n = 3 < 5k is false for k = 1, but the value is exact either way).
-    np.testing.assert_allclose(result["discrete"]["effective_hessian_eigs"][:, 0], 0.2 * 3.0, rtol=1e-9)
+    np.testing.assert_allclose(
+        result["discrete"]["effective_hessian_eigs"][:, 0], 0.2 * 3.0, rtol=1e-9
+    )
     with h5py.File(path, "r") as f:
         assert "discrete/train_loss" in f and "step" in f
         assert f.attrs["format"] == "centralflows-run"
@@ -133,7 +143,14 @@ def test_bad_input_is_rejected_before_any_file(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         cf.run(objective, w0.at[0].set(jnp.nan), cf.GD(lr=0.1), steps=3, out=out, progress=False)
     with pytest.raises(ValueError, match="not finite"):
-        cf.run(lambda w: jnp.log(-jnp.sum(w**2)), jnp.ones(3), cf.GD(lr=0.1), steps=3, out=out, progress=False)
+        cf.run(
+            lambda w: jnp.log(-jnp.sum(w**2)),
+            jnp.ones(3),
+            cf.GD(lr=0.1),
+            steps=3,
+            out=out,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="scalar"):
         cf.run(lambda w: w**2, jnp.ones(3), cf.GD(lr=0.1), steps=3, out=out, progress=False)
     with pytest.raises(ValueError, match="the objective has"):
@@ -158,7 +175,9 @@ def test_existing_run_file_is_never_overwritten_by_default(tmp_path):
     out = tmp_path / "run.h5"
     out.write_bytes(b"precious")
     with pytest.raises(FileExistsError):
-        cf.run(lambda w: jnp.sum(w**2), jnp.ones(3), cf.GD(lr=0.1), steps=2, out=out, progress=False)
+        cf.run(
+            lambda w: jnp.sum(w**2), jnp.ones(3), cf.GD(lr=0.1), steps=2, out=out, progress=False
+        )
     assert out.read_bytes() == b"precious"
 
 
@@ -168,8 +187,9 @@ def test_a_diverging_process_stops_and_the_others_go_on():
     loss = lambda w: jnp.sum(w**4) / 4
     w0 = jnp.array([2.0, 0.5])
     with pytest.warns(UserWarning, match=r"discrete stopped at step \d+: non-finite"):
-        result = cf.run(loss, w0, cf.GD(lr=1.0), steps=20, processes=("discrete", "stable"),
-                        progress=False)
+        result = cf.run(
+            loss, w0, cf.GD(lr=1.0), steps=20, processes=("discrete", "stable"), progress=False
+        )
     assert result.attrs["stop_reasons"]["1"].startswith("non-finite")
     discrete, stable = result["discrete"], result["stable"]
     stop = int(np.nanmax(discrete["stop_time"]))
@@ -182,11 +202,21 @@ def test_a_diverging_process_stops_and_the_others_go_on():
     assert np.all(np.isnan(result["distances"]["discrete-stable"][stop + 1 :]))
     # The stable flow goes on to the end: dw/dt = −w³, so w(t) = w0 / √(1 + 2 w0² t).
     assert np.all(np.isnan(stable["stop_reason"]))
-    np.testing.assert_allclose(stable["train_loss"][-1], loss(w0 / jnp.sqrt(1 + 2 * w0**2 * 20)), rtol=1e-5)
+    np.testing.assert_allclose(
+        stable["train_loss"][-1], loss(w0 / jnp.sqrt(1 + 2 * w0**2 * 20)), rtol=1e-5
+    )
 
     with pytest.warns(UserWarning, match="discrete stopped"):
-        halted = cf.run(loss, w0, cf.GD(lr=1.0), steps=60, processes=("discrete",), chunk=5,
-                        stop_on_divergence=True, progress=False)
+        halted = cf.run(
+            loss,
+            w0,
+            cf.GD(lr=1.0),
+            steps=60,
+            processes=("discrete",),
+            chunk=5,
+            stop_on_divergence=True,
+            progress=False,
+        )
     assert halted.steps_done == 5 * (stop // 5 + 1)  # up to the chunk where it diverged
 
 
@@ -200,8 +230,17 @@ def test_unconverged_eigensolves_warn_once_or_fail_when_strict(tmp_path):
     assert np.all(result["discrete"]["eig_residuals"] > 0)
     out = tmp_path / "strict.h5"
     with pytest.raises(cf.SolverError, match="discrete: LOBPCG did not converge at 2 step"):
-        cf.run(objective, w0, cf.GD(lr=0.1), steps=6, eig=eig, chunk=2, out=out, strict=True,
-               progress=False)
+        cf.run(
+            objective,
+            w0,
+            cf.GD(lr=0.1),
+            steps=6,
+            eig=eig,
+            chunk=2,
+            out=out,
+            strict=True,
+            progress=False,
+        )
     assert cf.load_run(out).steps_done == 2  # the chunk that failed is in the file
     converged = cf.run(objective, w0, cf.GD(lr=0.1), steps=3, eig=EIG, progress=False)
     np.testing.assert_array_equal(converged["discrete"]["eig_converged"], 1)
@@ -214,7 +253,9 @@ def test_parameters_of_the_wrong_size_or_precision_are_refused(entry):
         "run": lambda w: cf.run(objective, w, cf.GD(0.1), steps=2, progress=False),
         "central_flow": lambda w: cf.central_flow(objective, w, cf.GD(0.1), 2),
     }[entry]
-    with pytest.raises(ValueError, match=f"has {w0.size - 1} parameters; the objective has {w0.size}"):
+    with pytest.raises(
+        ValueError, match=f"has {w0.size - 1} parameters; the objective has {w0.size}"
+    ):
         call(w0[1:])
     with pytest.raises(ValueError, match="`w0` is float32 but the objective's data is float64"):
         call(w0.astype(jnp.float32))

@@ -29,9 +29,7 @@ ATTRS = {
 
 
 def _create(path, num_rows=10, **kwargs):
-    return RunWriter.create(
-        path, num_rows=num_rows, series=SERIES, attrs=ATTRS, **kwargs
-    )
+    return RunWriter.create(path, num_rows=num_rows, series=SERIES, attrs=ATTRS, **kwargs)
 
 
 def test_create_and_partial_write(tmp_path):
@@ -198,9 +196,7 @@ def test_create_refuses_existing_file(tmp_path):
         (5, SERIES, {"cfg": {"fn": print}}, "'cfg'"),
     ],
 )
-def test_create_validates_before_touching_disk(
-    tmp_path, num_rows, series, attrs, match
-):
+def test_create_validates_before_touching_disk(tmp_path, num_rows, series, attrs, match):
     path = tmp_path / "sub" / "run.h5"
     with pytest.raises(ValueError, match=match):
         RunWriter.create(path, num_rows=num_rows, series=series, attrs=attrs)
@@ -297,8 +293,9 @@ def test_checkpoint_round_trip_and_shapes_may_change(tmp_path):
     run = load_run(path)
     assert set(run) == {"discrete", "distances"}  # `checkpoint` is not a series group
     with pytest.raises(ValueError, match="'checkpoint' is reserved"):
-        RunWriter.create(tmp_path / "x.h5", num_rows=2, series={"checkpoint/a": SeriesSpec(())},
-                         attrs={})
+        RunWriter.create(
+            tmp_path / "x.h5", num_rows=2, series={"checkpoint/a": SeriesSpec(())}, attrs={}
+        )
 
 
 def test_a_failure_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -343,8 +340,9 @@ while True:
 
 def test_a_killed_writer_leaves_a_whole_checkpoint(tmp_path):
     path = tmp_path / "run.h5"
-    writer = subprocess.Popen([sys.executable, "-c", _CHECKPOINTER, str(path)],
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _CHECKPOINTER, str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
         step = 0
@@ -372,8 +370,9 @@ def test_reopen_copies_rows_and_checkpoint_and_replaces_atomically(tmp_path, mon
     path = tmp_path / "run.h5"
     name = "discrete/effective_hessian_eigs"
     writer = _create(path, num_rows=6, checkpoint=LAYOUT)
-    writer.write(0, {"discrete/train_loss": np.array([1.0, 2.0, 3.0]),
-                     name: np.array([[1.0], [2.0], [3.0]])})
+    writer.write(
+        0, {"discrete/train_loss": np.array([1.0, 2.0, 3.0]), name: np.array([[1.0], [2.0], [3.0]])}
+    )
     writer.write(3, {name: np.array([[4.0, 5.0]])})
     writer.write_checkpoint(2, _arrays(2))
     writer._file.flush()  # left open, as by a killed writer
@@ -395,7 +394,10 @@ def test_reopen_copies_rows_and_checkpoint_and_replaces_atomically(tmp_path, mon
     run = load_run(path)
     assert run.num_rows == 8 and run.steps_done == 5
     np.testing.assert_array_equal(run["discrete"]["train_loss"][:5], [1.0, 2.0, 3.0, np.nan, 5.0])
-    np.testing.assert_array_equal(run["discrete"]["effective_hessian_eigs"][:4], [[1, np.nan], [2, np.nan], [3, np.nan], [4, 5]])
+    np.testing.assert_array_equal(
+        run["discrete"]["effective_hessian_eigs"][:4],
+        [[1, np.nan], [2, np.nan], [3, np.nan], [4, 5]],
+    )
     assert run.attrs["steps"] == 7 and run.attrs["note"] == "resumed"
     assert run.attrs["config"] == ATTRS["config"]
     _assert_checkpoint(load_checkpoint(path), 2)

@@ -86,7 +86,12 @@ def test_general_path_agrees_with_closed_form_on_decoupled_problems(seed):
     b = (b + b.T) / 2
     operator = jnp.einsum("il,jm,ij->ijlm", jnp.eye(k), jnp.eye(k), jnp.asarray(b))
     sol = sdcp_solve(alpha, operator)
-    closed = [sdcp_solve(alpha[i : i + 1, i : i + 1], operator[i : i + 1, i : i + 1, i : i + 1, i : i + 1]).X[0, 0] for i in range(k)]
+    closed = [
+        sdcp_solve(
+            alpha[i : i + 1, i : i + 1], operator[i : i + 1, i : i + 1, i : i + 1, i : i + 1]
+        ).X[0, 0]
+        for i in range(k)
+    ]
     np.testing.assert_allclose(jnp.diag(sol.X), closed, atol=1e-12)
     np.testing.assert_allclose(sol.X - jnp.diag(jnp.diag(sol.X)), 0, atol=1e-12)
 
@@ -108,7 +113,10 @@ def test_implicit_derivative_matches_finite_differences():
     h = 1e-6
     fd = (f(1.0 + h) - f(1.0 - h)) / (2 * h)
     assert float(grad) == pytest.approx(float(fd), rel=1e-5)
-    assert float(jnp.abs(natural_residual(sdcp_solve(alpha, operator).X, alpha, operator)).max()) < 1e-10
+    assert (
+        float(jnp.abs(natural_residual(sdcp_solve(alpha, operator).X, alpha, operator)).max())
+        < 1e-10
+    )
 
 
 def test_rank_projection_derivative_matches_finite_differences():
