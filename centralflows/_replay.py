@@ -128,9 +128,9 @@ def _through_event(
     The next segment starts at its planned time, so its start is moved back along the
     new vector field to there: the state's derivative jumps by `(f_before − f_after)
     dt_e`, both fields at the extrapolated event point, as across any switch of vector
-    field. (A `"track"` event's tracked vector is
-    held at its planned value: that event switches only to a refreshed basis, so the
-    jump, and with it its time's derivative, scarcely matters.)
+    field. (A `"track"` event's tracked vector is held at its planned value: that event
+    switches only to a refreshed basis, so the jump, and with it its time's derivative,
+    scarcely matters.)
 
     **Returns:** `(state, next_basis, event_time)`: the state to start the next segment
     from at its planned start (`None` basis if the flow stopped at the event), and the
