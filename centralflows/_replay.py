@@ -31,6 +31,10 @@ _NEWTON_STEPS = 10
 # the third Newton step, up to 0.128; the linear extrapolation over the gap errs by
 # O(gap²).
 _EVENT_TOLERANCE = 1e-3
+# Events across which the vector field is continuous but for a refreshed basis: the
+# replay may hold their time fixed where their condition cannot be bracketed. (An onset's
+# time is an output, and a stop's ends the flow.)
+_CONTINUOUS_EVENTS = ("track", "activate", "deactivate")
 
 
 def _check_map_limit(needed: int = 262144) -> None:
@@ -130,7 +134,8 @@ def _through_event(
     dt_e`, both fields at the extrapolated event point, as across any switch of vector
     field. (A `"track"` event's tracked vector is held at its planned value: that event
     switches only to a refreshed basis, so the jump, and with it its time's derivative,
-    scarcely matters.)
+    scarcely matters. The same holds for a change of the SDCP's active rank, where the
+    vector field, which does not depend on the rank, is continuous.)
 
     **Returns:** `(state, next_basis, event_time)`: the state to start the next segment
     from at its planned start (`None` basis if the flow stopped at the event), and the
@@ -165,19 +170,20 @@ def _through_event(
         if past > 1 or not (before < t_end and (after is None or t_end < after)):
             t_end = (before + after) / 2 if after is not None else t_end
     else:
-        if segment.event[0] != "track" or following is None:
+        if segment.event[0] not in _CONTINUOUS_EVENTS or following is None:
             raise RuntimeError(
                 f"Replaying the {segment.event[0]!r} event at t = {segment.t1:.6g}: the "
                 "event condition could not be bracketed; tighten the solver's tolerances."
             )
-        # A track event only refreshes the basis, so the vector field scarcely changes
-        # there: hold its time at the planned one (the time's derivative multiplies that
-        # small change). It is met where the frozen eigenvector's quotient creeps through
-        # the threshold (RMSProp on digits, rtol 1e-6, t = 24.53).
+        # The vector field scarcely changes there (a refreshed basis only): hold the
+        # event's time at the planned one (its derivative multiplies that small change).
+        # Met where a condition creeps through 0: a frozen eigenvector's quotient (RMSProp
+        # on digits, rtol 1e-6, t = 24.53), or the margin of a direction that the flow
+        # holds at the edge, re-planned inactive at every integer time (n = 200, t = 86.98).
         warnings.warn(
-            f"Replaying the 'track' event at t = {segment.t1:.6g}: the event condition "
-            "could not be bracketed; its planned time is held fixed (the change of basis "
-            "there is not differentiated through its time).",
+            f"Replaying the {segment.event[0]!r} event at t = {segment.t1:.6g}: the event "
+            "condition could not be bracketed; its planned time is held fixed (the change "
+            "of basis there is not differentiated through its time).",
             stacklevel=2,
         )
         end = integrate(jnp.asarray(segment.t1))

@@ -13,6 +13,12 @@ Writes docs/tune-<optimizer>.json (or --out) after every tuning step; `--reuse` 
 a tuning from it (e.g. with more --iterations). Costs are reported in seconds and in
 gradient evaluations: the discrete runs' own count, and the flow's time divided by the
 time of one discrete gradient evaluation measured on the grid.
+
+Most of a flow gradient's time is compiling its programs. JAX's persistent cache keeps
+them across tuning steps and runs, but skips programs with Equinox's runtime checks (host
+callbacks); with those turned into NaNs the cache takes them all:
+    EQX_ON_ERROR=nan JAX_COMPILATION_CACHE_DIR=~/.cache/jax python scripts/tune_lr.py ...
+(a failed check then shows as a non-finite gradient, which stops the tuning).
 """
 
 import argparse
@@ -140,6 +146,11 @@ def main():
         value, grad = value_and_grad(jnp.asarray(u))
         grad = np.asarray(grad)
         elapsed = time.perf_counter() - start
+        if not (np.isfinite(value) and np.all(np.isfinite(grad))):
+            raise SystemExit(
+                f"step {i}: the flow's loss {float(value)} or gradient {grad.tolist()} is "
+                f"not finite at { {k: float(x) for k, x in hyperparameters(name, u).items()} }"
+            )
         tuning_time += elapsed
         history.append(
             {

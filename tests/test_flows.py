@@ -1,4 +1,5 @@
 import logging
+import warnings
 
 import diffrax as dfx
 import jax
@@ -294,3 +295,18 @@ def test_tracked_set_grows_where_its_smallest_eigenvalue_crosses_the_threshold(n
     np.testing.assert_allclose([t for _, t in events], (1.5 - ETA_S[:2]) / RATE, atol=1e-8)
     assert tracked == [1, 1, 1, 2, 2, 3, 3]  # grown at 3.6 and 5.6, not at 4 and 6
     np.testing.assert_allclose(state.y.w[3:], -ETA * 0.5 * 7, rtol=1e-12)
+
+
+def test_a_full_tracked_set_above_the_threshold_warns():
+    # With max_neigs = 2, η a_2 passing 1.5 at t = 5.6 would grow the set to 3: it cannot.
+    eig = cf.EigConfig(track_threshold=1.5, max_neigs=2)
+    objective = cf.Objective.from_function(three_direction_loss, jnp.zeros(6))
+    process = FLOW_PROCESSES["central"](objective, cf.GD(ETA), eig, cf.FlowOptions())
+    state = process.init(jnp.zeros(6), jr.key(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t in range(6):  # tracked: 1, then 2 from t = 3.6; a_2 below 1.5 until 5.6
+            state, _, _ = process.advance_unit(state, t, jr.key(t))
+    with pytest.warns(UserWarning, match=r"All eig\.max_neigs = 2 tracked .* Raise eig\.max_neigs"):
+        process.advance_unit(state, 6, jr.key(6))
+    assert state.tracking.effective.num == 2
