@@ -1,6 +1,7 @@
 """The stable and central flows as processes observed at integer times."""
 
 import abc
+import warnings
 from collections.abc import Callable
 from typing import ClassVar, NamedTuple
 
@@ -348,6 +349,14 @@ class CentralFlowProcess(AbstractFlowProcess):
     def plan(self, state, now, fired=None):
         values = np.asarray(state.tracking.effective.values)
         k = int(np.sum(above_threshold(values, self.options.sdcp_threshold)))
+        if k == values.size >= self.eig.max_neigs:
+            warnings.warn(
+                f"All eig.max_neigs = {self.eig.max_neigs} tracked eigenvalues are critical "
+                f"(above sdcp_threshold = {self.options.sdcp_threshold}): an untracked one "
+                "may be too, and the flow would miss it; the tracked space's derivative "
+                "(jax.grad of a flow) is then ill-conditioned. Raise eig.max_neigs.",
+                stacklevel=2,
+            )
         events = []
         if k >= 1:
             rank = self.active_rank(state, k, fired)

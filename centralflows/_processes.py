@@ -1,7 +1,6 @@
 """Processes advanced side by side at integer times: the discrete optimizer and its midpoints."""
 
 import abc
-import warnings
 from typing import ClassVar
 
 import equinox as eqx
@@ -116,15 +115,6 @@ def grow_tracking(tracking: Tracking, key: PRNGKeyArray, config: EigConfig) -> T
         else:
             smallest = float(eigs.values[-1])
             needs = jnp.isfinite(smallest) and above_threshold(smallest, threshold)
-            if needs and eigs.num >= config.max_neigs:
-                warnings.warn(
-                    f"All eig.max_neigs = {config.max_neigs} tracked eigenvalues are above "
-                    f"eig.track_threshold = {threshold}, so the tracked set cannot grow: an "
-                    "untracked eigenvalue that reaches the edge of stability is missed, and "
-                    "the tracked space's derivative (jax.grad of a flow) becomes "
-                    "ill-conditioned. Raise eig.max_neigs.",
-                    stacklevel=2,
-                )
             target = eigs.num + 1 if needs and eigs.num < config.max_neigs else eigs.num
         if target > eigs.num:
             grown = True

@@ -175,8 +175,15 @@ def table(rows) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="+", default=["toy", "digits"])
-    parser.add_argument("--gd-lrs", type=float, nargs="*", default=[0.4, 0.5, 0.6])
-    parser.add_argument("--rmsprop-lrs", type=float, nargs="*", default=[0.001, 0.002, 0.003])
+    # The acceptance set (docs/gradients.md): both sides of the threshold, every flow
+    # starting below it (GD η ≥ 0.6, RMSProp η ≥ 0.0023 start past it: not smooth there).
+    parser.add_argument("--gd-lrs", type=float, nargs="*", default=[0.3, 0.4, 0.5, 0.52, 0.55])
+    parser.add_argument(
+        "--rmsprop-lrs",
+        type=float,
+        nargs="*",
+        default=[0.0005, 0.001, 0.002, 0.0021, 0.0022],
+    )
     parser.add_argument(
         "--rel-steps",
         type=float,

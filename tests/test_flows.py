@@ -297,16 +297,20 @@ def test_tracked_set_grows_where_its_smallest_eigenvalue_crosses_the_threshold(n
     np.testing.assert_allclose(state.y.w[3:], -ETA * 0.5 * 7, rtol=1e-12)
 
 
-def test_a_full_tracked_set_above_the_threshold_warns():
-    # With max_neigs = 2, η a_2 passing 1.5 at t = 5.6 would grow the set to 3: it cannot.
-    eig = cf.EigConfig(track_threshold=1.5, max_neigs=2)
+@pytest.mark.parametrize("max_neigs", [2, 4])
+def test_a_tracked_set_that_is_all_critical_warns(max_neigs):
+    # η a_1 reaches the edge at t = 7.35 (onset), η a_2 and η a_3 reach sdcp_threshold =
+    # 1.95 at t = 9.2 and 10. With 2 tracked, both critical from 9.2: a third might be.
+    # With 4, three at most are critical.
+    eig = cf.EigConfig(track_threshold=1.5, max_neigs=max_neigs)
     objective = cf.Objective.from_function(three_direction_loss, jnp.zeros(6))
     process = FLOW_PROCESSES["central"](objective, cf.GD(ETA), eig, cf.FlowOptions())
     state = process.init(jnp.zeros(6), jr.key(0))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for t in range(6):  # tracked: 1, then 2 from t = 3.6; a_2 below 1.5 until 5.6
+        for t in range(9 if max_neigs == 2 else 12):
             state, _, _ = process.advance_unit(state, t, jr.key(t))
-    with pytest.warns(UserWarning, match=r"All eig\.max_neigs = 2 tracked .* Raise eig\.max_neigs"):
-        process.advance_unit(state, 6, jr.key(6))
-    assert state.tracking.effective.num == 2
+    if max_neigs == 2:
+        with pytest.warns(UserWarning, match=r"All eig\.max_neigs = 2 tracked .* critical"):
+            process.advance_unit(state, 9, jr.key(9))
+    assert state.tracking.effective.num == max_neigs
