@@ -8,7 +8,9 @@ discrete run by its loss averaged over the 9 steps centred on T (the loss at EOS
 oscillates from step to step). Reports both optima and their cost.
 
     python scripts/tune_lr.py --optimizer gd [--steps 200 --iterations 12]
-    python scripts/tune_lr.py --optimizer rmsprop [--steps 100] [--set data.n=200 ...]
+    python scripts/tune_lr.py --optimizer rmsprop --steps 30 --set data.n=200 --set eig.max_neigs=12
+(the runs of docs/gradients.md; RMSProp's flow needs more tracked directions than the
+default 8 once many are critical, and the flow warns where they are all critical).
 Writes docs/tune-<optimizer>.json (or --out) after every tuning step; `--reuse` continues
 a tuning from it (e.g. with more --iterations). Costs are reported in seconds and in
 gradient evaluations: the discrete runs' own count, and the flow's time divided by the
