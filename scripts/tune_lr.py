@@ -144,6 +144,7 @@ def main():
         u, m, v = adam_step(i, u, m, v, np.asarray(entry["grad"]))
     value_and_grad = jax.value_and_grad(predicted_loss)
     for i in range(len(history) + 1, args.iterations + 1):
+        point = {k: float(x) for k, x in hyperparameters(name, u).items()}
         start = time.perf_counter()
         value, grad = value_and_grad(jnp.asarray(u))
         grad = np.asarray(grad)
@@ -151,12 +152,12 @@ def main():
         if not (np.isfinite(value) and np.all(np.isfinite(grad))):
             raise SystemExit(
                 f"step {i}: the flow's loss {float(value)} or gradient {grad.tolist()} is "
-                f"not finite at { {k: float(x) for k, x in hyperparameters(name, u).items()} }"
+                f"not finite at {point}"
             )
         tuning_time += elapsed
         history.append(
             {
-                "params": {k: float(x) for k, x in hyperparameters(name, u).items()},
+                "params": point,
                 "predicted_loss": float(value),
                 "grad": grad.tolist(),
                 "seconds": elapsed,

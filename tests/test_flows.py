@@ -81,9 +81,8 @@ def test_toy_central_vector_field_vanishes_at_equilibrium():
     y = FlowState(w, optimizer.init(w, objective.grad(w)))
     terms = cf.CentralFlow(objective, optimizer, TAU, 1).terms(y, jnp.eye(2))
     np.testing.assert_allclose(terms.derivative.w, 0, atol=1e-10)
-    assert float(terms.X[0, 0]) * ETA == pytest.approx(
-        2 * B / C, rel=1e-9
-    )  # B regularized by 1e-10
+    # B regularized by 1e-10
+    assert float(terms.X[0, 0]) * ETA == pytest.approx(2 * B / C, rel=1e-9)
     assert float(terms.sdcp.residual) < 1e-12
 
 

@@ -78,9 +78,8 @@ def uninterrupted(problem, tmp_path_factory):
 def test_resume_after_a_crash_is_bit_identical(problem, uninterrupted, tmp_path, monkeypatch):
     objective, w0, optimizer = problem
     out = tmp_path / "run.h5"
-    _crash_after_writes(
-        monkeypatch, 3
-    )  # chunks [0, 3) [3, 4) [4, 6): dies before the checkpoint at 6
+    # Chunks [0, 3) [3, 4) [4, 6): dies before the checkpoint at 6.
+    _crash_after_writes(monkeypatch, 3)
     with pytest.raises(_Crash):
         cf.run(objective, w0, optimizer, steps=STEPS, out=out, **SETUP)
     monkeypatch.undo()
