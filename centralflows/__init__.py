@@ -2,6 +2,7 @@
 
 import importlib.metadata
 
+from ._cache import enable_compilation_cache as enable_compilation_cache
 from ._discrete import DiscreteRun as DiscreteRun
 from ._discrete import discrete_losses as discrete_losses
 from ._discrete import discrete_run as discrete_run

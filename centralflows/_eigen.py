@@ -276,6 +276,8 @@ def _eigenbasis_jvp(primals, tangents, *, basis):
 
         operator = lx.FunctionLinearOperator(matvec, structure, lx.positive_semidefinite_tag)
         solver = lx.CG(rtol=1e-10, atol=1e-12, max_steps=10 * w.size + 100)
-        return lx.linear_solve(operator, off_span(r / root), solver).value
+        solution = lx.linear_solve(operator, off_span(r / root), solver, throw=False)
+        # An unconverged solve poisons the derivative rather than calling back to raise.
+        return jnp.where(solution.result == lx.RESULTS.successful, solution.value, jnp.nan)
 
     return basis, jax.vmap(solve)(values, rhs) / root

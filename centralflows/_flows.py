@@ -24,8 +24,9 @@ class FlowState(eqx.Module):
 
 
 def _direction(optimizer: AbstractOptimizer, state: FlowState, vector: Vector) -> Vector:
-    """`P(s)⁻¹ v`."""
-    return lx.linear_solve(optimizer.preconditioner(state.opt_state, state.w), vector).value
+    """`P(s)⁻¹ v` (`throw=False`: a check would be a host callback)."""
+    preconditioner = optimizer.preconditioner(state.opt_state, state.w)
+    return lx.linear_solve(preconditioner, vector, throw=False).value
 
 
 class StableFlow(eqx.Module):

@@ -72,6 +72,25 @@ class FlowOptions(eqx.Module):
         return _EVALS_PER_STEP[type(self.solver)]
 
 
+class _FirstStep(dfx.AbstractStepSizeController):
+    """`controller` whose first step is the traced `dt0`, given here rather than to
+    `diffeqsolve`: `diffeqsolve` checks a traced `dt0`'s sign with a host callback, which
+    would keep the program out of JAX's persistent compilation cache."""
+
+    controller: dfx.AbstractStepSizeController
+    dt0: Scalar
+
+    def wrap(self, direction):
+        return _FirstStep(self.controller.wrap(direction), self.dt0 * direction)
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        del dt0
+        return self.controller.init(terms, t0, t1, y0, self.dt0, args, func, error_order)
+
+    def adapt_step_size(self, *args, **kwargs):
+        return self.controller.adapt_step_size(*args, **kwargs)
+
+
 class Segment(eqx.Module):
     """The end of one integrated segment."""
 
@@ -123,7 +142,11 @@ def integrate_segment(
         eps = float(jnp.finfo(y0.w.dtype).eps)
         event = dfx.Event(
             lambda t, y, args, **kwargs: jnp.max(conditions(y, args)),
-            optx.Bisection(rtol=max(1e-12, 4 * eps), atol=max(1e-9, 1e3 * eps)),
+            # `expand_if_necessary` never expands (the step brackets the root); without
+            # it, Bisection checks the bracket with a host callback.
+            optx.Bisection(
+                rtol=max(1e-12, 4 * eps), atol=max(1e-9, 1e3 * eps), expand_if_necessary=True
+            ),
             direction=True,
         )
     solution = dfx.diffeqsolve(
@@ -131,11 +154,11 @@ def integrate_segment(
         options.solver,
         t0,
         t1,
-        jnp.minimum(dt0, t1 - t0),
+        None,
         y0,
         basis,
         saveat=dfx.SaveAt(t1=True),
-        stepsize_controller=options.stepsize_controller,
+        stepsize_controller=_FirstStep(options.stepsize_controller, jnp.minimum(dt0, t1 - t0)),
         event=event,
         max_steps=options.max_steps,
         adjoint=options.adjoint,

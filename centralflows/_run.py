@@ -23,6 +23,7 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree, Scalar
 from tqdm.auto import tqdm
 
+from ._cache import enable_compilation_cache
 from ._discrete import discrete_steps
 from ._eigen import EigConfig, preconditioner_diagonal
 from ._flow_processes import FLOW_PROCESSES
@@ -226,11 +227,33 @@ def _warm_start(objective, optimizer, w, opt_state, steps: int):
     return w, opt_state
 
 
-def _check_start(objective: Objective, optimizer: AbstractOptimizer, w: jax.Array) -> Scalar:
-    """Reject a start where the loss or the preconditioner is unusable, before any work.
+def _check_schedule_values(optimizer: AbstractOptimizer, last: int, dtype) -> None:
+    """Reject a learning-rate schedule that is not positive and finite at every step
+    `1 … last` (in the compiled steps an invalid value becomes NaN, see
+    `check_hyperparameter`)."""
+    if not callable(optimizer.lr):
+        return
+    counts = jnp.arange(1, last + 1, dtype=dtype)
+    rates = np.asarray(jax.vmap(optimizer.learning_rate)(counts))
+    bad = np.flatnonzero(~(np.isfinite(rates) & (rates > 0)))
+    if bad.size:
+        step = int(bad[0]) + 1
+        value = float(optimizer.lr(jnp.asarray(step, dtype)))
+        raise ValueError(
+            f"The learning-rate schedule must be > 0 and finite at every step; at step "
+            f"{step} it is {value!r}."
+        )
+
+
+def _check_start(
+    objective: Objective, optimizer: AbstractOptimizer, w: jax.Array, last_step: int
+) -> Scalar:
+    """Reject a start where the loss, the preconditioner or the learning-rate schedule
+    (up to step `last_step`) is unusable, before any work.
 
     **Returns:** the loss at `w`.
     """
+    _check_schedule_values(optimizer, last_step, w.dtype)
     if not bool(jnp.all(jnp.isfinite(w))):
         raise ValueError("The initial parameters `w0` contain non-finite values.")
     loss = objective.value(w)
@@ -396,6 +419,7 @@ def run(
     checkpoint_every: int = 100,
     checkpoint_at: Sequence[int] = (),
     resume: bool = False,
+    compilation_cache: str | pathlib.Path | bool = True,
 ) -> Run:
     """Run processes side by side from `w0` for `steps` optimizer steps, logging every step.
 
@@ -447,6 +471,10 @@ def run(
     - `resume`: continue the run in `out` from its checkpoint, with the same problem
       and settings (checked before any computation: a `ValueError` names every
       difference). Rows written after the checkpoint are recomputed.
+    - `compilation_cache`: the directory of JAX's persistent compilation cache, which
+      lets a new process skip compiling what an earlier one compiled; `True` (default)
+      for `$CENTRALFLOWS_CACHE_DIR` or `~/.cache/centralflows/jax`, `False` to leave
+      JAX's configuration alone (see `centralflows.enable_compilation_cache`).
 
     **Returns:** the [`centralflows.Run`][]: `run[process][field]` is a numpy series.
     """
@@ -464,10 +492,11 @@ def run(
     if resume and overwrite:
         raise ValueError("`resume=True` continues the run file `out`; drop `overwrite=True`.")
     names = _check_processes(processes)
+    enable_compilation_cache(compilation_cache)
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, _ = jfu.ravel_pytree(w0)
     objective.check_params(w)
-    loss0 = _check_start(objective, optimizer, w)
+    loss0 = _check_start(objective, optimizer, w, warm_start + (steps or 0) + 1)
     key = jr.key(0) if key is None else key
     # What a resumed run must share with the run in the file.
     setup = _json({

@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail when an eigensolve does not converge or an SDCP residual is too large",
     )
+    run.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        help="keep compiled programs in DIR ('off': nowhere; default: "
+        "$CENTRALFLOWS_CACHE_DIR, else ~/.cache/centralflows/jax)",
+    )
     info = commands.add_parser("info", help="summarise a run file")
     info.add_argument("run_file", help="a run file written by `centralflows run`")
     return parser
@@ -123,7 +129,11 @@ def _run(args: argparse.Namespace) -> int:
 
     import jax
 
+    from ._cache import enable_compilation_cache
+
     jax.config.update("jax_enable_x64", cfg["run"]["precision"] == "float64")
+    cache = args.compilation_cache
+    enable_compilation_cache(True if cache is None else cache.lower() != "off" and cache)
 
     from ._experiment import (
         make_eig_config,
@@ -168,6 +178,7 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint_every=cfg["checkpoint"]["frequency"],
         checkpoint_at=cfg["checkpoint"]["steps"],
         resume=resume,
+        compilation_cache=False,  # set above, before the problem was built
     )
     print(_summary(result))
     print(result.path)

@@ -322,17 +322,17 @@ def test_grad_wrt_traced_beta2_and_eps():
     assert abs(float(gb)) > 1e-6 and abs(float(ge)) > 1e-6
 
 
-def test_invalid_traced_lr_raises_at_run_time():
+def test_invalid_traced_lr_gives_nan():
+    # Traced values are checked without a host callback: an invalid one poisons the step.
     w = jnp.asarray(W0)
     state = GD(0.1).init(w, w)
     f = jax.jit(lambda lr: GD(lr=lr).step(w, state, _diag_grad(w))[0])
     np.testing.assert_allclose(f(0.1), (1 - 0.1 * A_DIAG) * W0, rtol=1e-14)  # valid: fine
-    with pytest.raises(Exception, match="`lr` must be > 0"):
-        jax.block_until_ready(f(-1.0))
+    assert np.all(np.isnan(f(-1.0)))
 
 
 @pytest.mark.parametrize("name, value", [("beta2", 1.5), ("beta2", 0.0), ("eps", -1.0)])
-def test_invalid_traced_rmsprop_hyperparameter_raises(name, value):
+def test_invalid_traced_rmsprop_hyperparameter_gives_nan(name, value):
     w = jnp.asarray(W0)
     g = _diag_grad(w)
     state = RMSProp(0.1).init(w, g)
@@ -345,16 +345,14 @@ def test_invalid_traced_rmsprop_hyperparameter_raises(name, value):
         return RMSProp(**hyper).step(w, state, g)[0]
 
     assert np.all(np.isfinite(f(hyper)))  # valid traced values: fine
-    with pytest.raises(Exception, match=f"`{name}` must be"):
-        jax.block_until_ready(f({**hyper, name: value}))
+    assert np.all(np.isnan(f({**hyper, name: value})))
 
 
-def test_traced_nonfinite_lr_rejected():
+def test_traced_infinite_lr_gives_nan():
     w = jnp.asarray(W0)
     state = GD(0.1).init(w, w)
     f = jax.jit(lambda lr: GD(lr=lr).step(w, state, _diag_grad(w))[0])
-    with pytest.raises(Exception, match="lr"):
-        jax.block_until_ready(f(jnp.nan))
+    assert np.all(np.isnan(f(jnp.inf)))  # not −inf · g, which would look like divergence
 
 
 def test_construct_inside_jit_with_python_floats():
@@ -382,17 +380,16 @@ def test_negative_schedule_raises_when_used():
         w, state = opt.step(w, state, _diag_grad(w))
     with pytest.raises(ValueError, match="lr"):
         opt.step(w, state, _diag_grad(w))
-    # Under jit the counter is traced: a run-time error instead.
+    # Under jit the counter is traced: the step is NaN instead (`cf.run` checks a
+    # schedule at every step before it starts, see test_run).
     step = jax.jit(opt.step)
-    with pytest.raises(Exception, match="`lr` must be > 0"):
-        jax.block_until_ready(step(w, state, _diag_grad(w)))
+    assert np.all(np.isnan(step(w, state, _diag_grad(w))[0]))
     # A schedule reaching exactly zero is rejected too (η must be > 0, not ≥ 0).
     zero = GD(lambda t: 0.2 - 0.1 * t)  # η(2) == 0.0 exactly in floating point
     s2 = zero.update(zero.update(zero.init(w, w), w), w)
     with pytest.raises(ValueError, match="lr"):
         zero.diagonal(s2)
-    with pytest.raises(Exception, match="`lr` must be > 0"):
-        jax.block_until_ready(jax.jit(zero.diagonal)(s2))
+    assert np.isnan(jax.jit(zero.diagonal)(s2))
     # And for RMSProp likewise (the schedule is read through the same path).
     ropt = RMSProp(schedule, beta2=0.9)
     rstate = ropt.update(ropt.update(ropt.init(w, w), w), w)  # count = 2

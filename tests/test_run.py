@@ -157,6 +157,11 @@ def test_bad_input_is_rejected_before_any_file(tmp_path):
         cf.run(objective, w0[:-1], cf.GD(lr=0.1), steps=3, out=out, progress=False)
     with pytest.raises(ValueError, match="warm-start steps: the optimizer diverged"):
         cf.run(objective, w0, cf.GD(lr=1e3), steps=3, warm_start=50, out=out, progress=False)
+    # η(t) = 0.3 − 0.05 t: 0.05 at step 5, zero (−5.6e-17 in floating point) at step 6.
+    schedule = cf.GD(lambda t: 0.3 - 0.05 * t)
+    cf.run(objective, w0, schedule, steps=4, progress=False)  # steps 1 … 5 only: fine
+    with pytest.raises(ValueError, match="at step 6 it is -5.55"):
+        cf.run(objective, w0, schedule, steps=3, warm_start=2, out=out, progress=False)
     assert not out.exists()
 
 

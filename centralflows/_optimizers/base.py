@@ -20,8 +20,10 @@ _State = TypeVar("_State")
 def check_hyperparameter(name: str, value, bad, requirement: str):
     """Reject an invalid hyperparameter, whether it is a Python number or a traced value.
 
-    A concrete value that fails raises `ValueError` at once; a traced value is checked
-    at run time with `eqx.error_if`, which is safe under `jit` and `grad`.
+    A concrete value that fails raises `ValueError` at once; a traced value (e.g. under
+    `jax.grad`) that fails becomes NaN, so that the run reports non-finite results: a
+    run-time check would be a host callback, which keeps programs out of JAX's
+    persistent compilation cache.
 
     **Arguments:**
 
@@ -30,17 +32,16 @@ def check_hyperparameter(name: str, value, bad, requirement: str):
     - `bad`: `value -> bool array`, true where the value is invalid.
     - `requirement`: what a valid value satisfies, e.g. `"> 0"`.
 
-    **Returns:** `value` (as an array when traced).
+    **Returns:** `value` (a callable as it is, anything else as an array).
     """
-    message = f"`{name}` must be {requirement} and finite"
     if callable(value):
         return value
     if isinstance(value, jax.core.Tracer):
-        return eqx.error_if(value, bad(value) | ~jnp.isfinite(value), message + ".")
+        return jnp.where(bad(value) | ~jnp.isfinite(value), jnp.nan, value)
     concrete = np.asarray(value)
     if np.any(bad(concrete)) or not np.all(np.isfinite(concrete)):
-        raise ValueError(f"{message}, got {value!r}.")
-    return value
+        raise ValueError(f"`{name}` must be {requirement} and finite, got {value!r}.")
+    return jnp.asarray(value)
 
 
 class AbstractOptimizer(eqx.Module, Generic[_State]):
@@ -57,7 +58,7 @@ class AbstractOptimizer(eqx.Module, Generic[_State]):
     def learning_rate(self, t: Scalar) -> Scalar:
         """The learning rate η(t): a constant, or a schedule evaluated at step `t`."""
         lr = self.lr(t) if callable(self.lr) else self.lr
-        return check_hyperparameter("lr", jnp.asarray(lr), lambda x: x <= 0, "> 0")
+        return check_hyperparameter("lr", lr, lambda x: x <= 0, "> 0")
 
     @abc.abstractmethod
     def init(self, w: Vector, grad: Vector) -> _State:
@@ -82,7 +83,7 @@ class AbstractOptimizer(eqx.Module, Generic[_State]):
     def step(self, w: Vector, state: _State, grad: Vector) -> tuple[Vector, _State]:
         """One optimizer step: update the state, then `w ← w − P(s⁺)⁻¹ g`."""
         state = self.update(state, grad)
-        direction = lx.linear_solve(self.preconditioner(state, w), grad).value
+        direction = lx.linear_solve(self.preconditioner(state, w), grad, throw=False).value
         return w - direction, state
 
 

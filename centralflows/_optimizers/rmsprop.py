@@ -45,7 +45,7 @@ class _AbstractRMSProp(AbstractDiagonalOptimizer[RMSPropState]):
 
     def _beta2(self) -> Scalar:
         return check_hyperparameter(
-            "beta2", jnp.asarray(self.beta2), lambda x: (x <= 0) | (x >= 1), "in (0, 1)"
+            "beta2", self.beta2, lambda x: (x <= 0) | (x >= 1), "in (0, 1)"
         )
 
     def init(self, w: Vector, grad: Vector) -> RMSPropState:
@@ -71,16 +71,17 @@ class _AbstractRMSProp(AbstractDiagonalOptimizer[RMSPropState]):
         return state.nu
 
     def diagonal(self, state: RMSPropState):
-        eps = check_hyperparameter("eps", jnp.asarray(self.eps), lambda x: x < 0, ">= 0")
+        eps = check_hyperparameter("eps", self.eps, lambda x: x < 0, ">= 0")
         return (_sqrt(self._nu_hat(state)) + eps) / self.learning_rate(state.count)
 
 
 def _sqrt(x):
     """√x with derivative 0, not inf, at x = 0: a parameter the loss never moves (e.g. the
     weight of a pixel that is always blank) has ν = 0, and the flows differentiate P(s)
-    along ds/dt = 0 there, where inf · 0 would be NaN."""
-    positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+    along ds/dt = 0 there, where inf · 0 would be NaN. A NaN (an invalid traced β₂, see
+    `check_hyperparameter`) stays NaN."""
+    zero = x == 0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, x)))
 
 
 class ScalarRMSProp(_AbstractRMSProp):
