@@ -87,24 +87,37 @@ def _orthonormal_basis(gram: Float[Array, "m m"]) -> Float[Array, "m m"]:
     return q * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, d, 1)), 0)
 
 
+def _rayleigh_ritz(x: Columns, ax: Columns) -> tuple[Float[Array, " k"], Columns, Columns]:
+    """Ritz pairs in the span of orthonormal `x` given `A x`: `(theta, x, ax)`, rotated
+    so that `theta` is descending. Costs no products."""
+    gram = x.T @ ax
+    theta, y = jnp.linalg.eigh((gram + gram.T) / 2)
+    theta, y = theta[::-1], y[:, ::-1]
+    return theta, x @ y, ax @ y
+
+
 def lobpcg(
     matvec: Callable[[Columns], Columns],
     x0: Float[Array, "n k"],
     *,
     tol: float,
     max_iters: int,
-) -> tuple[Float[Array, " k"], Float[Array, "n k"], Float[Array, " k"], Int[Array, ""]]:
+    refresh_every: int = 4,
+) -> tuple[
+    Float[Array, " k"], Float[Array, "n k"], Float[Array, " k"], Int[Array, ""], Int[Array, ""]
+]:
     """Top-k eigenpairs of a symmetric operator by block LOBPCG.
 
-    Each iteration costs 3k products: `AR` for the residual block, `AX` and `AP` afresh.
-    Carried from one iteration to the next, `AX` and `AP` drift from `A X` and `A P`
-    by round-off that the Gram matrix's whitening amplifies: carried `AX` gave Ritz values
-    of 1e68 (digits GD, η = 0.55, after a track event added a random vector), carried `AP`
-    Ritz values above the top eigenvalue and no convergence in 200 iterations (a small
-    float32 MLP). The Rayleigh–Ritz step works in the span of `[X, R, P]` through its Gram
-    matrix, dropping numerically dependent directions. The iterate with the smallest
-    largest residual is returned: once the residuals reach round-off, further iterations
-    only add noise.
+    An iteration costs k products, `AR` for the residual block: `AX` and `AP` are carried
+    from the Rayleigh–Ritz step. Carried, they drift from `A X` and `A P` by round-off
+    that the Gram matrix's whitening amplifies (carried for good, they gave Ritz values
+    of 1e68 on digits after a track event added a random vector, and no convergence in
+    float32), so they are recomputed (2k products) every `refresh_every` iterations and
+    wherever the carried residuals meet the tolerance, followed by a Rayleigh–Ritz step
+    in the span of X. Only such fresh iterates are returned or tested for convergence:
+    the one with the smallest largest residual, since once the residuals reach round-off
+    further iterations only add noise. The Rayleigh–Ritz step works in the span of
+    `[X, R, P]` through its Gram matrix, dropping numerically dependent directions.
 
     **Arguments:**
 
@@ -113,13 +126,14 @@ def lobpcg(
     - `tol`: stop when all residual norms are below `tol · max|θ|` (floored at
       `TOL_FLOOR` machine epsilons).
     - `max_iters`: iteration cap.
+    - `refresh_every`: iterations between fresh products `AX`, `AP`.
 
-    **Returns:** `(theta, x, residual_norms, iterations)`, eigenvalues descending.
+    **Returns:** `(theta, x, residual_norms, iterations, products)`, eigenvalues
+    descending; `products` counts the columns `matvec` was applied to.
     """
     k = x0.shape[1]
     x, _ = jnp.linalg.qr(x0)
-    ax = matvec(x)
-    theta = jnp.sum(x * ax, axis=0)
+    theta, x, ax = _rayleigh_ritz(x, matvec(x))
     zeros = jnp.zeros_like(x)
     tol = _floored(tol, x.dtype)
 
@@ -130,11 +144,11 @@ def lobpcg(
         return jnp.max(rnorm) / jnp.max(jnp.abs(theta))
 
     def cond(carry):
-        i, _, _, _, _, _, best = carry
+        i, *_, best, _ = carry
         return (i < max_iters) & (relative(best[0], best[2]) > tol)
 
     def body(carry):
-        i, x, ax, p, ap, theta, best = carry
+        i, x, ax, p, ap, theta, best, products = carry
         r = ax - x * theta
         r = r - x @ (x.T @ r)
         # Soft locking: a converged column's residual is round-off, left out of the basis.
@@ -152,20 +166,27 @@ def lobpcg(
         ritz, y = jnp.linalg.eigh(kt)
         theta = ritz[::-1][:k]
         c = w @ y[:, ::-1][:, :k]
-        x = s @ c
-        ax = matvec(x)
-        p = s[:, k:] @ c[k:]
-        p = p / jnp.maximum(jnp.linalg.norm(p, axis=0), jnp.finfo(x.dtype).tiny)
-        ap = matvec(p)
+        x, ax = s @ c, as_ @ c
+        scale = jnp.maximum(jnp.linalg.norm(s[:, k:] @ c[k:], axis=0), jnp.finfo(x.dtype).tiny)
+        p, ap = s[:, k:] @ c[k:] / scale, as_[:, k:] @ c[k:] / scale
+        carried = relative(theta, residual_norms(x, ax, theta))
+        fresh = ((i + 1) % refresh_every == 0) | (carried <= tol) | (i + 1 >= max_iters)
+
+        def recompute(x, ax, p, ap, theta):
+            theta, x, ax = _rayleigh_ritz(x, matvec(x))
+            return x, ax, p, matvec(p), theta
+
+        x, ax, p, ap, theta = jax.lax.cond(fresh, recompute, lambda *a: a, x, ax, p, ap, theta)
         rnorm = residual_norms(x, ax, theta)
-        better = relative(theta, rnorm) < relative(best[0], best[2])
+        better = fresh & (relative(theta, rnorm) < relative(best[0], best[2]))
         best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (theta, x, rnorm), best)
-        return i + 1, x, ax, p, ap, theta, best
+        products = products + k + jnp.where(fresh, 2 * k, 0)
+        return i + 1, x, ax, p, ap, theta, best, products
 
     best = (theta, x, residual_norms(x, ax, theta))
-    init = (jnp.array(0), x, ax, zeros, zeros, theta, best)
-    i, *_, (theta, x, rnorm) = jax.lax.while_loop(cond, body, init)
-    return theta, x, rnorm, i
+    init = (jnp.array(0), x, ax, zeros, zeros, theta, best, jnp.array(k))
+    i, *_, (theta, x, rnorm), products = jax.lax.while_loop(cond, body, init)
+    return theta, x, rnorm, i, products
 
 
 def preconditioner_diagonal(preconditioner: lx.AbstractLinearOperator) -> Vector:
@@ -209,10 +230,9 @@ def track_eigs(
         iterations, count = jnp.array(0), jnp.array(n)
     else:
         x0 = (previous / inv_sqrt).T
-        theta, x, rnorm, iterations = lobpcg(
+        theta, x, rnorm, iterations, count = lobpcg(
             matvec, x0, tol=config.tol, max_iters=config.max_iters
         )
-        count = k * (1 + 3 * iterations)
     tol = _floored(config.tol, x.dtype) * jnp.max(jnp.abs(theta))
     converged = jnp.all(rnorm <= tol)
     return EigenState(x.T * inv_sqrt, theta, rnorm, iterations, count, converged)
@@ -276,8 +296,9 @@ def _eigenbasis_jvp(primals, tangents, *, basis):
 
         operator = lx.FunctionLinearOperator(matvec, structure, lx.positive_semidefinite_tag)
         solver = lx.CG(rtol=1e-10, atol=1e-12, max_steps=10 * w.size + 100)
-        solution = lx.linear_solve(operator, off_span(r / root), solver, throw=False)
-        # An unconverged solve poisons the derivative rather than calling back to raise.
-        return jnp.where(solution.result == lx.RESULTS.successful, solution.value, jnp.nan)
+        # throw=True keeps a host callback here, in the derivative's programs only: a
+        # convergence test on the tangent's solve is not linear in it, so it cannot
+        # be written as data and transposed.
+        return lx.linear_solve(operator, off_span(r / root), solver).value
 
     return basis, jax.vmap(solve)(values, rhs) / root

@@ -159,7 +159,7 @@ class AbstractProcess(eqx.Module):
 
     def retrack(self, state: PyTree, tracking: Tracking) -> PyTree:
         """`state` with `tracking` (e.g. grown by one vector) recomputed at its position."""
-        w, p_diag = eqx.filter_jit(type(self).observed_point)(self, state)
+        w, p_diag = _observed_point(self, state)
         tracking = refresh_tracking(tracking, self.objective, w, p_diag, self.eig)
         return eqx.tree_at(lambda s: s.tracking, state, tracking)
 
@@ -193,6 +193,12 @@ class AbstractProcess(eqx.Module):
         w_next, opt_next = self.optimizer.step(w, opt_state, grad)
         p_diag = preconditioner_diagonal(self.optimizer.preconditioner(opt_next, w))
         return grad, w_next, opt_next, p_diag
+
+
+@eqx.filter_jit
+def _observed_point(process: AbstractProcess, state: PyTree) -> tuple[Vector, Vector]:
+    """`process.observed_point(state)`, one program per process type and state shape."""
+    return process.observed_point(state)
 
 
 class DiscreteState(eqx.Module):

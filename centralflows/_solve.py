@@ -11,6 +11,7 @@ import jax.random as jr
 import jax.tree_util as jtu
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
+from ._cache import enable_compilation_cache
 from ._eigen import EigConfig
 from ._flow_processes import AbstractFlowProcess, CentralFlowProcess, StableFlowProcess
 from ._flows import FlowState
@@ -127,6 +128,7 @@ def _solve(
     key: PRNGKeyArray | None,
     opt_state0: PyTree | None,
 ) -> FlowSolution:
+    enable_compilation_cache()
     if isinstance(t1, bool) or not isinstance(t1, int) or t1 < 0:
         raise ValueError(f"`t1` must be a non-negative integer (steps), got {t1!r}.")
     ts = [t1] if saveat is None else sorted(int(t) for t in saveat)
@@ -238,6 +240,10 @@ def central_flow(
     (`options.adjoint`; forward mode is chosen by itself under `jax.jvp`), event times
     by the implicit function theorem. Not under `jax.jit` or `jax.vmap`: planning needs
     concrete values.
+
+    Turns on JAX's persistent compilation cache (`centralflows.enable_compilation_cache`;
+    `CENTRALFLOWS_CACHE_DIR=off` keeps it off), so that a new process reuses the
+    programs compiled before.
     """
     return _solve(
         CentralFlowProcess, loss, w0, optimizer, t1, saveat, eig, options, key, opt_state0

@@ -14,23 +14,14 @@ from centralflows._cache import CACHE_ENV, default_cache_dir
 
 CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "gd-mlp-digits.toml"
 
-# Runs the CLI in this process and prints how many programs XLA compiled (requests that
-# the persistent cache did not answer) and how many the cache could not store (no cache
-# key: programs with host callbacks).
+# Runs the CLI in a fresh process and prints what XLA compiled there.
 _COUNTING_RUN = """
-import collections, json, sys
-import jax.monitoring
-counts = collections.Counter()
-jax.monitoring.register_event_listener(lambda event, **kw: counts.update([event]))
-jax.monitoring.register_event_duration_secs_listener(lambda event, d, **kw: counts.update([event]))
+import json, sys
 from centralflows import cli
-code = cli.main(sys.argv[1:])
-requests = counts["/jax/core/compile/backend_compile_duration"]
-print("COUNTS", json.dumps({
-    "code": code,
-    "compiled": requests - counts["/jax/compilation_cache/cache_hits"],
-    "uncacheable": requests - counts["/jax/compilation_cache/compile_requests_use_cache"],
-}))
+from centralflows.internal import count_compiles
+with count_compiles() as counts:
+    code = cli.main(sys.argv[1:])
+print("COUNTS", json.dumps({"code": code, **counts.as_dict()}))
 """
 
 

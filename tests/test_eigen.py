@@ -51,12 +51,26 @@ def test_lobpcg_on_known_spectrum(getkey):
     q, _ = jnp.linalg.qr(jr.normal(getkey(), (n, n)))
     spectrum = jnp.linspace(-5.0, 10.0, n)
     a = (q * spectrum) @ q.T
-    theta, x, residuals, iterations = lobpcg(
+    theta, x, residuals, iterations, products = lobpcg(
         lambda v: a @ v, jr.normal(getkey(), (n, 4)), tol=1e-10, max_iters=500
     )
     np.testing.assert_allclose(theta, spectrum[::-1][:4], rtol=1e-9)
     np.testing.assert_allclose(x.T @ x, np.eye(4), atol=1e-10)
-    assert int(iterations) < 500
+    assert 10 < int(iterations) < 500
+    residuals = jnp.linalg.norm(a @ x - x * theta, axis=0)
+    assert float(jnp.max(residuals)) <= 1e-10 * 10  # the returned iterate's true residuals
+    # AX and AP are carried: k products per iteration, 2k more every 4th and at the end
+    # (3k per iteration when recomputed every time).
+    assert int(products) <= 4 * (1 + iterations + 2 * (iterations // 4 + 1))
+    # Started at the answer, the first Rayleigh–Ritz step already meets the tolerance.
+    theta0, _, _, iterations0, products0 = lobpcg(
+        lambda v: a @ v,
+        q[:, n - 4 :][:, ::-1] @ jr.normal(getkey(), (4, 4)),
+        tol=1e-10,
+        max_iters=500,
+    )
+    assert (int(iterations0), int(products0)) == (0, 4)
+    np.testing.assert_allclose(theta0, spectrum[::-1][:4], rtol=1e-12)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: type(o).__name__)
@@ -72,9 +86,7 @@ def test_warm_start_needs_fewer_hvps(optimizer, getkey):
     # warm 6-12 HVPs against cold 32-44 (k = 2, default tolerance).
     w_next = w - 1e-3 * objective.grad(w) / jnp.linalg.norm(objective.grad(w))
     p_next = p
-    cold = cf.track_eigs(
-        hvps(w_next), p_next, random_vectors(getkey(), k, w.size, w.dtype), config
-    )
+    cold = cf.track_eigs(hvps(w_next), p_next, random_vectors(getkey(), k, w.size, w.dtype), config)
     warm = cf.track_eigs(hvps(w_next), p_next, first.vectors, config)
     np.testing.assert_allclose(warm.values, cold.values, rtol=1e-6)
     assert int(warm.hvps) * 2 <= int(cold.hvps), (int(warm.hvps), int(cold.hvps))
@@ -129,7 +141,9 @@ def test_lobpcg_stays_accurate_after_a_track_event():
     top = np.array([2.0, 1.99, 1.72, 1.57, 1.5, 1.42])
     a = jnp.asarray(q * np.concatenate([top, rng.uniform(-0.5, 1.4, n - k)]) @ q.T)
     x0 = np.concatenate([q[:, :5] + 1e-9 * rng.normal(size=(n, 5)), rng.normal(size=(n, 1))], 1)
-    theta, x, rnorm, iterations = lobpcg(lambda c: a @ c, jnp.asarray(x0), tol=0.0, max_iters=500)
+    theta, x, rnorm, iterations, _ = lobpcg(
+        lambda c: a @ c, jnp.asarray(x0), tol=0.0, max_iters=500
+    )
     np.testing.assert_allclose(theta, top, rtol=1e-10)
     residuals = jnp.linalg.norm(a @ x - x * theta, axis=0)
     np.testing.assert_allclose(rnorm, residuals, rtol=1e-6, atol=1e-12)
@@ -147,7 +161,7 @@ def test_lobpcg_converges_in_float32_after_a_track_event(seed):
     top = np.array([0.92, 0.855, 0.843, 0.646, 0.508])
     a = jnp.asarray(q * np.concatenate([top, rng.uniform(-0.3, 0.45, n - 5)]) @ q.T, jnp.float32)
     x0 = np.concatenate([q[:, :2] + 1e-4 * rng.normal(size=(n, 2)), rng.normal(size=(n, 1))], 1)
-    theta, x, rnorm, iterations = lobpcg(
+    theta, x, rnorm, iterations, _ = lobpcg(
         lambda c: a @ c, jnp.asarray(x0, jnp.float32), tol=1e-9, max_iters=200
     )
     assert int(iterations) < 200
