@@ -1,21 +1,14 @@
-import atexit
 import os
-import shutil
-import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
 
-# One persistent compilation cache for the session (and the CLI's subprocesses): a
-# program that another test compiled is read back rather than compiled again, and
-# nothing is written to the user's own cache.
-_CACHE = tempfile.mkdtemp(prefix="centralflows-test-cache-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ["CENTRALFLOWS_CACHE_DIR"] = _CACHE
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+# No persistent compilation cache in the tests (nor in the CLI's subprocesses): the
+# programs stay in memory, as they always did here, and nothing is written to the user's
+# cache. tests/test_cache.py turns it on in processes of its own.
+os.environ["CENTRALFLOWS_CACHE_DIR"] = "off"
 
 
 @pytest.fixture
