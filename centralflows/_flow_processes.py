@@ -11,21 +11,21 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
-from ._eigen import EigConfig, preconditioner_diagonal
+from ._custom_types import Record
+from ._eigen import (
+    EigConfig,
+    Tracking,
+    above_threshold,
+    eig_record,
+    init_tracking,
+    preconditioner_diagonal,
+    refresh_tracking,
+)
 from ._flows import Basis, CentralFlow, FlowState, StableFlow, ritz_pairs
 from ._integrate import FlowOptions, Segment, integrate_segment
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
-from ._processes import (
-    Record,
-    Tracking,
-    above_threshold,
-    eig_record,
-    grow,
-    init_tracking,
-    initial_opt_state,
-    refresh_tracking,
-)
+from ._processes import grow, initial_opt_state
 from ._sdcp import complementarity_margins, rank_branch
 
 Vector = Float[Array, " n"]

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Scalar
 
+from ._custom_types import Record
 from ._eigen import eigenbasis
 from ._flow_processes import AbstractFlowProcess, PlannedSegment, event_crossing
 from ._flows import Basis, FlowState, ritz_at
-from ._processes import Record
 
 _NEWTON_STEPS = 10
 # How far before the event the replay may stop, in time. Re-solving to another end time

@@ -5,8 +5,14 @@ import pytest
 import scipy.linalg
 
 import centralflows as cf
-from centralflows._eigen import lobpcg, preconditioner_diagonal, random_vectors
-from centralflows._processes import grow_tracking, init_tracking, refresh_tracking
+from centralflows._eigen import (
+    grow_tracking,
+    init_tracking,
+    lobpcg,
+    preconditioner_diagonal,
+    random_vectors,
+    refresh_tracking,
+)
 
 from .helpers import OPTIMIZERS, advance_state, dense_hessian, small_mlp_objective
 
