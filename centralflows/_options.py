@@ -34,11 +34,6 @@ def at_least(low: int | float) -> Range:
     return Range(f"{noun} >= {low}", lambda v: v >= low)
 
 
-def positive() -> Range:
-    """Floats `> 0`."""
-    return Range("a float > 0", lambda v: v > 0)
-
-
 def between(low: int, high: int) -> Range:
     """Integers from `low` to `high` inclusive."""
     return Range(f"an integer from {low} to {high}", lambda v: low <= v <= high)

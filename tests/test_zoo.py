@@ -198,7 +198,7 @@ def test_sequence_models_are_causal(cls, getkey):
 
 def test_mamba_parallel_scan_equals_sequential(getkey):
     key, tokens = getkey(), jr.randint(getkey(), (9,), 0, 5)
-    options = dict(layers=2, d_model=4, d_state=3, init_scale=1.0)
+    options = dict(layers=1, d_model=4, d_state=3, init_scale=1.0)
     sequential = build(Mamba, 5, 2, **options, key=key)
     parallel = build(Mamba, 5, 2, **options, parallel_scan=True, key=key)
     # Perturb the step sizes so that the recurrence does not decay to nothing at once.
@@ -268,21 +268,19 @@ def test_sequence_task_targets(make):
     assert not np.array_equal(make(vocab=5, length=6, n=30, seed=4).x_train, data.x_train)
 
 
-@pytest.mark.parametrize(
-    "name, lr, steps, task",
-    [("lstm", 2.0, 150, "sorting"), ("lstm", 2.0, 150, "copying")],
-)
-def test_gd_fits_the_sequence_tasks(name, lr, steps, task):
+@pytest.mark.parametrize("task", ["sorting", "copying"])
+def test_gd_fits_the_sequence_tasks(task):
+    # The small LSTM config (one layer of 8 units), on 64 sequences of 4 tokens.
     cfg = load_config(
-        ROOT / "configs" / f"gd-{name}-sorting-small.toml",
-        [f"data.name={task}", f"opt.lr={lr}", "data.n=64", "data.n_test=0"],
+        ROOT / "configs/gd-lstm-sorting-small.toml",
+        [f"data.name={task}", "data.n=64", "data.n_test=0"],
     )
     objective, w0 = make_problem(cfg)
-    run = cf.discrete_run(objective, w0, cf.GD(lr=lr), steps)
-    before = float(objective.metrics(w0)["train_acc"])
-    after = float(objective.metrics(run.w)["train_acc"])
+    run = cf.discrete_run(objective, w0, cf.GD(lr=2.0), 150)
+    accuracy = lambda w: jax.vmap(lambda w: objective.metrics(w)["train_acc"])(w)
+    before, after = map(float, compiled(accuracy, jnp.stack([w0, run.w])))
     assert np.all(np.isfinite(run.losses)) and run.losses[-1] < run.losses[0]
-    # Measured: about 0.3 to above 0.6 in these short runs.
+    # Measured: from 0.23 to 0.71 (sorting) and 0.86 (copying).
     assert after > before + 0.15, (before, after)
 
 

@@ -5,7 +5,7 @@ import jax.random as jr
 from jax.typing import DTypeLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._options import at_least, declare, one_of
+from .._options import Range, at_least, declare, one_of
 from ..data._dataset import float_dtype
 from ._layers import LayerNorm, SelfAttention, scale, sincos_2d
 
@@ -145,7 +145,7 @@ ViT.__init__.__doc__ = """**Arguments:**
 OPTIONS = declare(
     ViT,
     patch_size=at_least(1),
-    dim=at_least(4),
+    dim=Range("a multiple of 4, at least 4", lambda v: v >= 4 and v % 4 == 0),
     depth=at_least(1),
     heads=at_least(1),
     dim_head=at_least(1),
