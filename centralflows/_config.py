@@ -3,8 +3,12 @@ import json
 import os
 import pathlib
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ._options import Option as _Key
+from .data import DATASETS
+from .models import ARCHITECTURES
 
 
 class ConfigError(ValueError):
@@ -12,17 +16,6 @@ class ConfigError(ValueError):
 
     Validation reports every problem it finds in one message, one per line.
     """
-
-
-class _Key(NamedTuple):
-    """One configuration key: its type, default, valid range and a description of
-    that range. A default of `None` means the key must be given."""
-
-    kind: type  # bool, int, float, str or list
-    default: Any
-    expected: str  # the valid range, in words
-    valid: Callable[[Any], bool] = lambda value: True
-    item: type | None = None  # the element type of a list
 
 
 def _format(value: Any) -> str:
@@ -58,21 +51,16 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "eps": _Key(float, 0.0, "a float >= 0", lambda v: v >= 0),
         "bias_correction": _Key(bool, False, "a boolean"),
     },
+    # `data` and `model` also take the options their `name` declares (see `_keys`).
     "data": {
-        "name": _one_of("digits"),
-        "n": _Key(int, 1000, "an integer >= 1", lambda v: v >= 1),
-        "n_test": _Key(int, 500, "an integer >= 0", lambda v: v >= 0),
-        "classes": _Key(int, 10, "an integer from 2 to 10", lambda v: 2 <= v <= 10),
+        "name": _one_of(*DATASETS),
         "criterion": _one_of("mse", "ce"),
         "chunk_size": _Key(
             int, 0, "an integer >= 0 (0: the whole dataset at once)", lambda v: v >= 0
         ),
     },
     "model": {
-        "name": _one_of("mlp"),
-        "width": _Key(int, 32, "an integer >= 1", lambda v: v >= 1),
-        "depth": _Key(int, 2, "an integer >= 1", lambda v: v >= 1),
-        "activation": _one_of("tanh", "relu", "gelu", "softplus", "silu"),
+        "name": _one_of(*ARCHITECTURES),
     },
     "eig": {
         "frequency": _Key(int, 1, "an integer >= 1", lambda v: v >= 1),
@@ -129,6 +117,24 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
 }
 
 
+_NAMED = {"data": DATASETS, "model": ARCHITECTURES}
+
+
+def _named(section: str, name: Any):
+    """The dataset or architecture called `name`, or `None`."""
+    return _NAMED[section].get(name) if isinstance(name, str) else None
+
+
+def _keys(section: str, table: Mapping) -> dict[str, _Key]:
+    """The keys of `section`: for `data` and `model`, the common ones and the options
+    declared by the dataset or architecture that `table` names."""
+    keys = _SCHEMA[section]
+    if section not in _NAMED:
+        return keys
+    spec = _named(section, table.get("name", keys["name"].default))
+    return keys if spec is None else {**keys, **spec.options}
+
+
 def _has_type(value: Any, type_: type) -> bool:
     if type_ is float:  # an integer is accepted where a float is expected
         return isinstance(value, int | float) and not isinstance(value, bool)
@@ -154,11 +160,12 @@ def _check(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
         if section not in _SCHEMA
     ]
     cfg = {}
-    for section, keys in _SCHEMA.items():
+    for section in _SCHEMA:
         table = raw.get(section, {})
         if not isinstance(table, Mapping):
             problems.append(f"{section} = {_format(table)} must be a table [{section}]")
             table = {}
+        keys = _keys(section, table)
         problems += [
             _unknown("key", key, list(keys), prefix=f"{section}.")
             for key in table
@@ -187,6 +194,13 @@ def _check(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
             elif spec.kind is list:
                 value = list(value)
             cfg[section][key] = value
+    model, data = (_named(section, cfg[section].get("name")) for section in ("model", "data"))
+    accepted = {"vectors": ("vectors", "images"), "images": ("images",), "tokens": ("tokens",)}
+    if model and data and data.inputs not in accepted[model.inputs]:
+        problems.append(
+            f"model.name = {_format(cfg['model']['name'])} takes {model.inputs}, but "
+            f"data.name = {_format(cfg['data']['name'])} gives {data.inputs}"
+        )
     eig = cfg["eig"]
     if (
         _has_type(eig["initial_neigs"], int)

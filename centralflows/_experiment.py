@@ -1,5 +1,6 @@
 """Build a run's ingredients (objective, initial parameters, optimizer) from a config."""
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,10 +14,9 @@ from ._eigen import EigConfig
 from ._integrate import FlowOptions
 from ._objective import Objective
 from ._optimizers import GD, AbstractOptimizer, RMSProp, ScalarRMSProp
-from .data import load_digits
-from .models import MLP, accuracy, cross_entropy, mse
-
-_CRITERIA = {"mse": mse, "ce": cross_entropy}
+from .data import DATASETS
+from .data._dataset import float_dtype
+from .models import ARCHITECTURES, MSE, CrossEntropy
 
 
 def make_optimizer(opt: Mapping[str, Any]) -> AbstractOptimizer:
@@ -64,33 +64,40 @@ def make_problem(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[Objective, Float
 
     **Returns:** `(objective, w0)`: the full-batch training loss of the `[model]` on the
     `[data]` (with the test split for logging) and the model's initial parameters,
-    drawn from `run.seed`.
+    drawn from `run.seed`. The dataset is loaded first, so a missing file is reported
+    before anything is computed.
     """
-    data, model_cfg = cfg["data"], cfg["model"]
+    data_cfg, model_cfg = dict(cfg["data"]), dict(cfg["model"])
     seed = cfg["run"]["seed"]
-    dataset = load_digits(
-        n_train=data["n"], n_test=data["n_test"], classes=data["classes"], seed=seed
-    )
-    model = MLP(
-        dataset.x_train.shape[1],
-        dataset.num_classes,
-        width=model_cfg["width"],
-        depth=model_cfg["depth"],
-        activation=model_cfg["activation"],
-        dtype=dataset.x_train.dtype,
-        key=jr.key(seed),
+    spec = DATASETS[data_cfg.pop("name")]
+    criterion, chunk_size = data_cfg.pop("criterion"), data_cfg.pop("chunk_size")
+    if spec.inputs != "tokens":
+        data_cfg["dtype"] = float_dtype(None)
+    dataset = spec.load(**data_cfg, seed=seed)
+    architecture = ARCHITECTURES[model_cfg.pop("name")]
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in model_cfg.items()}
+    shape = dataset.x_train.shape[1:]
+    if architecture.inputs == "vectors":
+        first, shape = math.prod(shape), (math.prod(shape),)
+    elif architecture.inputs == "images":
+        first = shape = dataset.image_shape
+    else:
+        first = dataset.vocab
+    model = architecture.model(
+        first, dataset.out_size, **options, dtype=float_dtype(None), key=jr.key(seed)
     )
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    criterion = _CRITERIA[data["criterion"]]
-    example_loss = lambda p, x, y: criterion(eqx.combine(p, static)(x), y)
-    example_accuracy = lambda p, x, y: accuracy(eqx.combine(p, static)(x), y)
-    test = None if dataset.x_test is None else (dataset.x_test, dataset.y_test)
+    loss = {"mse": MSE, "ce": CrossEntropy}[criterion](binary=dataset.binary)
+    reshape = lambda x: x.reshape(x.shape[:1] + shape)
+    example_loss = lambda p, x, y: loss(eqx.combine(p, static)(x), y)
+    example_accuracy = lambda p, x, y: loss.accuracy(eqx.combine(p, static)(x), y)
+    test = None if dataset.x_test is None else (reshape(dataset.x_test), dataset.y_test)
     objective = Objective.supervised(
         example_loss,
         params,
-        (dataset.x_train, dataset.y_train),
+        (reshape(dataset.x_train), dataset.y_train),
         test=test,
         example_accuracy=example_accuracy,
-        chunk_size=data["chunk_size"] or None,
+        chunk_size=chunk_size or None,
     )
     return objective, jfu.ravel_pytree(params)[0]

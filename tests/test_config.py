@@ -67,7 +67,14 @@ def test_shipped_configs_load():
         assert path.read_text().startswith("#")  # a comment says what the job is
     gd = load_config(CONFIGS[0].parent / "gd-mlp-digits.toml")
     assert gd["opt"]["name"] == "gd" and gd["data"]["n"] == 1000
-    assert gd["model"] == {"name": "mlp", "width": 32, "depth": 2, "activation": "tanh"}
+    assert gd["model"] == {
+        "name": "mlp",
+        "width": 32,
+        "depth": 2,
+        "widths": [],
+        "bias": True,
+        "activation": "tanh",
+    }
     assert gd["run"]["steps"] == 400  # the README's default job: all four processes
     assert gd["run"]["processes"] == ["discrete", "midpoint", "central", "stable"]
     rmsprop = load_config(CONFIGS[0].parent / "rmsprop-mlp-digits.toml")

@@ -9,30 +9,31 @@ from centralflows.data import Dataset, load_digits
 from centralflows.models import MLP, accuracy, cross_entropy, mse
 
 
-def test_digits_shapes_dtypes_one_hot():
-    data = load_digits(n_train=300, n_test=100, dtype=jnp.float32)
+def test_digits_shapes_dtypes_labels():
+    data = load_digits(n=300, n_test=100, dtype=jnp.float32)
     assert isinstance(data, Dataset)
-    assert data.x_train.shape == (300, 64) and data.y_train.shape == (300, 10)
+    assert data.x_train.shape == (300, 64) and data.y_train.shape == (300,)
     assert data.x_test is not None and data.y_test is not None
-    assert data.x_test.shape == (100, 64) and data.y_test.shape == (100, 10)
-    assert data.num_classes == 10
-    for array in (data.x_train, data.y_train, data.x_test, data.y_test):
+    assert data.x_test.shape == (100, 64) and data.y_test.shape == (100,)
+    assert data.num_classes == data.out_size == 10 and not data.binary
+    assert data.image_shape == (1, 8, 8)
+    for array in (data.x_train, data.x_test):
         assert array.dtype == jnp.float32
     for y in (data.y_train, data.y_test):
-        assert jnp.all((y == 0) | (y == 1))
-        assert jnp.all(y.sum(axis=1) == 1)
+        assert y.dtype == jnp.int32
+        assert jnp.all((y >= 0) & (y < 10))
     # Every digit occurs in a shuffled sample of 300.
-    assert jnp.all(data.y_train.sum(axis=0) > 0)
+    assert jnp.all(jnp.bincount(data.y_train, length=10) > 0)
 
 
 def test_digits_default_dtype():
-    data = load_digits(n_train=10, n_test=0)
+    data = load_digits(n=10, n_test=0)
     assert data.x_train.dtype == jax.dtypes.canonicalize_dtype(jnp.float64)
     assert data.x_test is None and data.y_test is None
 
 
 def test_digits_standardized():
-    data = load_digits(n_train=500, n_test=200, dtype=jnp.float32)
+    data = load_digits(n=500, n_test=200, dtype=jnp.float32)
     x = np.asarray(data.x_train, dtype=np.float64)
     std = x.std(axis=0)
     # float32 rounding of values of order 1.
@@ -47,33 +48,32 @@ def test_digits_standardized():
 
 
 def test_digits_deterministic():
-    a = load_digits(n_train=50, n_test=20, seed=3)
-    b = load_digits(n_train=50, n_test=20, seed=3)
-    c = load_digits(n_train=50, n_test=20, seed=4)
+    a = load_digits(n=50, n_test=20, seed=3)
+    b = load_digits(n=50, n_test=20, seed=3)
+    c = load_digits(n=50, n_test=20, seed=4)
     assert eqx.tree_equal(a, b)
     assert not jnp.array_equal(a.y_train, c.y_train)
     # The shuffle does not depend on the split sizes.
-    d = load_digits(n_train=70, n_test=0, seed=3)
+    d = load_digits(n=70, n_test=0, seed=3)
     assert jnp.array_equal(d.y_train, jnp.concatenate([a.y_train, a.y_test]))
 
 
 def test_digits_class_filtering():
-    data = load_digits(n_train=300, n_test=60, classes=3)
+    data = load_digits(n=300, n_test=60, classes=3)
     assert data.num_classes == 3
-    assert data.y_train.shape == (300, 3) and data.y_test.shape == (60, 3)
-    assert jnp.all(data.y_train.sum(axis=0) > 0)
-    assert jnp.all(data.y_train.sum(axis=1) == 1)
+    assert data.y_train.shape == (300,) and data.y_test.shape == (60,)
+    assert jnp.array_equal(jnp.unique(data.y_train), jnp.arange(3))
     # Digits 0, 1, 2 number 178 + 182 + 177 = 537.
-    load_digits(n_train=500, n_test=37, classes=3)
+    load_digits(n=500, n_test=37, classes=3)
     with pytest.raises(ValueError, match="537"):
-        load_digits(n_train=500, n_test=38, classes=3)
+        load_digits(n=500, n_test=38, classes=3)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(n_train=1500, n_test=500), "1797"),
-        (dict(n_train=0), "n_train"),
+        (dict(n=1500, n_test=500), "1797"),
+        (dict(n=0), "`n`"),
         (dict(n_test=-1), "n_test"),
         (dict(classes=1), "classes"),
         (dict(classes=11), "classes"),
