@@ -87,6 +87,12 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "warm_start": _Key(
             int, 0, "an integer >= 0 (unlogged optimizer steps first)", lambda v: v >= 0
         ),
+        "outputs": _Key(
+            int,
+            8,
+            "an integer >= 0 (train and test examples whose network outputs are logged)",
+            lambda v: v >= 0,
+        ),
     },
     "central": {
         "tau": _Key(float, 0.25, "a float > 0", lambda v: v > 0),

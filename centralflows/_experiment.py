@@ -99,5 +99,7 @@ def make_problem(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[Objective, Float
         test=test,
         example_accuracy=example_accuracy,
         chunk_size=chunk_size or None,
+        example_outputs=lambda p, x: eqx.combine(p, static)(x),
+        num_outputs=cfg["run"]["outputs"],
     )
     return objective, jfu.ravel_pytree(params)[0]

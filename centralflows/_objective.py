@@ -77,6 +77,8 @@ class Objective(eqx.Module):
     test: PyTree[Array] | None
     chunk_size: int | None = eqx.field(static=True)
     num_params: int = eqx.field(static=True)
+    example_outputs: Callable[[PyTree, Array], Array] | None = None
+    num_outputs: int = eqx.field(default=0, static=True)
 
     @classmethod
     def from_function(cls, loss: Callable[[PyTree], Scalar], params: PyTree) -> "Objective":
@@ -102,6 +104,8 @@ class Objective(eqx.Module):
         test: tuple[Array, Array] | None = None,
         example_accuracy: Callable[[PyTree, Array, Array], Scalar] | None = None,
         chunk_size: int | None = None,
+        example_outputs: Callable[[PyTree, Array], Array] | None = None,
+        num_outputs: int = 8,
     ) -> "Objective":
         """A mean over examples of a per-example loss.
 
@@ -113,6 +117,11 @@ class Objective(eqx.Module):
         - `test`: optional held-out `(inputs, targets)`, used only for logging.
         - `example_accuracy`: optional `(params, x, y) -> 0. or 1.` for logging.
         - `chunk_size`: examples per chunk (`None`: all at once).
+        - `example_outputs`: optional `(params, x) -> outputs` (the network's), logged on
+          the first `num_outputs` examples of each split as `train_outputs` and
+          `test_outputs`, so that outputs under the optimizer and under a flow can be
+          compared.
+        - `num_outputs`: how many examples of each split (0: none).
 
         **Returns:** an `Objective`.
         """
@@ -130,9 +139,20 @@ class Objective(eqx.Module):
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
         if chunk_size is not None and chunk_size >= num:
             chunk_size = None
+        if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 0:
+            raise ValueError(f"num_outputs must be an integer >= 0, got {num_outputs!r}.")
         flat, unravel = jfu.ravel_pytree(params)
         return cls(
-            example_loss, example_accuracy, None, unravel, train, test, chunk_size, flat.size
+            example_loss,
+            example_accuracy,
+            None,
+            unravel,
+            train,
+            test,
+            chunk_size,
+            flat.size,
+            example_outputs,
+            num_outputs if example_outputs is not None else 0,
         )
 
     def check_params(self, w: Vector) -> None:
@@ -146,9 +166,7 @@ class Objective(eqx.Module):
         **Returns:** nothing.
         """
         if w.shape != (self.num_params,):
-            raise ValueError(
-                f"`w0` has {w.size} parameters; the objective has {self.num_params}."
-            )
+            raise ValueError(f"`w0` has {w.size} parameters; the objective has {self.num_params}.")
         data = jtu.tree_leaves((self.train, self.test))
         dtypes = sorted({str(x.dtype) for x in data if eqx.is_inexact_array(x)})
         if dtypes and dtypes != [str(w.dtype)]:
@@ -189,8 +207,9 @@ class Objective(eqx.Module):
         """$\\nabla_w (u^\\top H(w) v)$, with `u`, `v` held fixed."""
         return jax.grad(lambda x: jnp.vdot(u, self.hvp(x, v)))(w)
 
-    def metrics(self, w: Vector) -> dict[str, Scalar]:
-        """Loss and (where defined) accuracy on the train and test splits."""
+    def metrics(self, w: Vector) -> dict[str, Array]:
+        """Loss and (where defined) accuracy on the train and test splits, and the
+        network's outputs on the first `num_outputs` examples of each."""
         out = {}
         if self.function is not None:
             out["train_loss"] = self.value(w)
@@ -206,4 +225,8 @@ class Objective(eqx.Module):
                     self.example_accuracy(p, x, y),
                 )
                 out[f"{name}_loss"], out[f"{name}_acc"] = self._mean(both, w, split)
+            if self.num_outputs:
+                inputs = jtu.tree_map(lambda x: x[: self.num_outputs], split[0])
+                params = self.unravel(w)
+                out[f"{name}_outputs"] = jax.vmap(lambda x: self.example_outputs(params, x))(inputs)
         return out

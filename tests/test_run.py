@@ -1,4 +1,7 @@
+import pathlib
+
 import h5py
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -264,3 +267,39 @@ def test_parameters_of_the_wrong_size_or_precision_are_refused(entry):
         call(w0[1:])
     with pytest.raises(ValueError, match="`w0` is float32 but the objective's data is float64"):
         call(w0.astype(jnp.float32))
+
+
+def test_network_outputs_are_logged_on_fixed_examples():
+    # The CLI's problem (make_problem) logs the network's outputs on the first
+    # `run.outputs` train and test examples, for every process; they are the network
+    # applied to the logged parameters.
+    from centralflows._config import load_config
+    from centralflows._experiment import make_problem
+
+    overrides = ["data.n=60", "data.n_test=20", "model.width=8", "run.outputs=3"]
+    cfg = load_config(pathlib.Path(__file__).parents[1] / "configs/gd-mlp-digits.toml", overrides)
+    objective, w0 = make_problem(cfg)
+    result = cf.run(
+        objective,
+        w0,
+        cf.GD(0.5),
+        steps=4,
+        processes=("discrete", "stable"),
+        save_w_every=1,
+        progress=False,
+    )
+    for name in ("discrete", "stable"):
+        train, test = result[name]["train_outputs"], result[name]["test_outputs"]
+        assert train.shape == test.shape == (5, 3, 10)
+        for t in (0, 4):
+            params = objective.unravel(jnp.asarray(result[name]["w"][t]))
+            expected = jax.vmap(lambda x: objective.example_outputs(params, x))(
+                objective.train[0][:3]
+            )
+            np.testing.assert_allclose(train[t], expected, rtol=1e-12)
+    np.testing.assert_array_equal(
+        result["discrete"]["test_outputs"][0], result["stable"]["test_outputs"][0]
+    )  # both start at w0
+    assert not np.allclose(
+        result["discrete"]["train_outputs"][4], result["discrete"]["train_outputs"][0]
+    )  # the outputs moved
