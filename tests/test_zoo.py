@@ -428,9 +428,11 @@ def test_config_options_come_from_the_declarations():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SMALL, ids=[path.stem for path in SMALL])
 def test_small_config_runs_discrete_and_central(path, tmp_path):
-    # About 45 to 70 s each on a 2-core CPU, nearly all of it compiling the central flow.
+    # Minutes each on a loaded 2-core CPU, nearly all of it compiling the central flow.
     argv = ["run", str(path), "--steps", "3", "--runs", "discrete", "central"]
-    assert main([*argv, "--set", "run.warm_start=0", "--out", str(tmp_path), "--quiet"]) == 0
+    # The RMSProp configs keep their warm start: from step 0 the zero-initialised heads
+    # leave most gradients, hence ν, at zero, and the flows are then very stiff.
+    assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 0
     (run_file,) = tmp_path.iterdir()
     result = cf.load_run(run_file)
     for process in ("discrete", "central"):
