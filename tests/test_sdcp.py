@@ -49,7 +49,9 @@ def check_kkt(alpha, operator, sol):
     np.testing.assert_allclose(x, x.T, atol=1e-12 * scale)
     assert np.linalg.eigvalsh(x).min() >= -1e-9 * scale  # X ⪰ 0
     assert np.linalg.eigvalsh((y + y.T) / 2).min() >= -1e-9 * scale  # α + B[X] ⪰ 0
-    assert abs(np.sum(x * y)) <= 1e-8 * scale**2  # complementarity
+    # Complementarity. The regularization moves α + B[X] by up to 1e-10·max|B|·|X|, so
+    # ⟨X, α + B[X]⟩ by that times |X|: seed 4413, k = 1 (B = 1e-6, X = 8e4) gives 6.9e-7.
+    assert abs(np.sum(x * y)) <= 1e-8 * scale**2 * (1 + np.abs(x).max())
     assert float(sol.residual) <= 1e-9 * scale
 
 
