@@ -105,8 +105,9 @@ def lobpcg(
         theta = ritz[::-1][:k]
         c = w @ y[:, ::-1][:, :k]
         x, ax = s @ c, as_ @ c
-        scale = jnp.maximum(jnp.linalg.norm(s[:, k:] @ c[k:], axis=0), jnp.finfo(x.dtype).tiny)
-        p, ap = s[:, k:] @ c[k:] / scale, as_[:, k:] @ c[k:] / scale
+        p = s[:, k:] @ c[k:]
+        scale = jnp.maximum(jnp.linalg.norm(p, axis=0), jnp.finfo(x.dtype).tiny)
+        p, ap = p / scale, as_[:, k:] @ c[k:] / scale
         carried = relative(theta, residual_norms(x, ax, theta))
         fresh = ((i + 1) % refresh_every == 0) | (carried <= tol) | (i + 1 >= max_iters)
 
