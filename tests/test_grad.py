@@ -112,15 +112,14 @@ def test_gradient_through_a_deactivation_matches_finite_differences(bracketed, m
     # Unbracketed, the event is held at its planned time: the vector field is continuous
     # there (it does not depend on X's rank), so the jump that drops is small (measured:
     # η's derivative 1.6e-4 off).
-    options = cf.FlowOptions(
-        tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12)
-    )
+    options = cf.FlowOptions(tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12))
     eig = cf.EigConfig(initial_neigs=1)
 
     def solve(lr, k):
         loss = jax.tree_util.Partial(leaving_loss, k=k)
-        return cf.central_flow(loss, jnp.zeros(3), cf.GD(lr), 90, saveat=[60, 90],
-                               options=options, eig=eig)
+        return cf.central_flow(
+            loss, jnp.zeros(3), cf.GD(lr), 90, saveat=[60, 90], options=options, eig=eig
+        )
 
     solution = solve(1.0, 0.02)
     variances = np.nan_to_num(np.asarray(solution.predicted_variances)[:, 0])
@@ -285,14 +284,28 @@ def test_eigenbasis_derivative_matches_the_dense_eigenvectors():
         np.testing.assert_allclose(got, want, atol=1e-10)
 
 
+def test_the_eigenbasis_derivative_has_no_host_callback():
+    # A host callback in a program keeps it out of the persistent compilation cache; the
+    # derivative's CG reports non-convergence as NaN instead, in forward and reverse mode.
+    n = 6
+    w, p = jnp.linspace(-1, 1, n), jnp.linspace(1, 2, n)
+    objective = cf.Objective.from_function(lambda x: 0.5 * x @ x + 0.1 * jnp.sum(x**4), w)
+    basis = jnp.eye(n)[:2]
+    f = lambda w, p: eigenbasis(objective, w, p, basis=basis)
+    forward = jax.jit(lambda w, p: jax.jvp(f, (w, p), (w, p))[1]).lower(w, p).as_text()
+    reverse = jax.jit(lambda w, p: jax.vjp(f, w, p)[1](basis)).lower(w, p).as_text()
+    assert "custom_linear_solve" in str(
+        jax.make_jaxpr(lambda w, p: jax.jvp(f, (w, p), (w, p)))(w, p)
+    )
+    assert "callback" not in forward and "callback" not in reverse
+
+
 def test_a_flow_under_jit_says_it_needs_concrete_values():
     with pytest.raises(ValueError, match="cannot run under `jax.jit`"):
         jax.jit(lambda lr: toy_outcomes(lr, TOY, jnp.array(0.0), 5))(ETA)
 
 
-@pytest.mark.skipif(
-    not pathlib.Path("/proc/sys/vm/max_map_count").is_file(), reason="Linux only"
-)
+@pytest.mark.skipif(not pathlib.Path("/proc/sys/vm/max_map_count").is_file(), reason="Linux only")
 def test_a_low_memory_map_limit_is_reported_before_a_replay():
     limit = int(pathlib.Path("/proc/sys/vm/max_map_count").read_text())
     with pytest.warns(UserWarning, match=f"vm.max_map_count is {limit}.*sysctl"):

@@ -8,6 +8,21 @@ import lineax as lx
 from ._solve import Vector, Vectors
 
 
+def _cg_or_nan(matvec, b):
+    """CG on the positive definite `matvec`, NaN where it did not converge (an eigenvalue
+    above the basis's smallest left out of it makes the operator indefinite).
+
+    Under `lax.custom_linear_solve` this is never differentiated nor transposed (its
+    transpose is another call, on the cotangent), so the check is data, not a host
+    callback: the derivative's programs stay storable in the compilation cache."""
+    structure = jax.ShapeDtypeStruct(b.shape, b.dtype)
+    operator = lx.FunctionLinearOperator(matvec, structure, lx.positive_semidefinite_tag)
+    solver = lx.CG(rtol=1e-10, atol=1e-12, max_steps=10 * b.size + 100)
+    solution = lx.linear_solve(operator, b, solver, throw=False)
+    converged = solution.result == lx.RESULTS.successful
+    return jnp.where(converged, solution.value, jnp.nan)
+
+
 @eqx.filter_custom_jvp
 def eigenbasis(objective, w: Vector, p_diag: Vector, *, basis: Vectors) -> Vectors:
     """The top eigenvectors `basis` of `H(w) u = λ P u` (P-orthonormal rows, e.g. from
@@ -51,18 +66,12 @@ def _eigenbasis_jvp(primals, tangents, *, basis):
     off_span = lambda x: x - scaled.T @ (scaled @ x)
     _, hvp = jax.linearize(objective.grad, w)
     scaled_hvp = lambda x: hvp(x / root) / root
-    structure = jax.ShapeDtypeStruct(w.shape, w.dtype)
 
     def solve(value, r):
         def matvec(x):  # positive definite: λ_i − λ_j > 0 off the span, 1 on it
             off = off_span(x)
             return value * off - off_span(scaled_hvp(off)) + (x - off)
 
-        operator = lx.FunctionLinearOperator(matvec, structure, lx.positive_semidefinite_tag)
-        solver = lx.CG(rtol=1e-10, atol=1e-12, max_steps=10 * w.size + 100)
-        # throw=True keeps a host callback here, in the derivative's programs only: a
-        # convergence test on the tangent's solve is not linear in it, so it cannot
-        # be written as data and transposed.
-        return lx.linear_solve(operator, off_span(r / root), solver).value
+        return jax.lax.custom_linear_solve(matvec, off_span(r / root), _cg_or_nan, symmetric=True)
 
     return basis, jax.vmap(solve)(values, rhs) / root
