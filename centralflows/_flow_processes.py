@@ -9,7 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from ._custom_types import Record
 from ._eigen import (
@@ -31,8 +31,18 @@ from ._sdcp import complementarity_margins, rank_branch
 Vector = Float[Array, " n"]
 _MAX_SEGMENTS = 16  # events handled per unit of time before stopping (STOP_REASONS[4])
 _RANK_EVENTS = ("onset", "activate", "deactivate")  # the SDCP's active rank changing
-_RANK_CROSSINGS = _RANK_EVENTS[1:]  # the same without their kind ("onset" → "activate")
 _SOLVER_STATS = ("solver_steps", "rejected_steps", "rhs_evals", "segments")
+# The condition slot each kind of event is watched in: "onset" is the first "activate";
+# "enter", "eos" and "ceiling" are a Ritz value of the basis rising through a threshold.
+_SLOTS = {
+    "onset": "activate",
+    "activate": "activate",
+    "deactivate": "deactivate",
+    "enter": "ritz",
+    "eos": "ritz",
+    "ceiling": "ritz",
+    "track": "track",
+}
 
 
 class FlowProcessState(eqx.Module):
@@ -46,11 +56,33 @@ class FlowProcessState(eqx.Module):
     dt: Scalar  # the solver's first step size in the next segment
 
 
-def event_crossing(event: tuple) -> tuple:
-    """A planned event without its kind: what `AbstractFlowProcess.condition` takes."""
-    if event[0] in ("onset", "activate"):
-        return ("activate", event[1])
-    return event if event[0] == "deactivate" else event[1:]
+class Event(NamedTuple):
+    """An event planned for the next segment.
+
+    `kind` is `"onset"` (the stability constraint first becoming active: the EOS onset),
+    `"activate"` or `"deactivate"` (the SDCP leaving active rank `rank`), `"enter"` (the
+    Ritz value at the critical count rising through `threshold`), `"eos"` or `"ceiling"`
+    (the stable flow's sharpness rising through `threshold`), or `"track"` (the Rayleigh
+    quotient of the frozen `vectors`, the smallest tracked eigenvector, rising through
+    `threshold`)."""
+
+    kind: str
+    rank: int = 0
+    threshold: Scalar | None = None
+    vectors: Float[Array, "1 n"] | None = None
+
+
+class ArmedEvents(eqx.Module):
+    """The events a segment watches, as data, so that one compiled program serves every
+    combination of them: the slots (`AbstractFlowProcess.slots`) that are `armed`, the
+    SDCP's active `rank` (the rank slots), the Ritz slot's `threshold`, and the track
+    slot's `track_threshold` and frozen `track_vectors`."""
+
+    armed: Bool[Array, " s"]
+    rank: Int[Array, ""]
+    threshold: Scalar
+    track_threshold: Scalar
+    track_vectors: Float[Array, "1 n"]
 
 
 class PlannedSegment(NamedTuple):
@@ -63,7 +95,7 @@ class PlannedSegment(NamedTuple):
     dt: Scalar
     num_critical: int
     basis: Basis
-    event: tuple | None
+    event: Event | None
 
 
 class AbstractFlowProcess(eqx.Module):
@@ -124,27 +156,61 @@ class AbstractFlowProcess(eqx.Module):
 
     @abc.abstractmethod
     def plan(
-        self, state: FlowProcessState, now: float, fired: tuple | None = None
-    ) -> tuple[FlowProcessState, int, tuple[tuple, ...]]:
+        self, state: FlowProcessState, now: float, fired: Event | None = None
+    ) -> tuple[FlowProcessState, int, tuple[Event, ...]]:
         """From concrete eigenvalues at time `now`, just after the event `fired` (if
         any): `(state, num_critical, events)`, where `state` may record an onset that is
         already under way, and `events` are the events armed for the next segment, which
-        ends at the first of them. An event is `(kind, index, threshold, vectors)` (Ritz
-        value `index` in the span of `vectors`, or of the segment's basis where `None`,
-        rising through the array `threshold`, which is traced, so that events of one
-        shape share a program; kind `"eos"`, `"ceiling"`, `"enter"` or `"track"`), or
-        `(kind, rank)` for the central flow's SDCP leaving active rank `rank` (kind
-        `"activate"` or `"deactivate"`; `"onset"`, the stability constraint first
-        becoming active, is the EOS onset)."""
+        ends at the first of them (at most one per slot of `slots`)."""
 
-    def track_event(self, state: FlowProcessState) -> tuple:
+    @abc.abstractmethod
+    def slots(self, num_critical: int) -> tuple[str, ...]:
+        """The condition slots a segment with `num_critical` critical directions watches:
+        `"activate"` and `"deactivate"` (margins of the SDCP's rank branch), `"ritz"` (a
+        Ritz value of the basis against a threshold) and `"track"`."""
+
+    def ritz_index(self, num_critical: int) -> int:
+        """Which Ritz value of the basis the `"ritz"` slot watches."""
+        del num_critical
+        return 0
+
+    def arm(self, events: tuple[Event, ...], num_critical: int, w: Vector) -> ArmedEvents:
+        """`events` as the data a segment's program takes (the others disarmed)."""
+        slots, dtype = self.slots(num_critical), w.dtype
+        armed = [False] * len(slots)
+        rank, threshold, track_threshold = 0, jnp.inf, jnp.inf
+        track_vectors = jnp.zeros((1, w.size)).at[0, 0].set(1)  # a stand-in, disarmed
+        for event in events:
+            slot = _SLOTS[event.kind]
+            armed[slots.index(slot)] = True
+            if slot in ("activate", "deactivate"):
+                rank = event.rank  # both rank events of a segment leave the same rank
+            elif slot == "ritz":
+                threshold = event.threshold
+            else:
+                track_threshold, track_vectors = event.threshold, event.vectors
+        return ArmedEvents(
+            jnp.asarray(armed),
+            jnp.asarray(rank, jnp.int32),
+            jnp.asarray(threshold, dtype),
+            jnp.asarray(track_threshold, dtype),
+            jnp.asarray(track_vectors, dtype),
+        )
+
+    def fired_event(self, events: tuple[Event, ...], num_critical: int, slot: int) -> Event | None:
+        """The event of `events` watched in slot number `slot` (`None` for -1)."""
+        if slot < 0:
+            return None
+        name = self.slots(num_critical)[slot]
+        return next(event for event in events if _SLOTS[event.kind] == name)
+
+    def track_event(self, state: FlowProcessState) -> Event:
         """The smallest tracked eigenvalue rising through `eig.track_threshold`, as the
         Rayleigh quotient of its eigenvector frozen for the segment (exact to first
-        order). Once `eig.max_neigs` are tracked the threshold is unreachable, but the
-        event stays armed, so that the program is shared."""
+        order). Once `eig.max_neigs` are tracked the threshold is unreachable."""
         effective = state.tracking.effective
         threshold = self.eig.track_threshold if effective.num < self.eig.max_neigs else jnp.inf
-        return ("track", 0, jnp.asarray(threshold), effective.vectors[-1:])
+        return Event("track", threshold=threshold, vectors=effective.vectors[-1:])
 
     @abc.abstractmethod
     def point_record(self, y: FlowState, basis: Basis, num_critical: int) -> Record:
@@ -170,50 +236,56 @@ class AbstractFlowProcess(eqx.Module):
         t0: Scalar,
         t1: Scalar,
         num_critical: int,
-        crossings: tuple[tuple, ...],
+        events: ArmedEvents | None,
     ) -> Segment:
         """Integrate from `(t0, y)` towards `t1` in the frozen `basis`, stopping where
-        the first of `crossings` happens (events without their kind, as `condition`
-        takes them)."""
-        conditions = self.conditions(crossings, num_critical) if crossings else None
+        the first armed slot of `events` (if given) rises through 0; `Segment.event` is
+        that slot's number."""
+        conditions = None if events is None else self.conditions(events, num_critical)
         return integrate_segment(
             self.field(num_critical), y, t0, t1, dt, basis, self.options, conditions
         )
 
     def conditions(
-        self, crossings: tuple[tuple, ...], num_critical: int
-    ) -> Callable[[FlowState, Basis], Float[Array, " e"]]:
-        """`(y, basis) -> c`, entry i rising through 0 where `crossings[i]` happens:
-        `("activate" | "deactivate", rank)` or `(index, threshold, vectors)` (events
-        without their kind). The Ritz values of all crossings come from one batch of
-        Hessian-vector products, the rank events' margins from one SDCP branch."""
+        self, events: ArmedEvents, num_critical: int
+    ) -> Callable[[FlowState, Basis], Float[Array, " s"]]:
+        """`(y, basis) -> c`, entry i rising through 0 where the event in slot i
+        (`slots`) happens, and -inf where that slot is disarmed. The Ritz and track slots
+        come from one batch of Hessian-vector products, the rank slots from one SDCP
+        branch."""
+        slots = self.slots(num_critical)
 
         def values(y, basis):
-            ranks = [c for c in crossings if c[0] in _RANK_CROSSINGS]
-            ritz_crossings = [c for c in crossings if c[0] not in _RANK_CROSSINGS]
-            spans = [basis if c[2] is None else c[2] for c in ritz_crossings]
-            products = self.objective.hvps(y.w, jnp.concatenate(spans)) if spans else None
-            margins = self.rank_margins(y, basis, num_critical, ranks[0][1]) if ranks else None
-            p_diag, start, out = self.p_diag(y), 0, []
-            for crossing in crossings:
-                if crossing[0] in _RANK_CROSSINGS:
-                    # z_{r+1} rises through 0 as X gains a direction, z_r falls as it loses one.
-                    _, rank = crossing
-                    out.append(margins[rank] if crossing[0] == "activate" else -margins[rank - 1])
-                    continue
-                index, threshold, vectors = crossing
-                span = basis if vectors is None else vectors
-                ritz = ritz_pairs(products[start : start + len(span)], span, p_diag)
-                start += len(span)
-                out.append(ritz.values[index] - threshold)
-            return jnp.stack(out)
+            spans = jnp.concatenate([basis, events.track_vectors])
+            products = self.objective.hvps(y.w, spans)
+            p_diag, m = self.p_diag(y), len(basis)
+            ritz = ritz_pairs(products[:m], basis, p_diag).values
+            track = ritz_pairs(products[m:], events.track_vectors, p_diag).values[0]
+            index = min(self.ritz_index(num_critical), m - 1)
+            out = {
+                "ritz": ritz[index] - events.threshold,
+                "track": track - events.track_threshold,
+            }
+            if "activate" in slots:
+                # z_{r+1} rises through 0 as X gains a direction, z_r falls as it loses one.
+                rank = events.rank
+                margins = self.rank_margins(y, basis, num_critical, rank)
+                out["activate"] = margins[jnp.minimum(rank, num_critical - 1)]
+                out["deactivate"] = -margins[jnp.maximum(rank - 1, 0)]
+            value = jnp.stack([out[slot] for slot in slots])
+            return jnp.where(events.armed, value, -jnp.inf)
 
         return values
 
-    def condition(self, crossing: tuple, num_critical: int) -> Callable[[FlowState, Basis], Scalar]:
-        """`(y, basis) -> c`, rising through 0 where `crossing` happens."""
-        conditions = self.conditions((crossing,), num_critical)
-        return lambda y, b: conditions(y, b)[0]
+    def condition(self, event: Event, num_critical: int) -> Callable[[FlowState, Basis], Scalar]:
+        """`(y, basis) -> c`, rising through 0 where `event` happens."""
+        slot = self.slots(num_critical).index(_SLOTS[event.kind])
+
+        def value(y, basis):
+            events = self.arm((event,), num_critical, y.w)
+            return self.conditions(events, num_critical)(y, basis)[slot]
+
+        return value
 
     def observe_now(
         self, state: FlowProcessState, t: float, key: PRNGKeyArray
@@ -253,10 +325,10 @@ class AbstractFlowProcess(eqx.Module):
         steps = rejected = segments = 0
         now = float(t)
         while now < t + 1 and np.isnan(float(state.stop_time)):
-            crossings = tuple(event_crossing(event) for event in events)
             basis = self.basis(state, k)
+            armed = self.arm(events, k, state.y.w)
             segment = self.segment(
-                state.y, state.dt, basis, jnp.asarray(now), jnp.asarray(t + 1.0), k, crossings
+                state.y, state.dt, basis, jnp.asarray(now), jnp.asarray(t + 1.0), k, armed
             )
             steps += int(segment.steps)
             rejected += int(segment.rejected)
@@ -265,7 +337,7 @@ class AbstractFlowProcess(eqx.Module):
             if bool(segment.failed) or not finite:
                 state = self.stop(state, now, 2 if finite else 1)
                 break
-            fired = events[int(segment.event)] if int(segment.event) >= 0 else None
+            fired = self.fired_event(events, k, int(segment.event))
             if trace is not None:
                 trace.append(PlannedSegment(now, float(segment.t), state.dt, k, basis, fired))
             state = eqx.tree_at(lambda s: (s.y, s.dt), state, (segment.y, segment.dt))
@@ -283,11 +355,11 @@ class AbstractFlowProcess(eqx.Module):
         record["segments"] = np.asarray(segments, float)
         return state, position, record
 
-    def on_event(self, state: FlowProcessState, event: tuple, time: float) -> FlowProcessState:
+    def on_event(self, state: FlowProcessState, event: Event, time: float) -> FlowProcessState:
         """Update the state after `event` stopped a segment at `time`."""
-        if event[0] in ("onset", "eos"):
+        if event.kind in ("onset", "eos"):
             return eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(time, state.y.w.dtype))
-        if event[0] == "ceiling":
+        if event.kind == "ceiling":
             return self.stop(state, time, 3)
         return state
 
@@ -322,10 +394,14 @@ class StableFlowProcess(AbstractFlowProcess):
         if sharpness > self.options.max_seff:
             return self.stop(state, now, 3), 0, ()
         if np.isnan(float(state.eos_time)):
-            sharpening = ("eos", 0, jnp.asarray(2.0), None)
+            sharpening = Event("eos", threshold=2.0)
         else:
-            sharpening = ("ceiling", 0, jnp.asarray(self.options.max_seff), None)
+            sharpening = Event("ceiling", threshold=self.options.max_seff)
         return state, 0, (sharpening, self.track_event(state))
+
+    def slots(self, num_critical):
+        del num_critical
+        return ("ritz", "track")
 
     @eqx.filter_jit
     def point_record(self, y, basis, num_critical):
@@ -364,25 +440,38 @@ class CentralFlowProcess(AbstractFlowProcess):
                 # Already active (an event cannot fire on a segment's first step): onset now.
                 state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, values.dtype))
             if rank < k:
-                events.append(("onset" if np.isnan(float(state.eos_time)) else "activate", rank))
+                kind = "onset" if np.isnan(float(state.eos_time)) else "activate"
+                events.append(Event(kind, rank))
             if rank >= 1:
-                events.append(("deactivate", rank))
+                events.append(Event("deactivate", rank))
         if k < values.size:
-            events.append(("enter", k, jnp.asarray(self.options.sdcp_threshold), None))
+            events.append(Event("enter", threshold=self.options.sdcp_threshold))
         return state, k, (*events, self.track_event(state))
 
-    def active_rank(self, state: FlowProcessState, num_critical: int, fired: tuple | None) -> int:
+    def slots(self, num_critical):
+        ritz = ("ritz", "track")
+        return ("activate", "deactivate", *ritz) if num_critical >= 1 else ritz
+
+    def ritz_index(self, num_critical):
+        return num_critical  # the first Ritz value outside the critical set
+
+    def active_rank(self, state: FlowProcessState, num_critical: int, fired: Event | None) -> int:
         """The SDCP's active rank (the rank of X) for the next segment: one more or less
         than before a rank event that just `fired` (X's new direction is at 0 there, on
         either side as rounding goes), else the count of positive margins."""
-        if fired is not None and fired[0] in _RANK_EVENTS:
-            return min(max(fired[1] + (-1 if fired[0] == "deactivate" else 1), 0), num_critical)
+        if fired is not None and fired.kind in _RANK_EVENTS:
+            step = -1 if fired.kind == "deactivate" else 1
+            return min(max(fired.rank + step, 0), num_critical)
         margins = self.rank_margins(state.y, self.basis(state, num_critical), num_critical)
         return int(np.sum(np.asarray(margins) > 0))
 
     @eqx.filter_jit
     def rank_margins(
-        self, y: FlowState, basis: Basis, num_critical: int, rank: int | None = None
+        self,
+        y: FlowState,
+        basis: Basis,
+        num_critical: int,
+        rank: int | Int[Array, ""] | None = None,
     ) -> Float[Array, " k"]:
         """`complementarity_margins` of the SDCP at `y`, on its branch of active rank
         `rank` (default: at its solution): while X has rank r, the r first are positive

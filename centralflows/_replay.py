@@ -20,7 +20,7 @@ from jaxtyping import Scalar
 
 from ._custom_types import Record
 from ._eigen import eigenbasis
-from ._flow_processes import AbstractFlowProcess, PlannedSegment, event_crossing
+from ._flow_processes import AbstractFlowProcess, Event, PlannedSegment
 from ._flows import Basis, FlowState, ritz_at
 
 _NEWTON_STEPS = 10
@@ -98,14 +98,14 @@ def _velocity(
 @eqx.filter_checkpoint
 def _condition_and_rate(
     process: AbstractFlowProcess,
-    crossing: tuple,
+    event: Event,
     num_critical: int,
     y: FlowState,
     basis: Basis,
 ) -> tuple[Scalar, Scalar, FlowState]:
     """An event's condition at `y`, its rate of change along the flow, and the flow's
     velocity there."""
-    condition = process.condition(crossing, num_critical)
+    condition = process.condition(event, num_critical)
     velocity = _velocity(process, num_critical, y, basis)
     value, rate = jax.jvp(lambda x: condition(x, basis), (y,), (velocity,))
     return value, rate, velocity
@@ -142,10 +142,9 @@ def _through_event(
     event time.
     """
     k = segment.num_critical
-    crossing = event_crossing(segment.event)
 
     def integrate(t1):
-        return process.segment(y, segment.dt, basis, jnp.asarray(segment.t0), t1, k, ()).y
+        return process.segment(y, segment.dt, basis, jnp.asarray(segment.t0), t1, k, None).y
 
     # Newton's method on the event time, to a point just before the event (c < 0): a
     # solver step that straddled the switch would differentiate the new vector field's
@@ -158,7 +157,7 @@ def _through_event(
     for i in range(_NEWTON_STEPS):
         window = _EVENT_TOLERANCE * 2.0 ** max(0, i - 2)
         end = integrate(jnp.asarray(t_end))
-        value, rate, velocity = _condition_and_rate(process, crossing, k, end, basis)
+        value, rate, velocity = _condition_and_rate(process, segment.event, k, end, basis)
         gap = float(jax.lax.stop_gradient(value / rate))
         if -window < gap <= 0:
             break
@@ -170,9 +169,9 @@ def _through_event(
         if past > 1 or not (before < t_end and (after is None or t_end < after)):
             t_end = (before + after) / 2 if after is not None else t_end
     else:
-        if segment.event[0] not in _CONTINUOUS_EVENTS or following is None:
+        if segment.event.kind not in _CONTINUOUS_EVENTS or following is None:
             raise RuntimeError(
-                f"Replaying the {segment.event[0]!r} event at t = {segment.t1:.6g}: the "
+                f"Replaying the {segment.event.kind!r} event at t = {segment.t1:.6g}: the "
                 "event condition could not be bracketed; tighten the solver's tolerances."
             )
         # The vector field scarcely changes there (a refreshed basis only): hold the
@@ -181,7 +180,7 @@ def _through_event(
         # on digits, rtol 1e-6, t = 24.53), or the margin of a direction that the flow
         # holds at the edge, re-planned inactive at every integer time (n = 200, t = 86.98).
         warnings.warn(
-            f"Replaying the {segment.event[0]!r} event at t = {segment.t1:.6g}: the event "
+            f"Replaying the {segment.event.kind!r} event at t = {segment.t1:.6g}: the event "
             "condition could not be bracketed; its planned time is held fixed (the change "
             "of basis there is not differentiated through its time).",
             stacklevel=2,
@@ -190,7 +189,7 @@ def _through_event(
         return end, _basis(process, end, following.basis), jnp.asarray(segment.t1)
     if gap < -_EVENT_TOLERANCE:
         warnings.warn(
-            f"Replaying the {segment.event[0]!r} event at t = {segment.t1:.6g}: stopped "
+            f"Replaying the {segment.event.kind!r} event at t = {segment.t1:.6g}: stopped "
             f"{-gap:.2g} before it (the solve is too coarse to come closer); the event "
             "time's derivative is extrapolated over that gap. Tighter solver tolerances "
             "make it more accurate.",
@@ -225,7 +224,7 @@ def _unit(
     t0, t1, dt = times
     if basis is None:
         basis = _basis(process, y, tracked) if num_critical > 0 else tracked
-    return process.segment(y, dt, basis, t0, t1, num_critical, ()).y
+    return process.segment(y, dt, basis, t0, t1, num_critical, None).y
 
 
 def replay(
@@ -258,7 +257,7 @@ def replay(
         if basis is None:
             basis = _basis(process, y, segment.basis)
         following = segments[i + 1] if i + 1 < len(segments) else None
-        y, basis, times[segment.event[0]] = _through_event(process, segment, y, basis, following)
+        y, basis, times[segment.event.kind] = _through_event(process, segment, y, basis, following)
     starts.append(y)
     observed, done = [], 0
     for item in trace:

@@ -1,15 +1,14 @@
 """The semidefinite complementarity problem that pins down the oscillation covariance."""
 
-import functools
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optimistix as optx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 Matrix = Float[Array, "k k"]
 Operator = Float[Array, "k k k k"]
+Rank = int | Int[Array, ""]
 
 
 def _sym(x: Matrix) -> Matrix:
@@ -46,12 +45,12 @@ def _psd_projection_jvp(primals, tangents):
     return _spectral_map(d, q, jnp.maximum(d, 0), (d > 0).astype(d.dtype), dy)
 
 
-def _kept(d, rank: int):
+def _kept(d, rank: Rank):
     return jnp.arange(d.size) >= d.size - rank  # eigh sorts ascending
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def rank_projection(y: Matrix, rank: int) -> Matrix:
+@jax.custom_jvp
+def rank_projection(y: Matrix, rank: Rank) -> Matrix:
     """The symmetric part of `y` truncated to its `rank` largest eigenpairs, whatever
     their sign: the PSD projection where exactly `rank` eigenvalues are positive, and its
     smooth continuation past where one of them changes sign."""
@@ -60,8 +59,8 @@ def rank_projection(y: Matrix, rank: int) -> Matrix:
 
 
 @rank_projection.defjvp
-def _rank_projection_jvp(rank, primals, tangents):
-    (y,), (dy,) = primals, tangents
+def _rank_projection_jvp(primals, tangents):
+    (y, rank), (dy, _) = primals, tangents
     d, q = jnp.linalg.eigh(_sym(y))
     kept = _kept(d, rank)
     return _spectral_map(d, q, jnp.where(kept, d, 0), kept.astype(d.dtype), dy)
@@ -86,7 +85,7 @@ def _regularized(operator: Operator) -> Operator:
 
 
 def natural_residual(
-    x: Matrix, alpha: Matrix, operator: Operator, rank: int | None = None
+    x: Matrix, alpha: Matrix, operator: Operator, rank: Rank | None = None
 ) -> Matrix:
     """`X − Π_PSD(X − (α + B[X]))`: zero exactly at a solution of the SDCP. With `rank`,
     `Π_PSD` is replaced by `rank_projection` (the SDCP's branch of that active rank)."""
@@ -151,7 +150,7 @@ def complementarity_margins(x: Matrix, alpha: Matrix, operator: Operator) -> Flo
     return jnp.linalg.eigvalsh(_sym(z))[::-1]
 
 
-def rank_branch(alpha: Matrix, operator: Operator, rank: int, x0: Matrix) -> Matrix:
+def rank_branch(alpha: Matrix, operator: Operator, rank: Rank, x0: Matrix) -> Matrix:
     """The SDCP's solution with its active rank held at `rank`: the root of
     `X − Π_r(X − α − B[X])` near `x0`, with `Π_r` the truncation to the `rank` largest
     eigenpairs (`rank_projection`). It is the SDCP's solution while that has rank
@@ -161,12 +160,12 @@ def rank_branch(alpha: Matrix, operator: Operator, rank: int, x0: Matrix) -> Mat
     **Arguments:**
 
     - `alpha`, `operator`: the SDCP, as for `sdcp_solve`.
-    - `rank`: the active rank to hold (a Python int).
+    - `rank`: the active rank to hold (an int, or a traced one).
     - `x0`: the starting point, e.g. the SDCP's solution.
 
     **Returns:** the `(k, k)` solution on the branch.
     """
-    if rank == 0:
+    if isinstance(rank, int) and rank == 0:
         return jnp.zeros_like(alpha)
     regularized = _regularized(operator)
     solution = optx.root_find(

@@ -109,7 +109,7 @@ def two_direction_loss(w):
     return 0.5 * a1 * w[0] ** 2 + 0.5 * a2 * w[1] ** 2 + 0.1 * (w[2] + w[3])
 
 
-def test_two_directions_become_critical_and_active_at_the_closed_form_times():
+def test_two_directions_become_critical_and_active_at_the_closed_form_times(monkeypatch):
     # GD from 0: ẏ = −ηb(1, 1), so ηa1 = 0.5 + ε t and ηa2 = 0.4 + ε t, ε = 0.0375. The
     # onset is where (2 − ηa1)/τ = ε (as for the toy): t1 = 39.75, with m = 2 − ηa1 =
     # ετ. At EOS on x1 alone, ηȧ1 = m1/τ with m1 = m e^{−(t − t1)/τ}, and eliminating σ1²
@@ -121,10 +121,17 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times():
     process = FLOW_PROCESSES["central"](
         objective, cf.GD(jnp.asarray(ETA)), cf.EigConfig(initial_neigs=2), OPTIONS
     )
+    traced = []  # the critical count of each segment program traced (compiled)
+    integrate = _flow_processes.integrate_segment
+    counting = lambda field, *args: traced.append(field.num_critical) or integrate(field, *args)
+    monkeypatch.setattr(_flow_processes, "integrate_segment", counting)
     state, trace = process.init(jnp.zeros(4), jr.key(0)), []
     for t in range(200):
         state, _, _ = process.advance_unit(state, t, jr.key(t), trace)
     events = [(s.event[0], s.t1) for s in trace if s.event is not None and s.event[0] != "track"]
+    # Events are data: one segment program per critical count, whatever events it arms
+    # (here 3 counts, and 4 combinations of armed events at the counts 1 and 2).
+    assert sorted(traced) == [0, 1, 2]
     eps = ETA**2 * 0.15
     t1 = (1.5 - eps * TAU) / eps
     m, a2, rate = eps * TAU, 0.4 + eps * t1, 0.03 * ETA**2

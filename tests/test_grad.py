@@ -128,9 +128,9 @@ def test_gradient_through_a_deactivation_matches_finite_differences(bracketed, m
     if not bracketed:  # the deactivation's condition seems always past it
         condition_and_rate = _replay._condition_and_rate
 
-        def never_bracketed(process, crossing, *args):
-            value, rate, velocity = condition_and_rate(process, crossing, *args)
-            if crossing[0] == "deactivate":
+        def never_bracketed(process, event, *args):
+            value, rate, velocity = condition_and_rate(process, event, *args)
+            if event.kind == "deactivate":
                 value = jnp.abs(value) + rate
             return value, rate, velocity
 
