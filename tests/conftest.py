@@ -1,15 +1,20 @@
+import atexit
 import gc
 import os
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
 
-# No persistent compilation cache in the tests (nor in the CLI's subprocesses): the
-# programs stay in memory, as they always did here, and nothing is written to the user's
-# cache. tests/test_cache.py turns it on in processes of its own.
-os.environ["CENTRALFLOWS_CACHE_DIR"] = "off"
+# One persistent compilation cache for the test session, in a temporary directory (never
+# the user's): the CLI's subprocesses and later modules (after `jax.clear_caches`) read
+# back the programs compiled before instead of compiling them again.
+_CACHE = tempfile.mkdtemp(prefix="centralflows-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["CENTRALFLOWS_CACHE_DIR"] = _CACHE
 
 
 @pytest.fixture

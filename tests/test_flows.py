@@ -198,6 +198,7 @@ def test_below_threshold_central_equals_stable():
     assert np.isnan(float(central.eos_onset))
 
 
+@pytest.mark.slow  # 104 s
 def test_small_ritz_basis_agrees_with_the_whole_tracked_basis():
     # Inside a unit of time the vector field works in the critical vectors plus `guard`
     # more; with every tracked vector instead, the path through EOS is the same.
@@ -217,6 +218,7 @@ def test_small_ritz_basis_agrees_with_the_whole_tracked_basis():
     np.testing.assert_allclose(small.eos_onset, whole.eos_onset, atol=1e-3)
 
 
+@pytest.mark.slow  # 123 s
 def test_euler_parity_mode_converges_to_the_adaptive_flow():
     # Start just before EOS from a GD iterate; Euler with dt = τ = 1/n is first order in
     # 1/n towards the τ → 0 flow (approximated by the adaptive solver with small τ).
@@ -247,7 +249,8 @@ def test_euler_parity_mode_converges_to_the_adaptive_flow():
 @pytest.mark.parametrize(
     "optimizer, steps",
     [
-        (cf.GD(lr=0.9), 80),
+        # GD through EOS on the digits MLP is tests/test_cli.py's default job
+        pytest.param(cf.GD(lr=0.9), 80, marks=pytest.mark.slow),
         (cf.ScalarRMSProp(lr=0.05, beta2=0.9, eps=1e-8), 90),
         (cf.RMSProp(lr=0.003, beta2=0.9, eps=1e-8), 100),
     ],
@@ -303,7 +306,7 @@ def test_tracked_set_grows_where_its_smallest_eigenvalue_crosses_the_threshold(n
     np.testing.assert_allclose(state.y.w[3:], -ETA * 0.5 * 7, rtol=1e-12)
 
 
-@pytest.mark.parametrize("max_neigs", [2, 4])
+@pytest.mark.parametrize("max_neigs", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_a_tracked_set_that_is_all_critical_warns(max_neigs):
     # η a_1 reaches the edge at t = 7.35 (onset), η a_2 and η a_3 reach sdcp_threshold =
     # 1.95 at t = 9.2 and 10. With 2 tracked, both critical from 9.2: a third might be.

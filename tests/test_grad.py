@@ -65,6 +65,7 @@ def test_toy_forward_mode_matches_reverse_mode(toy_jacobian):
     np.testing.assert_allclose(forward, toy_jacobian[0], rtol=1e-8)
 
 
+@pytest.mark.slow  # 111 s in a full run on 2 cores
 def test_the_natural_spelling_at_default_tolerances_matches_the_closed_form():
     # At rest the loss is b y* = b (s0 − 2/η)/c, so dL/dη = 2b/(cη²). With the default
     # (looser) solver tolerances the replay once failed to bracket the onset at η = 0.6.
@@ -84,6 +85,7 @@ class LinearWarmup(eqx.Module):
         return self.start + self.rate * t
 
 
+@pytest.mark.slow  # 123 s
 def test_gradient_through_a_schedule_matches_the_closed_form():
     # With η rising, the toy stays at the edge once there: M = 2/η − a(y) decays at rate
     # 1/τ, so many τ after the onset (t ≈ 44) y(T) = (s0 − 2/η(T))/c, and
@@ -104,6 +106,7 @@ def test_gradient_through_a_schedule_matches_the_closed_form():
     np.testing.assert_allclose(grads, want, rtol=1e-6)
 
 
+@pytest.mark.slow  # 194 s for both
 @pytest.mark.parametrize("bracketed", [True, False])
 def test_gradient_through_a_deactivation_matches_finite_differences(bracketed, monkeypatch):
     # The three-parameter toy of tests/test_flows.py: onset at t ≈ 20, X loses its only
@@ -185,6 +188,7 @@ def test_gradient_through_a_track_event(bracketed, monkeypatch):
     np.testing.assert_allclose(z, fd, rtol=1e-5)
 
 
+@pytest.mark.slow  # 209 s
 def test_mlp_gradient_through_eos_matches_finite_differences():
     # From the gradient-flow point at t = 34, through the EOS onset (≈ 4.8 units later),
     # with respect to η and to the start along a random direction.
