@@ -62,8 +62,9 @@ def main():
     t_third = np.median([timed(third, w0, vs[0], vs[1])[1] for _ in range(20)])
 
     # Reach the EOS phase with discrete GD.
-    start_run = cf.run(objective, w0, optimizer, steps=args.start, eig=eig,
-                       save_w_every=args.start, progress=False)
+    start_run = cf.run(
+        objective, w0, optimizer, steps=args.start, eig=eig, save_w_every=args.start, progress=False
+    )
     w_start = jnp.asarray(start_run["discrete"]["w"][args.start])
 
     # Discrete GD with tracking every step: chunks of 10 steps, compile excluded.

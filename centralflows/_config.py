@@ -45,9 +45,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     "opt": {
         "name": _one_of("gd", "scalar_rmsprop", "rmsprop"),
         "lr": _Key(float, None, "a float > 0", lambda v: v > 0),
-        "beta2": _Key(
-            float, 0.99, "a float in the open interval (0, 1)", lambda v: 0 < v < 1
-        ),
+        "beta2": _Key(float, 0.99, "a float in the open interval (0, 1)", lambda v: 0 < v < 1),
         "eps": _Key(float, 0.0, "a float >= 0", lambda v: v >= 0),
         "bias_correction": _Key(bool, False, "a boolean"),
     },
@@ -77,8 +75,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "processes": _Key(
             list,
             ["discrete", "midpoint"],
-            "a non-empty list of distinct names from "
-            + ", ".join(map(_format, _PROCESSES)),
+            "a non-empty list of distinct names from " + ", ".join(map(_format, _PROCESSES)),
             lambda v: 0 < len(v) == len(set(v)) and set(v) <= set(_PROCESSES),
             item=str,
         ),
@@ -109,9 +106,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "max_Seff": _Key(float, 100.0, "a float > 0", lambda v: v > 0),
     },
     "checkpoint": {
-        "frequency": _Key(
-            int, 100, "an integer >= 0 (0: only at the end)", lambda v: v >= 0
-        ),
+        "frequency": _Key(int, 100, "an integer >= 0 (0: only at the end)", lambda v: v >= 0),
         "steps": _Key(
             list,
             [],
@@ -161,9 +156,7 @@ def _unknown(kind: str, name: str, valid: Sequence[str], prefix: str = "") -> st
 def _check(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Fills in defaults and collects every problem with `raw`."""
     problems = [
-        _unknown("section", section, list(_SCHEMA))
-        for section in raw
-        if section not in _SCHEMA
+        _unknown("section", section, list(_SCHEMA)) for section in raw if section not in _SCHEMA
     ]
     cfg = {}
     for section in _SCHEMA:
@@ -184,17 +177,13 @@ def _check(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
             if value is None:
                 problems.append(f"missing required key {name!r} ({spec.expected})")
             elif not _has_type(value, spec.kind) or (
-                spec.item is not None
-                and not all(_has_type(v, spec.item) for v in value)
+                spec.item is not None and not all(_has_type(v, spec.item) for v in value)
             ):
                 problems.append(
-                    f"{name} = {_format(value)} has the wrong type; "
-                    f"expected {spec.expected}"
+                    f"{name} = {_format(value)} has the wrong type; expected {spec.expected}"
                 )
             elif not spec.valid(value):
-                problems.append(
-                    f"{name} = {_format(value)} is invalid; expected {spec.expected}"
-                )
+                problems.append(f"{name} = {_format(value)} is invalid; expected {spec.expected}")
             elif spec.kind is float:
                 value = float(value)
             elif spec.kind is list:
@@ -214,8 +203,7 @@ def _check(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
         and eig["initial_neigs"] > eig["max_neigs"]
     ):
         problems.append(
-            f"eig.initial_neigs = {eig['initial_neigs']} exceeds "
-            f"eig.max_neigs = {eig['max_neigs']}"
+            f"eig.initial_neigs = {eig['initial_neigs']} exceeds eig.max_neigs = {eig['max_neigs']}"
         )
     return cfg, problems
 
@@ -264,9 +252,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     name, eq, value = text.partition("=")
     section, dot, key = name.strip().partition(".")
     if not eq or not dot or not section or not key:
-        raise ConfigError(
-            f"malformed override {text!r}; expected the form section.key=value"
-        )
+        raise ConfigError(f"malformed override {text!r}; expected the form section.key=value")
     value = value.strip()
     try:
         value = tomllib.loads(f"value = {value}")["value"]

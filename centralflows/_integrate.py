@@ -36,9 +36,7 @@ class FlowOptions(eqx.Module):
     """
 
     solver: dfx.AbstractSolver = dfx.Tsit5()
-    stepsize_controller: dfx.AbstractStepSizeController = dfx.PIDController(
-        rtol=1e-6, atol=1e-8
-    )
+    stepsize_controller: dfx.AbstractStepSizeController = dfx.PIDController(rtol=1e-6, atol=1e-8)
     dt0: float = 0.1
     tau: float = 0.25
     sdcp_threshold: float = 1.95

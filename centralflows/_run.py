@@ -138,8 +138,13 @@ def _stack_padded(rows: list[np.ndarray]) -> np.ndarray:
     """Stack rows whose leading axis may differ (the tracked set grew), padding with NaN."""
     width = max((row.shape[0] for row in rows if row.ndim), default=0)
     padded = [
-        np.pad(row.astype(float), [(0, width - row.shape[0])] + [(0, 0)] * (row.ndim - 1),
-               constant_values=np.nan) if row.ndim else row
+        np.pad(
+            row.astype(float),
+            [(0, width - row.shape[0])] + [(0, 0)] * (row.ndim - 1),
+            constant_values=np.nan,
+        )
+        if row.ndim
+        else row
         for row in rows
     ]
     return np.stack(padded)
@@ -164,16 +169,24 @@ def _solver_problems(records, t0: int, warm_start: int) -> list[tuple[str, str, 
                 where = f"at {len(rows)} step(s) from step {warm_start + t0 + rows[0]}"
                 problems.append((name, kind, describe(rows, where)))
 
-        report("eig", record["eig_converged"] == 0, lambda rows, where: (
-            f"LOBPCG did not converge {where} (see eig_residuals; raise eig.max_iters or "
-            "eig.tol)"
-        ))
+        report(
+            "eig",
+            record["eig_converged"] == 0,
+            lambda rows, where: (
+                f"LOBPCG did not converge {where} (see eig_residuals; raise eig.max_iters or "
+                "eig.tol)"
+            ),
+        )
         if "sdcp_residual" in record:  # NaN counts as a failure
             residual = record["sdcp_residual"]
-            report("sdcp", ~(residual <= _SDCP_TOLERANCE), lambda rows, where: (
-                f"the SDCP residual exceeded {_SDCP_TOLERANCE:g} {where} (max "
-                f"{np.max(residual[rows]):.3g}; NaN if the SDCP's data were not finite)"
-            ))
+            report(
+                "sdcp",
+                ~(residual <= _SDCP_TOLERANCE),
+                lambda rows, where: (
+                    f"the SDCP residual exceeded {_SDCP_TOLERANCE:g} {where} (max "
+                    f"{np.max(residual[rows]):.3g}; NaN if the SDCP's data were not finite)"
+                ),
+            )
     return problems
 
 
@@ -499,20 +512,22 @@ def run(
     loss0 = _check_start(objective, optimizer, w, warm_start + (steps or 0) + 1)
     key = jr.key(0) if key is None else key
     # What a resumed run must share with the run in the file.
-    setup = _json({
-        "processes": list(names),
-        "optimizer": repr(optimizer),
-        "eig": dataclasses.asdict(eig),
-        "central": repr(central) if "central" in names else None,
-        "stable": repr(stable) if "stable" in names else None,
-        "dtype": str(w.dtype),
-        "num_params": int(w.size),
-        "warm_start": warm_start,
-        "chunk": chunk,
-        "save_w_every": save_w_every,
-        "key": np.asarray(jr.key_data(key)).tolist(),
-        "start_sha256": _fingerprint(w, loss0),  # of w0 and the loss there
-    })
+    setup = _json(
+        {
+            "processes": list(names),
+            "optimizer": repr(optimizer),
+            "eig": dataclasses.asdict(eig),
+            "central": repr(central) if "central" in names else None,
+            "stable": repr(stable) if "stable" in names else None,
+            "dtype": str(w.dtype),
+            "num_params": int(w.size),
+            "warm_start": warm_start,
+            "chunk": chunk,
+            "save_w_every": save_w_every,
+            "key": np.asarray(jr.key_data(key)).tolist(),
+            "start_sha256": _fingerprint(w, loss0),  # of w0 and the loss there
+        }
+    )
     schedule = {"every": every, "at": list(at)}
     path = pathlib.Path(out) if out is not None else None
     stored = checkpoint = None
@@ -569,20 +584,24 @@ def run(
         **setup,
     }
 
-    with tempfile.TemporaryDirectory() as tmp, tqdm(
-        total=steps, initial=min(t, steps), disable=not progress, unit="step"
-    ) as bar:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tqdm(total=steps, initial=min(t, steps), disable=not progress, unit="step") as bar,
+    ):
         path = path if path is not None else pathlib.Path(tmp) / "run.h5"
         writer = None
         if stored is not None and checkpoint is not None:
-            resumed = stored.attrs.get("resumed", []) + [{
-                "from_step": checkpoint.step,
-                "steps": steps,
-                "at": datetime.datetime.now(datetime.UTC).isoformat(),
-                "versions": package_versions(),
-            }]
+            resumed = stored.attrs.get("resumed", []) + [
+                {
+                    "from_step": checkpoint.step,
+                    "steps": steps,
+                    "at": datetime.datetime.now(datetime.UTC).isoformat(),
+                    "versions": package_versions(),
+                }
+            ]
             writer = RunWriter.reopen(
-                path, num_rows=num_rows,
+                path,
+                num_rows=num_rows,
                 attrs={**(attrs or {}), "steps": steps, "checkpoint": schedule, "resumed": resumed},
             )
         try:
@@ -619,8 +638,11 @@ def run(
                 }
                 if writer is None:
                     writer = RunWriter.create(
-                        path, num_rows=num_rows, series=_series_specs(records),
-                        attrs=file_attrs, overwrite=overwrite,
+                        path,
+                        num_rows=num_rows,
+                        series=_series_specs(records),
+                        attrs=file_attrs,
+                        overwrite=overwrite,
                         checkpoint=jtu.tree_leaves((scanned_states, flow_states))
                         + _loop_arrays(names, failed, warned),
                     )

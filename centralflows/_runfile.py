@@ -48,11 +48,7 @@ class SeriesSpec(NamedTuple):
 
 
 def _check_specs(num_rows: int, series: Mapping[str, SeriesSpec]) -> None:
-    if (
-        isinstance(num_rows, bool)
-        or not isinstance(num_rows, int | np.integer)
-        or num_rows < 1
-    ):
+    if isinstance(num_rows, bool) or not isinstance(num_rows, int | np.integer) or num_rows < 1:
         raise ValueError(f"`num_rows` must be a positive integer, got {num_rows!r}.")
     for name, spec in series.items():
         parts = name.split("/") if isinstance(name, str) else []
@@ -84,8 +80,7 @@ def _check_specs(num_rows: int, series: Mapping[str, SeriesSpec]) -> None:
             )
         if spec.dtype not in _FILL:
             raise ValueError(
-                f"Series {name!r}: dtype must be one of {sorted(_FILL)}, "
-                f"got {spec.dtype!r}."
+                f"Series {name!r}: dtype must be one of {sorted(_FILL)}, got {spec.dtype!r}."
             )
 
 
@@ -105,9 +100,7 @@ def _encode_attrs(attrs: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
             try:
                 encoded[key] = json.dumps(value, default=_json_default)
             except TypeError as e:
-                raise ValueError(
-                    f"Attribute {key!r} cannot be stored as JSON: {e}."
-                ) from e
+                raise ValueError(f"Attribute {key!r} cannot be stored as JSON: {e}.") from e
             json_keys.append(key)
         elif isinstance(value, str) or np.asarray(value).dtype.kind in "biufc":
             encoded[key] = value
@@ -138,8 +131,9 @@ def _create_checkpoint(file: h5py.File, layout: Sequence[Any]) -> None:
     ndim = max((len(a.shape) for a in layout), default=0)
     for slot in ("0", "1"):
         group = file.create_group(f"checkpoint/{slot}")
-        group.create_dataset("shapes", shape=(len(layout), max(ndim, 1)), dtype="int64",
-                             fillvalue=-1)
+        group.create_dataset(
+            "shapes", shape=(len(layout), max(ndim, 1)), dtype="int64", fillvalue=-1
+        )
         for i, array in enumerate(layout):
             dtype = np.dtype(array.dtype)
             size = max(_MIN_CHECKPOINT_CHUNK, math.prod(array.shape))
@@ -314,15 +308,17 @@ class RunWriter:
             source.visititems(add)
             checkpoint = _read_checkpoint(source)
             layout = () if checkpoint is None else checkpoint.arrays
-            row_bytes = max(
-                (8 * math.prod(source[name].shape[1:]) for name in series), default=8
-            )
+            row_bytes = max((8 * math.prod(source[name].shape[1:]) for name in series), default=8)
             block = max(1, (_COPY_BYTES // row_bytes))
             fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             os.close(fd)
             try:
                 writer = cls.create(
-                    temp, num_rows=num_rows, series=series, attrs=merged, overwrite=True,
+                    temp,
+                    num_rows=num_rows,
+                    series=series,
+                    attrs=merged,
+                    overwrite=True,
                     checkpoint=layout,
                 )
                 with contextlib.ExitStack() as on_error:
@@ -406,11 +402,7 @@ class RunWriter:
             raise ValueError(f"RunWriter for {str(self.path)!r} is closed.")
         if not rows:
             raise ValueError("`write` needs at least one series.")
-        if (
-            isinstance(start, bool)
-            or not isinstance(start, int | np.integer)
-            or start < 0
-        ):
+        if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
             raise ValueError(f"`start` must be a non-negative integer, got {start!r}.")
         start = int(start)
         arrays: dict[str, np.ndarray] = {}
@@ -422,8 +414,7 @@ class RunWriter:
             array = np.asarray(value)
             if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
                 raise ValueError(
-                    f"Series {name!r}: cannot store {array.dtype} values in a "
-                    f"{spec.dtype} series."
+                    f"Series {name!r}: cannot store {array.dtype} values in a {spec.dtype} series."
                 )
             if array.ndim != 1 + len(spec.shape) or any(
                 d is not None and d != n for d, n in zip(spec.shape, array.shape[1:])
@@ -544,9 +535,7 @@ def _open_run(path: pathlib.Path) -> Iterator[h5py.File]:
     if not path.exists():
         raise FileNotFoundError(f"No run file at {str(path)!r}.")
     if not h5py.is_hdf5(path):
-        raise ValueError(
-            f"{str(path)!r} is not an HDF5 file, so not a centralflows run file."
-        )
+        raise ValueError(f"{str(path)!r} is not an HDF5 file, so not a centralflows run file.")
     with h5py.File(path, "r", libver="latest", swmr=True) as file:
         if file.attrs.get("format") != _FORMAT:
             raise ValueError(

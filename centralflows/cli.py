@@ -29,9 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a config and write one run file")
-    run.add_argument(
-        "config", nargs="?", help="a TOML config, e.g. configs/gd-mlp-digits.toml"
-    )
+    run.add_argument("config", nargs="?", help="a TOML config, e.g. configs/gd-mlp-digits.toml")
     run.add_argument(
         "--resume",
         metavar="RUN.h5",
@@ -213,8 +211,10 @@ def _failures(result) -> list[str]:
 
 def _summary(result) -> str:
     offset = int(result.attrs.get("warm_start", 0))
-    lines = [f"run file: {result.path}", f"steps done: {result.steps_done - 1} of "
-             f"{result.num_rows - 1}"]
+    lines = [
+        f"run file: {result.path}",
+        f"steps done: {result.steps_done - 1} of {result.num_rows - 1}",
+    ]
     if offset:
         lines.append(f"warm start: {offset} unlogged steps (row t is optimizer step {offset} + t)")
     opt = result.config.get("opt")

@@ -100,14 +100,25 @@ def main():
         central, stable = make_flow_options(cfg)
         start = time.perf_counter()
         run = cf.run(
-            objective, w0, make_optimizer(cfg["opt"]), steps=args.steps,
-            processes=("discrete", "central", "stable"), eig=make_eig_config(cfg["eig"]),
-            central=central, stable=stable, chunk=cfg["run"]["chunk"],
+            objective,
+            w0,
+            make_optimizer(cfg["opt"]),
+            steps=args.steps,
+            processes=("discrete", "central", "stable"),
+            eig=make_eig_config(cfg["eig"]),
+            central=central,
+            stable=stable,
+            chunk=cfg["run"]["chunk"],
             warm_start=cfg["run"]["warm_start"],
         )
-        report = {"config": args.config, "mode": mode, "steps": args.steps,
-                  "overrides": args.overrides, **fidelity(run),
-                  "wall_seconds": round(time.perf_counter() - start, 1)}
+        report = {
+            "config": args.config,
+            "mode": mode,
+            "steps": args.steps,
+            "overrides": args.overrides,
+            **fidelity(run),
+            "wall_seconds": round(time.perf_counter() - start, 1),
+        }
         results[mode] = report
         name = pathlib.Path(args.config).stem
         if cfg["run"]["warm_start"]:

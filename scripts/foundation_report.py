@@ -38,8 +38,15 @@ def main():
     steps = 500  # as measured in docs/foundation.json (the default job now runs 400)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run = cf.run(objective, w0, optimizer, steps=steps, eig=eig, save_w_every=1,
-                     out=pathlib.Path(tmp) / "run.h5")
+        run = cf.run(
+            objective,
+            w0,
+            optimizer,
+            steps=steps,
+            eig=eig,
+            save_w_every=1,
+            out=pathlib.Path(tmp) / "run.h5",
+        )
         wall = time.perf_counter() - start
     series = run["discrete"]
     sharpness = series["effective_hessian_eigs"][:, 0]

@@ -140,9 +140,7 @@ def test_overrides_apply(tmp_path):
 
 
 def test_unknown_key_suggests():
-    with pytest.raises(
-        ConfigError, match=r"unknown key 'opt\.lrr'; did you mean 'opt\.lr'\?"
-    ):
+    with pytest.raises(ConfigError, match=r"unknown key 'opt\.lrr'; did you mean 'opt\.lr'\?"):
         validate_config({"opt": {"lrr": 0.1, "lr": 0.1}})
     with pytest.raises(ConfigError, match=r"did you mean 'eig\.max_neigs'\?"):
         load_config(None, ["opt.lr=0.1", "eig.max_neig=3"])
@@ -152,13 +150,9 @@ def test_unknown_key_suggests():
 
 
 def test_unknown_section_suggests():
-    with pytest.raises(
-        ConfigError, match=r"unknown section 'optim'; did you mean 'opt'\?"
-    ):
+    with pytest.raises(ConfigError, match=r"unknown section 'optim'; did you mean 'opt'\?"):
         validate_config({"opt": {"lr": 0.1}, "optim": {"lr": 0.1}})
-    with pytest.raises(
-        ConfigError, match=r"unknown section 'modle'; did you mean 'model'"
-    ):
+    with pytest.raises(ConfigError, match=r"unknown section 'modle'; did you mean 'model'"):
         load_config(None, ["opt.lr=0.1", "modle.width=3"])
 
 
@@ -264,7 +258,5 @@ def test_missing_file(tmp_path):
 def test_malformed_toml(tmp_path):
     path = tmp_path / "broken.toml"
     path.write_text("[opt]\nlr = = 0.1\n")
-    with pytest.raises(
-        ConfigError, match=r"malformed TOML in .*broken\.toml: .*line 2"
-    ):
+    with pytest.raises(ConfigError, match=r"malformed TOML in .*broken\.toml: .*line 2"):
         load_config(path)

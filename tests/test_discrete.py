@@ -37,7 +37,12 @@ def test_matches_the_run_files_discrete_process(tmp_path):
     objective, w0 = small_mlp_objective()
     optimizer = cf.RMSProp(0.01, beta2=0.9, eps=1e-6)
     run = cf.run(
-        objective, w0, optimizer, steps=8, out=tmp_path / "run.h5", processes=("discrete",),
+        objective,
+        w0,
+        optimizer,
+        steps=8,
+        out=tmp_path / "run.h5",
+        processes=("discrete",),
         progress=False,
     )
     losses = cf.discrete_losses(objective, w0, optimizer, 8)

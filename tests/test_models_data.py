@@ -167,7 +167,5 @@ def test_accuracy():
     wrong = accuracy(jnp.array([0.1, 0.2, 0.3]), target)
     assert right == 1.0 and wrong == 0.0
     assert right.dtype == outputs.dtype
-    batch = jax.vmap(accuracy)(
-        jnp.eye(3), jnp.array([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1]])
-    )
+    batch = jax.vmap(accuracy)(jnp.eye(3), jnp.array([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1]]))
     assert jnp.array_equal(batch, jnp.array([1.0, 0.0, 1.0]))

@@ -299,7 +299,11 @@ def test_metrics_hand_made(chunk_size):
     xt = jnp.array([[1.0, 0.0], [2.0, 1.0], [0.0, 2.0]])
     yt = jnp.array([1.0, 1.0, -1.0])
     obj = Objective.supervised(
-        _lin_loss, params, (x, y), test=(xt, yt), example_accuracy=_lin_acc,
+        _lin_loss,
+        params,
+        (x, y),
+        test=(xt, yt),
+        example_accuracy=_lin_acc,
         chunk_size=chunk_size,
     )
     w = jnp.array([1.0, -1.0])

@@ -44,9 +44,7 @@ class _AbstractRMSProp(AbstractDiagonalOptimizer[RMSPropState]):
         """`g²` as tracked by ν: the squared norm, or the elementwise square."""
 
     def _beta2(self) -> Scalar:
-        return check_hyperparameter(
-            "beta2", self.beta2, lambda x: (x <= 0) | (x >= 1), "in (0, 1)"
-        )
+        return check_hyperparameter("beta2", self.beta2, lambda x: (x <= 0) | (x >= 1), "in (0, 1)")
 
     def init(self, w: Vector, grad: Vector) -> RMSPropState:
         nu = self._square(grad)
