@@ -24,13 +24,34 @@ def getkey():
     return lambda: next(keys)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _free_compiled_programs():
-    """Drop compiled programs after each test module: the suite compiles many, and
-    keeping them all has aborted XLA's compiler late in a full run."""
-    yield
+def _free():
     jax.clear_caches()
     gc.collect()  # and free the executables themselves now
+
+
+def _memory_maps() -> int:
+    try:
+        with open("/proc/self/maps") as maps:
+            return sum(1 for _ in maps)
+    except OSError:  # not Linux
+        return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop compiled programs after each test module: the suite compiles many."""
+    yield
+    _free()
+
+
+@pytest.fixture(autouse=True)
+def _free_compiled_programs_near_the_map_limit():
+    """And after any test that leaves the process holding many memory maps: XLA's CPU
+    backend maps each program's code (one toy flow gradient: 7,300 maps, freed by
+    clearing), and past Linux's default limit of 65530 LLVM aborts the process."""
+    yield
+    if _memory_maps() > 30000:
+        _free()
 
 
 def pytest_collection_modifyitems(session, config, items):
