@@ -178,8 +178,7 @@ class AbstractFlowProcess(eqx.Module):
         """`events` as the data a segment's program takes (the others disarmed)."""
         slots, dtype = self.slots(num_critical), w.dtype
         armed = [False] * len(slots)
-        rank, threshold, track_threshold = 0, jnp.inf, jnp.inf
-        track_vectors = jnp.zeros((1, w.size)).at[0, 0].set(1)  # a stand-in, disarmed
+        rank, threshold, track_threshold, track_vectors = 0, jnp.inf, jnp.inf, None
         for event in events:
             slot = _SLOTS[event.kind]
             armed[slots.index(slot)] = True
@@ -189,6 +188,8 @@ class AbstractFlowProcess(eqx.Module):
                 threshold = event.threshold
             else:
                 track_threshold, track_vectors = event.threshold, event.vectors
+        if track_vectors is None:  # a stand-in for the disarmed slot (the replay's conditions)
+            track_vectors = jnp.zeros((1, w.size)).at[0, 0].set(1)
         return ArmedEvents(
             jnp.asarray(armed),
             jnp.asarray(rank, jnp.int32),

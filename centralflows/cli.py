@@ -130,8 +130,11 @@ def _run(args: argparse.Namespace) -> int:
     from ._cache import enable_compilation_cache
 
     jax.config.update("jax_enable_x64", cfg["run"]["precision"] == "float64")
-    cache = args.compilation_cache
-    enable_compilation_cache(True if cache is None else cache.lower() != "off" and cache)
+    cache = args.compilation_cache  # None: the default directory; "off": none
+    if cache is None:
+        enable_compilation_cache(True)
+    elif cache.lower() != "off":
+        enable_compilation_cache(cache)
 
     from ._experiment import (
         make_eig_config,
