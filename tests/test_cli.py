@@ -127,12 +127,16 @@ def test_run_file_is_readable_mid_run_and_after_a_kill(tmp_path):
 
 def test_default_config_reaches_and_holds_the_edge_of_stability(tmp_path):
     # The embedded default: GD's effective sharpness rises to 2 (progressive sharpening),
-    # then hovers there (self-stabilization). Measured: onset at step ~148.
+    # then hovers there (self-stabilization). Measured: onset at step 145, late median
+    # 2.052. Only the sharpness is asserted, so one eigenpair is tracked: the default's
+    # eight cost 4x the time (144 s against 38 s on 2 cores).
     argv = [
         "run",
         DEFAULT,
         "--runs",
         "discrete",
+        "--set",
+        "eig.max_neigs=1",
         "--steps",
         "450",
         "--out",
