@@ -9,9 +9,9 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 
-# One persistent compilation cache for the test session, in a temporary directory (never
-# the user's): the CLI's subprocesses and later modules (after `jax.clear_caches`) read
-# back the programs compiled before instead of compiling them again.
+# One persistent compilation cache per test process (each xdist worker has its own), in a
+# temporary directory (never the user's): the CLI's subprocesses and later modules (after
+# `jax.clear_caches`) read back the programs compiled before instead of compiling them again.
 _CACHE = tempfile.mkdtemp(prefix="centralflows-test-cache-")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ["CENTRALFLOWS_CACHE_DIR"] = _CACHE
