@@ -72,7 +72,7 @@ def main():
     states = (discrete[0].init(w_start, jr.key(1)),)
     for _ in range(3):  # let the tracked set grow to its EOS size
         states, _ = _advance_chunk(discrete, states, jnp.asarray(0), jnp.asarray(10**6), 10)
-        states = (grow(discrete[0], states[0], jr.key(2)),)
+        states = (grow(discrete[0], states[0]),)
     (_, _), compile_discrete = timed(
         _advance_chunk, discrete, states, jnp.asarray(0), jnp.asarray(10**6), 10
     )
@@ -91,18 +91,18 @@ def main():
     state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(0.0))  # already at EOS
     compile_start = time.perf_counter()
     for t in range(3):
-        state, _, _ = process.advance_unit(state, t, jr.key(t))
+        state, _, _ = process.advance_unit(state, t)
     compile_central = time.perf_counter() - compile_start
     units, breakdown = [], []
     records = []
     for t in range(3, 3 + args.units):
         start = time.perf_counter()
-        observed, k, _, _ = process.observe_now(state, t, jr.key(t))  # the breakdown only
+        observed, k, _, _ = process.observe_now(state, t)  # the breakdown only
         breakdown.append(time.perf_counter() - start)
         start = time.perf_counter()
-        state, _, record = process.advance_unit(state, t, jr.key(t))
+        state, _, record = process.advance_unit(state, t)
         units.append(time.perf_counter() - start)
-        records.append({**record, "k": k, "m": int(observed.tracking.effective.num)})
+        records.append({**record, "k": k, "m": int(observed.tracking.effective.count)})
     central_unit = float(np.median(units))
     rhs = float(np.mean([r["rhs_evals"] for r in records]))
     ks = [r["k"] for r in records]

@@ -35,7 +35,6 @@ from ._optimizers import (
 from ._optimizers import (
     ScalarRMSProp as ScalarRMSProp,
 )
-from ._regimes import STOP_REASONS as STOP_REASONS
 from ._regimes import SolverError as SolverError
 from ._run import run as run
 from ._runfile import Checkpoint as Checkpoint
@@ -53,5 +52,6 @@ from ._solve import (
 from ._solve import (
     stable_flow as stable_flow,
 )
+from ._stop import StopReason as StopReason
 
 __version__ = importlib.metadata.version("centralflows")

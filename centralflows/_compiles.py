@@ -1,8 +1,10 @@
 """Counting the programs XLA compiles in a block of code, with `jax.monitoring`."""
 
+import collections
 import contextlib
 import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import jax.monitoring
 
@@ -18,8 +20,9 @@ class CompileCounts:
     `requests` counts them all, `cache_hits` those read back from the persistent
     compilation cache, `cache_misses` those compiled and written to it; with a cache
     directory set, the rest could not be stored (programs with host callbacks).
-    `seconds` is XLA's time on them (compiling, or reading from the cache) and `slow`
-    the number that took over a second.
+    `seconds` is XLA's time on them (compiling, or reading from the cache), `slow` the
+    number that took over a second, and `programs` counts them by name (e.g.
+    `"jit(refresh_tracking)"`).
     """
 
     requests: int = 0
@@ -27,6 +30,7 @@ class CompileCounts:
     cache_misses: int = 0
     seconds: float = 0.0
     slow: int = 0
+    programs: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     @property
     def compiled(self) -> int:
@@ -38,9 +42,11 @@ class CompileCounts:
         """Programs the persistent cache could not hold (with a cache directory set)."""
         return self.requests - self.cache_hits - self.cache_misses
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
+        fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         return {
-            **dataclasses.asdict(self),
+            **fields,
+            "programs": dict(self.programs),
             "compiled": self.compiled,
             "uncacheable": self.uncacheable,
         }
@@ -59,6 +65,7 @@ def count_compiles() -> Iterator[CompileCounts]:
             counts.requests += 1
             counts.seconds += duration
             counts.slow += duration > 1
+            counts.programs[kwargs.get("fun_name", "?")] += 1
 
     def on_event(event: str, **kwargs):
         if event == _CACHE_HIT:

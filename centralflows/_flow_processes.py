@@ -7,7 +7,6 @@ from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, Scalar
 
@@ -18,6 +17,7 @@ from ._eigen import (
     above_threshold,
     eig_record,
     init_tracking,
+    most_tracked,
     preconditioner_diagonal,
     refresh_tracking,
 )
@@ -27,9 +27,10 @@ from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import grow, initial_opt_state
 from ._sdcp import complementarity_margins, rank_branch
+from ._stop import StopReason, stop_code
 
 Vector = Float[Array, " n"]
-_MAX_SEGMENTS = 16  # events handled per unit of time before stopping (STOP_REASONS[4])
+_MAX_SEGMENTS = 16  # events handled per unit of time before stopping (StopReason.chatter)
 _RANK_EVENTS = ("onset", "activate", "deactivate")  # the SDCP's active rank changing
 _SOLVER_STATS = ("solver_steps", "rejected_steps", "rhs_evals", "segments")
 # The condition slot each kind of event is watched in: "onset" is the first "activate";
@@ -52,7 +53,7 @@ class FlowProcessState(eqx.Module):
     tracking: Tracking
     eos_time: Scalar  # NaN until the edge of stability is reached
     stop_time: Scalar  # NaN unless stopped, for the reason `stop_reason`
-    stop_reason: Scalar  # a code of `STOP_REASONS`; NaN while running
+    stop_reason: StopReason
     dt: Scalar  # the solver's first step size in the next segment
 
 
@@ -124,7 +125,7 @@ class AbstractFlowProcess(eqx.Module):
         tracking = init_tracking(key, self.optimizer, w0, self.eig)
         nan = jnp.array(jnp.nan, w0.dtype)
         dt = jnp.asarray(self.options.dt0, w0.dtype)
-        return FlowProcessState(y, tracking, nan, nan, nan, dt)
+        return FlowProcessState(y, tracking, nan, nan, StopReason.running, dt)
 
     def p_diag(self, y: FlowState) -> Vector:
         return preconditioner_diagonal(self.optimizer.preconditioner(y.opt_state, y.w))
@@ -148,7 +149,8 @@ class AbstractFlowProcess(eqx.Module):
     def basis(self, state: FlowProcessState, num_critical: int) -> Float[Array, "b n"]:
         """The tracked vectors the vector field works in: the critical ones and
         `options.guard` more."""
-        return state.tracking.effective.vectors[: num_critical + self.options.guard]
+        effective = state.tracking.effective
+        return effective.vectors[: min(num_critical + self.options.guard, int(effective.count))]
 
     @abc.abstractmethod
     def field(self, num_critical: int) -> CentralFlow | StableFlow:
@@ -208,10 +210,12 @@ class AbstractFlowProcess(eqx.Module):
     def track_event(self, state: FlowProcessState) -> Event:
         """The smallest tracked eigenvalue rising through `eig.track_threshold`, as the
         Rayleigh quotient of its eigenvector frozen for the segment (exact to first
-        order). Once `eig.max_neigs` are tracked the threshold is unreachable."""
+        order). Once `eig.max_neigs` (or all) are tracked the threshold is unreachable."""
         effective = state.tracking.effective
-        threshold = self.eig.track_threshold if effective.num < self.eig.max_neigs else jnp.inf
-        return Event("track", threshold=threshold, vectors=effective.vectors[-1:])
+        count = int(effective.count)
+        room = count < most_tracked(state.tracking, self.eig)
+        threshold = self.eig.track_threshold if room else jnp.inf
+        return Event("track", threshold=threshold, vectors=effective.vectors[count - 1 : count])
 
     @abc.abstractmethod
     def point_record(self, y: FlowState, basis: Basis, num_critical: int) -> Record:
@@ -224,7 +228,9 @@ class AbstractFlowProcess(eqx.Module):
         record = self.point_record(state.y, basis, num_critical)
         record.update(eig_record(state.tracking, self.p_diag(state.y), True))
         record.update(
-            eos_time=state.eos_time, stop_time=state.stop_time, stop_reason=state.stop_reason
+            eos_time=state.eos_time,
+            stop_time=state.stop_time,
+            stop_reason=stop_code(state.stop_reason),
         )
         return {name: np.asarray(value) for name, value in record.items()}
 
@@ -289,14 +295,14 @@ class AbstractFlowProcess(eqx.Module):
         return value
 
     def observe_now(
-        self, state: FlowProcessState, t: float, key: PRNGKeyArray
+        self, state: FlowProcessState, t: float
     ) -> tuple[FlowProcessState, int, tuple[tuple, ...], Record]:
         """Refresh (and grow) the tracked eigenpairs, plan the critical set, and log, at
         time `t`.
 
         **Returns:** `(state, num_critical, events, record)`.
         """
-        state = grow(self, self.refresh(state, state.tracking), key)
+        state = grow(self, self.refresh(state, state.tracking))
         state, k, events = self.plan(state, t)
         return state, k, events, self.observe(state, k)
 
@@ -304,7 +310,6 @@ class AbstractFlowProcess(eqx.Module):
         self,
         state: FlowProcessState,
         t: int,
-        key: PRNGKeyArray,
         trace: list | None = None,
     ) -> tuple[FlowProcessState, Vector, Record]:
         """Log time `t` and integrate to `t + 1`, re-planning at every event.
@@ -321,7 +326,7 @@ class AbstractFlowProcess(eqx.Module):
             record = {n: v if n in kept else np.full_like(v, np.nan) for n, v in record.items()}
             record.update({n: np.asarray(np.nan) for n in _SOLVER_STATS})
             return state, jnp.full_like(state.y.w, jnp.nan), record
-        state, k, events, record = self.observe_now(state, t, key)
+        state, k, events, record = self.observe_now(state, t)
         position = state.y.w
         steps = rejected = segments = 0
         now = float(t)
@@ -336,7 +341,8 @@ class AbstractFlowProcess(eqx.Module):
             segments += 1
             finite = bool(jnp.all(jnp.isfinite(segment.y.w)))
             if bool(segment.failed) or not finite:
-                state = self.stop(state, now, 2 if finite else 1)
+                reason = StopReason.solver_failed if finite else StopReason.diverged
+                state = self.stop(state, now, reason)
                 break
             fired = self.fired_event(events, k, int(segment.event))
             if trace is not None:
@@ -346,9 +352,9 @@ class AbstractFlowProcess(eqx.Module):
             if fired is not None:
                 state = self.on_event(state, fired, now)
                 if segments >= _MAX_SEGMENTS:  # rather than skip the rest of the unit
-                    state = self.stop(state, now, 4)
+                    state = self.stop(state, now, StopReason.chatter)
                     break
-                state = grow(self, self.refresh(state, state.tracking), jr.fold_in(key, segments))
+                state = grow(self, self.refresh(state, state.tracking))
                 state, k, events = self.plan(state, now, fired)
         record["solver_steps"] = np.asarray(steps, float)
         record["rejected_steps"] = np.asarray(rejected, float)
@@ -361,13 +367,12 @@ class AbstractFlowProcess(eqx.Module):
         if event.kind in ("onset", "eos"):
             return eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(time, state.y.w.dtype))
         if event.kind == "ceiling":
-            return self.stop(state, time, 3)
+            return self.stop(state, time, StopReason.sharpness_ceiling)
         return state
 
-    def stop(self, state: FlowProcessState, time: float, reason: int) -> FlowProcessState:
-        """`state` stopped at `time` for `reason` (a code of `STOP_REASONS`)."""
-        dtype = state.y.w.dtype
-        stop = (jnp.asarray(time, dtype), jnp.asarray(reason, dtype))
+    def stop(self, state: FlowProcessState, time: float, reason: StopReason) -> FlowProcessState:
+        """`state` stopped at `time` for `reason`."""
+        stop = (jnp.asarray(time, state.y.w.dtype), reason)
         return eqx.tree_at(lambda s: (s.stop_time, s.stop_reason), state, stop)
 
 
@@ -393,7 +398,7 @@ class StableFlowProcess(AbstractFlowProcess):
         if np.isnan(float(state.eos_time)) and sharpness >= 2:
             state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, state.y.w.dtype))
         if sharpness > self.options.max_seff:
-            return self.stop(state, now, 3), 0, ()
+            return self.stop(state, now, StopReason.sharpness_ceiling), 0, ()
         if np.isnan(float(state.eos_time)):
             sharpening = Event("eos", threshold=2.0)
         else:
@@ -424,9 +429,10 @@ class CentralFlowProcess(AbstractFlowProcess):
         return CentralFlow(self.objective, self.optimizer, self.options.tau, num_critical)
 
     def plan(self, state, now, fired=None):
-        values = np.asarray(state.tracking.effective.values)
+        values = np.asarray(state.tracking.effective.values)  # NaN past the tracked count
+        count = int(state.tracking.effective.count)
         k = int(np.sum(above_threshold(values, self.options.sdcp_threshold)))
-        if k == values.size >= self.eig.max_neigs:
+        if k == count >= self.eig.max_neigs:
             warnings.warn(
                 f"All eig.max_neigs = {self.eig.max_neigs} tracked eigenvalues are critical "
                 f"(above sdcp_threshold = {self.options.sdcp_threshold}): an untracked one "
@@ -445,7 +451,7 @@ class CentralFlowProcess(AbstractFlowProcess):
                 events.append(Event(kind, rank))
             if rank >= 1:
                 events.append(Event("deactivate", rank))
-        if k < values.size:
+        if k < count:
             events.append(Event("enter", threshold=self.options.sdcp_threshold))
         return state, k, (*events, self.track_event(state))
 
@@ -501,7 +507,7 @@ class CentralFlowProcess(AbstractFlowProcess):
 
     def observe(self, state, num_critical):
         record = super().observe(state, num_critical)
-        m = state.tracking.effective.num  # both padded with NaN to the tracked count
+        m = state.tracking.effective.capacity  # both padded with NaN to eig.max_neigs
         for name in ("predicted_variances", "_critical_vectors"):
             value = record[name]
             pad = [(0, m - len(value))] + [(0, 0)] * (value.ndim - 1)

@@ -6,7 +6,6 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree, Scalar
 
 from ._custom_types import Record, Vector
@@ -172,10 +171,9 @@ class Midpoint(AbstractProcess):
         return mid, p_diag
 
 
-def grow(process, state: PyTree, key: PRNGKeyArray) -> PyTree:
+def grow(process, state: PyTree) -> PyTree:
     """Add tracked eigenpairs while the smallest one exceeds the tracking threshold."""
-    while (tracking := grow_tracking(state.tracking, key, process.eig)) is not None:
-        key = jr.split(key)[0]
+    while (tracking := grow_tracking(state.tracking, process.eig)) is not None:
         state = process.retrack(state, tracking)
     return state
 

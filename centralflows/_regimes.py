@@ -5,19 +5,6 @@ from typing import Literal, NamedTuple
 import numpy as np
 from jaxtyping import Float
 
-STOP_REASONS = {
-    1: "non-finite loss or parameters (diverged)",
-    2: "the flow's ODE solver failed",
-    3: "the stable flow's effective sharpness passed stable.max_Seff",
-    4: "too many events in one unit of time (the flow's events chatter)",
-}
-"""What the codes of a process's `stop_reason` series mean (NaN while it runs)."""
-
-
-def describe_stop(step: float, code: int) -> str:
-    """`"stopped at step <step>: <reason>"`, for warnings and the CLI."""
-    return f"stopped at step {step:g}: {STOP_REASONS[code]}"
-
 
 class SolverError(RuntimeError):
     """An eigensolver or SDCP solve missed its tolerance in a `strict` run."""

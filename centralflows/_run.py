@@ -31,10 +31,10 @@ from ._integrate import FlowOptions
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import PROCESSES, AbstractProcess, grow
-from ._regimes import STOP_REASONS, SolverError, describe_stop, last_finite
+from ._regimes import SolverError, last_finite
 from ._runfile import Checkpoint, Run, RunWriter, SeriesSpec, load_checkpoint, load_run
+from ._stop import StopReason, describe_stop, is_failure, stop_code, stop_messages, stop_reason_of
 
-_VARIABLE_WIDTH = ("effective_hessian_eigs", "hessian_eigs", "eig_residuals", "predicted_variances")
 _PACKAGES = ("centralflows", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix")
 _PACKAGES += ("numpy", "h5py")
 _ALL_PROCESSES = ("discrete", "midpoint", "central", "stable")
@@ -102,7 +102,9 @@ def _advance_chunk(
             new = eqx.tree_at(lambda s: s.stop_time, new, stop_time)
             record = jtu.tree_map(lambda x: jnp.where(running, x, jnp.nan), record)
             record["stop_time"] = stop_time
-            record["stop_reason"] = jnp.where(jnp.isnan(stop_time), jnp.nan, 1.0)
+            record["stop_reason"] = jnp.where(
+                jnp.isnan(stop_time), jnp.nan, stop_code(StopReason.diverged)
+            )
             new_states.append(new)
             records[process.name] = record
         return tuple(new_states), records
@@ -118,36 +120,19 @@ def _advance_chunk(
     return jax.lax.scan(body, states, times)
 
 
-def _advance_flows(flows, states, t0: int, rows: int, key: PRNGKeyArray):
-    """Advance the flows through times `t0 .. t0+rows-1`, one unit of time per call;
-    unit t uses the key `fold_in(key, t)`, whatever the chunk."""
+def _advance_flows(flows, states, t0: int, rows: int):
+    """Advance the flows through times `t0 .. t0+rows-1`, one unit of time per call."""
     records = {flow.name: [] for flow in flows}
     states = list(states)
     for t in range(t0, t0 + rows):
         for i, flow in enumerate(flows):
-            states[i], position, record = flow.advance_unit(states[i], t, jr.fold_in(key, t))
+            states[i], position, record = flow.advance_unit(states[i], t)
             records[flow.name].append({**record, "w": np.asarray(position)})
     stacked = {
-        name: {field: _stack_padded([r[field] for r in rows_]) for field in rows_[0]}
+        name: {field: np.stack([r[field] for r in rows_]) for field in rows_[0]}
         for name, rows_ in records.items()
     }
     return tuple(states), stacked
-
-
-def _stack_padded(rows: list[np.ndarray]) -> np.ndarray:
-    """Stack rows whose leading axis may differ (the tracked set grew), padding with NaN."""
-    width = max((row.shape[0] for row in rows if row.ndim), default=0)
-    padded = [
-        np.pad(
-            row.astype(float),
-            [(0, width - row.shape[0])] + [(0, 0)] * (row.ndim - 1),
-            constant_values=np.nan,
-        )
-        if row.ndim
-        else row
-        for row in rows
-    ]
-    return np.stack(padded)
 
 
 _SDCP_TOLERANCE = 1e-6  # max-norm of the natural residual
@@ -211,15 +196,13 @@ def _cross_process(records: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[
 
 
 def _series_specs(records: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, SeriesSpec]:
-    """One series per logged field; eigenvalue-like fields may grow in width."""
-    specs = {}
-    for group, fields in records.items():
-        for field, values in fields.items():
-            row = tuple(values.shape[1:])
-            if field in _VARIABLE_WIDTH or group == "deltas":
-                row = (None,)
-            specs[f"{group}/{field}"] = SeriesSpec(row)
-    return specs
+    """One series per logged field, of the width the chunk's records have (eigenvalue
+    series: `eig.max_neigs`, NaN past the tracked count)."""
+    return {
+        f"{group}/{field}": SeriesSpec(tuple(values.shape[1:]))
+        for group, fields in records.items()
+        for field, values in fields.items()
+    }
 
 
 def _progress_summary(flat: Mapping[str, np.ndarray], name: str) -> dict[str, str]:
@@ -386,12 +369,12 @@ def _resume_point(
 def _restore(
     template: PyTree, checkpoint: Checkpoint, names: Sequence[str], path: pathlib.Path
 ) -> tuple[PyTree, set[str], set[tuple[str, str]]]:
-    """The process states (shaped like `template` but for the tracked sets' sizes) and
-    the loop's `failed` and `warned` sets saved in `checkpoint`."""
+    """The process states (shaped like `template`) and the loop's `failed` and `warned`
+    sets saved in `checkpoint`."""
     leaves, treedef = jtu.tree_flatten(template)
     arrays = checkpoint.arrays
     if len(arrays) != len(leaves) + 2 or any(
-        a.dtype != leaf.dtype or a.ndim != leaf.ndim for a, leaf in zip(arrays, leaves)
+        a.dtype != leaf.dtype or a.shape != leaf.shape for a, leaf in zip(arrays, leaves)
     ):
         raise ValueError(
             f"The checkpoint in {str(path)!r} does not hold the state of processes "
@@ -473,7 +456,7 @@ def run(
     - `stop_on_divergence`: end the whole run after the chunk in which a process's loss
       or parameters became non-finite (or a flow's solver failed). By default only that
       process stops, with a warning (its `stop_time` and `stop_reason` series say when
-      and why, see `centralflows.STOP_REASONS`), and the others go on.
+      and why, see [`centralflows.StopReason`][]), and the others go on.
     - `strict`: raise `SolverError` (after writing the chunk) when LOBPCG did not converge
       or an SDCP residual exceeds 1e-6, instead of warning once per process. Either way
       the `eig_converged` and `sdcp_residual` series record every step.
@@ -557,12 +540,11 @@ def run(
         for n in names
         if n in FLOW_PROCESSES
     )
-    keys = jr.split(key, len(names) + 1)
-    grow_key, flow_key = jr.fold_in(keys[0], 0), jr.fold_in(keys[0], 1)
+    keys = list(jr.split(key, len(names)))  # one per process, split outside any trace
 
     def initial_states(w, opt_state):
-        scanned_states = tuple(p.init(w, k, opt_state) for p, k in zip(scanned, keys[1:]))
-        flow_keys = keys[1 + len(scanned) :]
+        scanned_states = tuple(p.init(w, k, opt_state) for p, k in zip(scanned, keys))
+        flow_keys = keys[len(scanned) :]
         flow_states = tuple(p.init(w, k, opt_state) for p, k in zip(flows, flow_keys))
         return scanned_states, flow_states
 
@@ -579,7 +561,7 @@ def run(
         "created": datetime.datetime.now(datetime.UTC).isoformat(),
         "versions": package_versions(),
         "steps": steps,
-        "stop_reasons": {str(code): reason for code, reason in STOP_REASONS.items()},
+        "stop_reasons": stop_messages(),
         "checkpoint": schedule,
         **setup,
     }
@@ -611,19 +593,14 @@ def run(
                 records = {}
                 if scanned:
                     if t > 0 and t % chunk == 0:
-                        scanned_states = tuple(
-                            grow(p, s, jr.fold_in(grow_key, t))
-                            for p, s in zip(scanned, scanned_states)
-                        )
+                        scanned_states = tuple(grow(p, s) for p, s in zip(scanned, scanned_states))
                     scanned_states, scan_records = _advance_chunk(
                         scanned, scanned_states, jnp.asarray(t), jnp.asarray(end), chunk
                     )
                     for name, fields in scan_records.items():
                         records[name] = {f: np.asarray(v)[:rows] for f, v in fields.items()}
                 if flows:
-                    flow_states, flow_records = _advance_flows(
-                        flows, flow_states, t, rows, flow_key
-                    )
+                    flow_states, flow_records = _advance_flows(flows, flow_states, t, rows)
                     records.update(flow_records)
                 records.update(_cross_process(records))
                 for name in names:
@@ -653,9 +630,12 @@ def run(
                 known_failures = len(failed)
                 for name in names:  # stop codes persist, so the chunk's last row tells
                     code, when = records[name]["stop_reason"][-1], records[name]["stop_time"][-1]
-                    if code in (1, 2) and name not in failed:
+                    if np.isnan(code) or name in failed:
+                        continue
+                    reason = stop_reason_of(int(code))
+                    if is_failure(reason):
                         failed.add(name)
-                        message = describe_stop(warm_start + when, int(code))
+                        message = describe_stop(warm_start + when, reason)
                         warnings.warn(f"{name} {message}.", stacklevel=2)
                 for name, kind, message in _solver_problems(records, t - rows, warm_start):
                     if strict:

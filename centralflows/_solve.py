@@ -20,6 +20,7 @@ from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import initial_opt_state
 from ._replay import Observation, replay
+from ._stop import StopReason
 
 
 class FlowSolution(eqx.Module):
@@ -35,9 +36,9 @@ class FlowSolution(eqx.Module):
     - `eos_onset`: when the edge of stability began (NaN if it did not): for the central
       flow, when the stability constraint became active; for the stable flow, when its
       effective sharpness crossed 2.
-    - `stop_time`, `stop_reason`: where the flow was stopped and why, a code of
-      `centralflows.STOP_REASONS` (both NaN if it ran to the end). Saves after
-      `stop_time` repeat the state it stopped in.
+    - `stop_time`, `stop_reason`: where the flow was stopped (NaN if it ran to the end)
+      and why, a [`centralflows.StopReason`][] (`running` if it ran to the end). Saves
+      after `stop_time` repeat the state it stopped in.
     - `stats`: solver steps, right-hand-side evaluations and segments per unit of time.
     """
 
@@ -50,7 +51,7 @@ class FlowSolution(eqx.Module):
     predicted_variances: Float[Array, "T k"]
     eos_onset: Scalar
     stop_time: Scalar
-    stop_reason: Scalar
+    stop_reason: StopReason
     stats: dict[str, Array]
 
 
@@ -146,15 +147,14 @@ def _solve(
     trace = [] if traced else None
     saved, records, stats = [], [], []
     for t in range(t1 + 1):
-        unit_key = jr.fold_in(key, t)
         if t in ts:
-            state, k, _, record = process.observe_now(state, t, unit_key)
+            state, k, _, record = process.observe_now(state, t)
             saved.append(state.y)
             records.append(record)
             if traced:
                 trace.append(Observation(k, process.basis(state, k)))
         if t < t1:
-            state, _, record = process.advance_unit(state, t, unit_key, trace)
+            state, _, record = process.advance_unit(state, t, trace)
             stats.append(record)
     width = max(r.get("predicted_variances", jnp.zeros(1)).size for r in records)
     eos_onset, stop_time = state.eos_time, state.stop_time
@@ -165,7 +165,7 @@ def _solve(
         saved = [y for y, _ in observed]
         records = [record for _, record in observed]
         eos_onset = times.get("onset", times.get("eos", eos_onset))
-        if float(state.stop_reason) == 3:
+        if bool(state.stop_reason == StopReason.sharpness_ceiling):
             stop_time = times.get("ceiling", stop_time)
 
     def variances(r):

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._config import ConfigError, load_config, parse_override, validate_config
-from ._regimes import SolverError, classify, describe_stop, last_finite
+from ._regimes import SolverError, classify, last_finite
 from ._runfile import load_run
+from ._stop import StopReason, describe_stop, is_failure, stop_reason_of
 
 _EPILOG = """examples:
   centralflows run configs/gd-mlp-digits.toml
@@ -189,8 +190,8 @@ def _run(args: argparse.Namespace) -> int:
     return 3 if failed else 0
 
 
-def _stop(result, group: str) -> tuple[int, float] | None:
-    """`(reason code, step)` where a process stopped, or `None`."""
+def _stop(result, group: str) -> tuple[StopReason, float] | None:
+    """`(reason, step)` where a process stopped, or `None`."""
     series = result[group]
     if "stop_reason" not in series:
         return None
@@ -199,7 +200,8 @@ def _stop(result, group: str) -> tuple[int, float] | None:
     if not len(stopped):
         return None
     row = stopped[-1]
-    return int(done[row]), int(result.attrs.get("warm_start", 0)) + float(series["stop_time"][row])
+    step = int(result.attrs.get("warm_start", 0)) + float(series["stop_time"][row])
+    return stop_reason_of(int(done[row])), step
 
 
 def _failures(result) -> list[str]:
@@ -207,7 +209,7 @@ def _failures(result) -> list[str]:
     lines = []
     for group in result:
         stop = _stop(result, group)
-        if stop is not None and stop[0] in (1, 2):
+        if stop is not None and is_failure(stop[0]):
             lines.append(f"{group} {describe_stop(stop[1], stop[0])}")
     return lines
 

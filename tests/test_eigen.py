@@ -1,3 +1,4 @@
+import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -13,6 +14,7 @@ from centralflows._eigen import (
     random_vectors,
     refresh_tracking,
 )
+from centralflows.internal import count_compiles
 
 from .helpers import OPTIMIZERS, advance_state, dense_hessian, small_mlp_objective
 
@@ -110,12 +112,45 @@ def test_tracking_grows_past_threshold(getkey):
     tracking = init_tracking(getkey(), optimizer, w, config)
     p = jnp.ones(40)
     tracking = refresh_tracking(tracking, objective, w, p, config)
-    sizes = [tracking.effective.num]
-    while (grown := grow_tracking(tracking, getkey(), config)) is not None:
+    sizes = [int(tracking.effective.count)]
+    while (grown := grow_tracking(tracking, config)) is not None:
         tracking = refresh_tracking(grown, objective, w, p, config)
-        sizes.append(tracking.effective.num)
+        sizes.append(int(tracking.effective.count))
     assert sizes == [1, 2, 3, 4]
-    np.testing.assert_allclose(tracking.effective.values, [3.0, 2.5, 1.8, 1.0], rtol=1e-9)
+    values = tracking.effective.values  # room for max_neigs, NaN past the tracked count
+    np.testing.assert_allclose(values, [3.0, 2.5, 1.8, 1.0, np.nan, np.nan], rtol=1e-9)
+
+
+def test_a_tracked_count_below_capacity_costs_its_own_products_in_one_program(getkey):
+    # Tracked sets are padded to eig.max_neigs rows: every count shares one compiled
+    # program, does the work of an unpadded solve of its width (the same iterations and
+    # products: none for the padding) and leaves the untracked rows as they were.
+    objective, w0 = small_mlp_objective()
+    optimizer = cf.RMSProp(lr=0.01, beta2=0.9)
+    w, state = advance_state(optimizer, objective, w0)
+    p = preconditioner_diagonal(optimizer.preconditioner(state, w))
+    config = cf.EigConfig(tol=1e-10, max_iters=500, max_neigs=4)
+    assert w.size > 5 * config.max_neigs  # the matrix-free LOBPCG path
+    start = init_tracking(getkey(), optimizer, w, config)
+    hessian = np.asarray(dense_hessian(objective, w))
+    exact = scipy.linalg.eigh(hessian, np.diag(np.asarray(p)), eigvals_only=True)[::-1]
+    compiled = []
+    for count in (1, 2, 3, 4):
+        tracking = eqx.tree_at(
+            lambda t: (t.effective.count, t.raw.count), start, (jnp.array(count),) * 2
+        )
+        with count_compiles() as compiles:
+            eigs = refresh_tracking(tracking, objective, w, p, config).effective
+        compiled.append(compiles.compiled)
+        alone = cf.track_eigs(
+            lambda vs: objective.hvps(w, vs), p, start.effective.vectors[:count], config
+        )
+        assert (int(eigs.iterations), int(eigs.hvps)) == (int(alone.iterations), int(alone.hvps))
+        assert bool(eigs.converged)
+        np.testing.assert_allclose(eigs.values[:count], exact[:count], rtol=2e-5)
+        assert np.all(np.isnan(eigs.values[count:])) and np.all(np.isnan(eigs.residuals[count:]))
+        np.testing.assert_array_equal(eigs.vectors[count:], start.effective.vectors[count:])
+    assert compiled[0] >= 1 and compiled[1:] == [0, 0, 0]
 
 
 def test_raw_eigs_tracked_for_diagonal_preconditioner(getkey):

@@ -8,6 +8,7 @@ import pytest
 import scipy.linalg
 
 import centralflows as cf
+from centralflows.internal import count_compiles, stop_reason_of
 
 from .helpers import dense_hessian, small_mlp_objective
 
@@ -204,6 +205,7 @@ def test_a_diverging_process_stops_and_the_others_go_on():
     assert 2 <= stop < 10
     assert np.all(np.isnan(discrete["stop_time"][:stop]))
     np.testing.assert_array_equal(discrete["stop_reason"][stop:], 1)
+    assert stop_reason_of(1) == cf.StopReason.diverged
     assert np.all(np.isfinite(discrete["train_loss"][:stop]))
     assert not np.isfinite(discrete["train_loss"][stop])  # the step that diverged, as is
     assert np.all(np.isnan(discrete["train_loss"][stop + 1 :]))
@@ -235,7 +237,8 @@ def test_unconverged_eigensolves_warn_once_or_fail_when_strict(tmp_path):
         result = cf.run(objective, w0, cf.GD(lr=0.1), steps=6, eig=eig, chunk=2, progress=False)
     assert sum("LOBPCG" in str(w.message) for w in caught) == 1  # once, not per chunk
     np.testing.assert_array_equal(result["discrete"]["eig_converged"], 0)
-    assert np.all(result["discrete"]["eig_residuals"] > 0)
+    residuals = result["discrete"]["eig_residuals"]  # three tracked, room for eight
+    assert np.all(residuals[:, :3] > 0) and np.all(np.isnan(residuals[:, 3:]))
     out = tmp_path / "strict.h5"
     with pytest.raises(cf.SolverError, match="discrete: LOBPCG did not converge at 2 step"):
         cf.run(
@@ -303,3 +306,28 @@ def test_network_outputs_are_logged_on_fixed_examples():
     assert not np.allclose(
         result["discrete"]["train_outputs"][4], result["discrete"]["train_outputs"][0]
     )  # the outputs moved
+
+
+def test_the_discrete_programs_do_not_depend_on_the_tracked_count():
+    # The tracked set is padded to eig.max_neigs: a run whose tracked set grows (1 → 2 → 3
+    # at the first chunk boundary) hands XLA one chunk program and one eigen-refresh
+    # program (by name, counting programs read from the persistent cache too), not one
+    # per tracked count met.
+    objective, w0 = small_mlp_objective()
+    eig = cf.EigConfig(tol=1e-10, max_iters=300, track_threshold=1e-3, max_neigs=3)
+    jax.clear_caches()
+    with count_compiles() as compiles:
+        result = cf.run(
+            objective,
+            w0,
+            cf.GD(lr=0.5),
+            steps=11,
+            processes=("discrete", "midpoint"),
+            eig=eig,
+            chunk=4,
+            progress=False,
+        )
+    eigs = result["discrete"]["effective_hessian_eigs"]
+    np.testing.assert_array_equal(np.sum(np.isfinite(eigs), axis=1), [1] * 4 + [3] * 8)
+    assert compiles.programs["jit(_advance_chunk)"] == 1, compiles.programs
+    assert compiles.programs["jit(refresh_tracking)"] == 1, compiles.programs

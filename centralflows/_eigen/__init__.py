@@ -14,4 +14,5 @@ from ._tracking import above_threshold as above_threshold
 from ._tracking import eig_record as eig_record
 from ._tracking import grow_tracking as grow_tracking
 from ._tracking import init_tracking as init_tracking
+from ._tracking import most_tracked as most_tracked
 from ._tracking import refresh_tracking as refresh_tracking

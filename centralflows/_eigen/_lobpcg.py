@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 Columns = Float[Array, "n m"]
 
@@ -25,13 +25,40 @@ def _orthonormal_basis(gram: Float[Array, "m m"]) -> Float[Array, "m m"]:
     return q * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, d, 1)), 0)
 
 
-def _rayleigh_ritz(x: Columns, ax: Columns) -> tuple[Float[Array, " k"], Columns, Columns]:
-    """Ritz pairs in the span of orthonormal `x` given `A x`: `(theta, x, ax)`, rotated
-    so that `theta` is descending. Costs no products."""
+def _rayleigh_ritz(
+    x: Columns, ax: Columns, active: Bool[Array, " k"]
+) -> tuple[Float[Array, " k"], Columns, Columns]:
+    """Ritz pairs in the span of the `active` columns of `x` (orthonormal; the others
+    zero) given `A x`: `(theta, x, ax)`, rotated so that `theta` is descending over the
+    active columns, which stay first; inactive columns stay zero with `theta` 0. Costs
+    no products."""
     gram = x.T @ ax
-    theta, y = jnp.linalg.eigh((gram + gram.T) / 2)
+    gram = (gram + gram.T) / 2
+    theta, y = jnp.linalg.eigh(gram - jnp.diag(jnp.where(active, 0, _below(gram))))
     theta, y = theta[::-1], y[:, ::-1]
-    return theta, x @ y, ax @ y
+    return jnp.where(active, theta, 0), x @ y, ax @ y
+
+
+def _below(matrix: Float[Array, "m m"]) -> Float[Array, ""]:
+    """A shift that moves an eigenvalue of `matrix` below all of its others."""
+    return 1 + 2 * jnp.max(jnp.abs(matrix))
+
+
+def _masked_matvec(
+    matvec: Callable[[Columns], Columns], active: Bool[Array, " k"]
+) -> Callable[[Columns], Columns]:
+    """`matvec` on the `active` columns only, one column at a time (zero elsewhere, at
+    no cost), so that a block padded to a fixed width costs products for its active
+    columns alone. On a CPU, one column at a time cost no more than the batched product
+    (the digits MLP, 1 to 8 columns)."""
+
+    def apply(cols):
+        def column(c, on):
+            return jax.lax.cond(on, lambda c: matvec(c[:, None])[:, 0], jnp.zeros_like, c)
+
+        return jax.lax.map(lambda args: column(*args), (cols.T, active)).T
+
+    return apply
 
 
 def lobpcg(
@@ -40,38 +67,52 @@ def lobpcg(
     *,
     tol: float,
     max_iters: int,
+    count: Int[Array, ""] | int | None = None,
     refresh_every: int = 4,
 ) -> tuple[
     Float[Array, " k"], Float[Array, "n k"], Float[Array, " k"], Int[Array, ""], Int[Array, ""]
 ]:
-    """Top-k eigenpairs of a symmetric operator by block LOBPCG.
+    """Top eigenpairs of a symmetric operator by block LOBPCG.
 
-    An iteration costs k products, `AR` for the residual block: `AX` and `AP` are carried
-    from the Rayleigh–Ritz step. Carried, they drift from `A X` and `A P` by round-off
-    that the Gram matrix's whitening amplifies (carried for good, they gave Ritz values
-    of 1e68 on digits after a track event added a random vector, and no convergence in
-    float32), so they are recomputed (2k products) every `refresh_every` iterations and
-    wherever the carried residuals meet the tolerance, followed by a Rayleigh–Ritz step
-    in the span of X. Only such fresh iterates are returned or tested for convergence:
-    the one with the smallest largest residual, since once the residuals reach round-off
-    further iterations only add noise. The Rayleigh–Ritz step works in the span of
-    `[X, R, P]` through its Gram matrix, dropping numerically dependent directions.
+    The block has a fixed width k of which the first `count` columns are active (traced,
+    so one compiled program serves every count up to k); the others cost no products and
+    come back zero, with eigenvalue and residual 0.
+
+    An iteration costs `count` products, `AR` for the residual block: `AX` and `AP` are
+    carried from the Rayleigh–Ritz step. Carried, they drift from `A X` and `A P` by
+    round-off that the Gram matrix's whitening amplifies (carried for good, they gave
+    Ritz values of 1e68 on digits after a track event added a random vector, and no
+    convergence in float32), so they are recomputed (2 `count` products) every
+    `refresh_every` iterations and wherever the carried residuals meet the tolerance,
+    followed by a Rayleigh–Ritz step in the span of X. Only such fresh iterates are
+    returned or tested for convergence: the one with the smallest largest residual, since
+    once the residuals reach round-off further iterations only add noise. The
+    Rayleigh–Ritz step works in the span of `[X, R, P]` through its Gram matrix, dropping
+    numerically dependent directions.
 
     **Arguments:**
 
     - `matvec`: applies A to the columns of an `(n, m)` array.
-    - `x0`: `(n, k)` initial guess (need not be orthonormal).
+    - `x0`: `(n, k)` initial guess (its active columns need not be orthonormal).
     - `tol`: stop when all residual norms are below `tol · max|θ|` (floored at
       `TOL_FLOOR` machine epsilons).
     - `max_iters`: iteration cap.
+    - `count`: the number of active columns, 1 to k (default k: all, with batched
+      products).
     - `refresh_every`: iterations between fresh products `AX`, `AP`.
 
     **Returns:** `(theta, x, residual_norms, iterations, products)`, eigenvalues
     descending; `products` counts the columns `matvec` was applied to.
     """
     k = x0.shape[1]
-    x, _ = jnp.linalg.qr(x0)
-    theta, x, ax = _rayleigh_ritz(x, matvec(x))
+    if count is None:
+        count, active = k, jnp.ones(k, bool)
+    else:
+        active = jnp.arange(k) < count
+        matvec = _masked_matvec(matvec, active)
+    x, _ = jnp.linalg.qr(jnp.where(active, x0, 0))
+    x = jnp.where(active, x, 0)
+    theta, x, ax = _rayleigh_ritz(x, matvec(x), active)
     zeros = jnp.zeros_like(x)
     tol = floored_tol(tol, x.dtype)
 
@@ -91,8 +132,8 @@ def lobpcg(
         r = r - x @ (x.T @ r)
         # Soft locking: a converged column's residual is round-off, left out of the basis.
         norms = jnp.linalg.norm(r, axis=0)
-        active = norms > tol * jnp.max(jnp.abs(theta))
-        r = jnp.where(active, r / jnp.where(active, norms, 1), 0)
+        converging = norms > tol * jnp.max(jnp.abs(theta))
+        r = jnp.where(converging, r / jnp.where(converging, norms, 1), 0)
         ar = matvec(r)
         s = jnp.concatenate([x, r, p], axis=1)
         as_ = jnp.concatenate([ax, ar, ap], axis=1)
@@ -100,10 +141,10 @@ def lobpcg(
         kt = w.T @ (s.T @ as_) @ w
         kt = (kt + kt.T) / 2
         dropped = jnp.all(w == 0, axis=0)
-        kt = kt - jnp.diag(jnp.where(dropped, 1 + 2 * jnp.max(jnp.abs(kt)), 0))
-        ritz, y = jnp.linalg.eigh(kt)
-        theta = ritz[::-1][:k]
-        c = w @ y[:, ::-1][:, :k]
+        ritz, y = jnp.linalg.eigh(kt - jnp.diag(jnp.where(dropped, _below(kt), 0)))
+        # The top `count` Ritz pairs; the inactive columns stay zero.
+        theta = jnp.where(active, ritz[::-1][:k], 0)
+        c = jnp.where(active, w @ y[:, ::-1][:, :k], 0)
         x, ax = s @ c, as_ @ c
         p = s[:, k:] @ c[k:]
         scale = jnp.maximum(jnp.linalg.norm(p, axis=0), jnp.finfo(x.dtype).tiny)
@@ -112,17 +153,17 @@ def lobpcg(
         fresh = ((i + 1) % refresh_every == 0) | (carried <= tol) | (i + 1 >= max_iters)
 
         def recompute(x, ax, p, ap, theta):
-            theta, x, ax = _rayleigh_ritz(x, matvec(x))
+            theta, x, ax = _rayleigh_ritz(x, matvec(x), active)
             return x, ax, p, matvec(p), theta
 
         x, ax, p, ap, theta = jax.lax.cond(fresh, recompute, lambda *a: a, x, ax, p, ap, theta)
         rnorm = residual_norms(x, ax, theta)
         better = fresh & (relative(theta, rnorm) < relative(best[0], best[2]))
         best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (theta, x, rnorm), best)
-        products = products + k + jnp.where(fresh, 2 * k, 0)
+        products = products + count + jnp.where(fresh, 2 * count, 0)
         return i + 1, x, ax, p, ap, theta, best, products
 
     best = (theta, x, residual_norms(x, ax, theta))
-    init = (jnp.array(0), x, ax, zeros, zeros, theta, best, jnp.array(k))
+    init = (jnp.array(0), x, ax, zeros, zeros, theta, best, jnp.asarray(count))
     i, *_, (theta, x, rnorm), products = jax.lax.while_loop(cond, body, init)
     return theta, x, rnorm, i, products

@@ -52,23 +52,32 @@ class EigConfig(eqx.Module):
 class EigenState(eqx.Module):
     r"""Tracked generalized eigenpairs $H u_i = \lambda_i P u_i$, $U P U^\top = I$.
 
-    `vectors` holds the $u_i$ as rows, `values` the $\lambda_i$ in descending order,
-    `residuals` $\|A v_i - \lambda_i v_i\|$ for the symmetric form
-    $A = P^{-1/2} H P^{-1/2}$, $v_i = P^{1/2} u_i$; `iterations` and `hvps` count the
-    work of the call that produced it.
+    The arrays have a fixed number of rows, the `capacity`, of which the first `count`
+    are tracked: `vectors` holds the $u_i$ as rows, `values` the $\lambda_i$ in
+    descending order, `residuals` $\|A v_i - \lambda_i v_i\|$ for the symmetric form
+    $A = P^{-1/2} H P^{-1/2}$, $v_i = P^{1/2} u_i$. The untracked rows hold the vectors
+    that tracking one more eigenpair starts from, with NaN values and residuals. Since
+    the shapes do not depend on `count`, one compiled program serves every tracked count.
+    `iterations` and `hvps` count the work of the call that produced it.
     """
 
     vectors: Vectors
     values: Float[Array, " k"]
     residuals: Float[Array, " k"]
+    count: Int[Array, ""]
     iterations: Int[Array, ""]
     hvps: Int[Array, ""]
-    converged: Bool[Array, ""]  # every residual within tolerance
+    converged: Bool[Array, ""]  # every tracked residual within tolerance
 
     @property
-    def num(self) -> int:
-        """The number of tracked eigenpairs (static)."""
+    def capacity(self) -> int:
+        """The most eigenpairs this state can track (static)."""
         return self.values.shape[0]
+
+    @property
+    def active(self) -> Bool[Array, " k"]:
+        """Which rows are tracked."""
+        return jnp.arange(self.capacity) < self.count
 
 
 def preconditioner_diagonal(preconditioner: lx.AbstractLinearOperator) -> Vector:
@@ -86,6 +95,7 @@ def track_eigs(
     p_diag: Vector,
     previous: Vectors,
     config: EigConfig,
+    count: Int[Array, ""] | int | None = None,
 ) -> EigenState:
     """Top generalized eigenpairs `H u = λ P u`, warm-started from `previous`.
 
@@ -98,10 +108,14 @@ def track_eigs(
     - `p_diag`: the diagonal of P.
     - `previous`: `(k, n)` initial guess (the last tracked vectors, or random).
     - `config`: tolerances.
+    - `count`: how many of the k rows to track (may be traced; default: all k). The
+      others cost no products and are returned as they are.
 
-    **Returns:** an `EigenState` with P-orthonormal `vectors`.
+    **Returns:** an `EigenState` with P-orthonormal tracked `vectors`.
     """
     k, n = previous.shape
+    count = k if count is None else count
+    active = jnp.arange(k) < count
     inv_sqrt = 1 / jnp.sqrt(p_diag)
     matvec = lambda cols: (hvps((cols * inv_sqrt[:, None]).T) * inv_sqrt).T
     if n < 5 * k:
@@ -109,15 +123,21 @@ def track_eigs(
         values, vecs = jnp.linalg.eigh((dense + dense.T) / 2)
         theta, x = values[::-1][:k], vecs[:, ::-1][:, :k]
         rnorm = jnp.linalg.norm(dense @ x - x * theta, axis=0)
-        iterations, count = jnp.array(0), jnp.array(n)
+        if n < k:  # room for more rows than the problem has eigenpairs
+            theta, rnorm = jnp.pad(theta, (0, k - n)), jnp.pad(rnorm, (0, k - n))
+            x = jnp.pad(x, ((0, 0), (0, k - n)))
+        iterations, products = jnp.array(0), jnp.array(n)
     else:
         x0 = (previous / inv_sqrt).T
-        theta, x, rnorm, iterations, count = lobpcg(
-            matvec, x0, tol=config.tol, max_iters=config.max_iters
+        theta, x, rnorm, iterations, products = lobpcg(
+            matvec, x0, tol=config.tol, max_iters=config.max_iters, count=count
         )
-    tol = floored_tol(config.tol, x.dtype) * jnp.max(jnp.abs(theta))
-    converged = jnp.all(rnorm <= tol)
-    return EigenState(x.T * inv_sqrt, theta, rnorm, iterations, count, converged)
+    tol = floored_tol(config.tol, x.dtype) * jnp.max(jnp.where(active, jnp.abs(theta), 0))
+    converged = jnp.all(jnp.where(active, rnorm <= tol, True))
+    vectors = jnp.where(active[:, None], x.T * inv_sqrt, previous)
+    nan_unless = lambda v: jnp.where(active, v, jnp.nan)
+    counts = (jnp.asarray(c, jnp.int32) for c in (count, iterations, products))
+    return EigenState(vectors, nan_unless(theta), nan_unless(rnorm), *counts, converged)
 
 
 def random_vectors(key: PRNGKeyArray, num: int, n: int, dtype) -> Vectors:

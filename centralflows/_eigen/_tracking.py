@@ -1,8 +1,10 @@
 """The eigenpairs a process tracks: refreshed, grown past the tracking threshold, logged."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import PRNGKeyArray
 
 from .._custom_types import Record, Vector
@@ -19,21 +21,25 @@ class Tracking(eqx.Module):
     raw: EigenState | None
 
 
-def _empty_eigs(key: PRNGKeyArray, num: int, n: int, dtype) -> EigenState:
-    nan = jnp.full((num,), jnp.nan, dtype)
-    zero = jnp.array(0)
-    return EigenState(random_vectors(key, num, n, dtype), nan, nan, zero, zero, jnp.array(True))
+def _empty_eigs(key: PRNGKeyArray, count: int, capacity: int, n: int, dtype) -> EigenState:
+    nan = jnp.full((capacity,), jnp.nan, dtype)
+    zero = jnp.array(0, jnp.int32)  # int32 as `track_eigs` returns them (not weakly typed)
+    vectors = random_vectors(key, capacity, n, dtype)
+    count = jnp.array(count, jnp.int32)
+    return EigenState(vectors, nan, nan, count, zero, zero, jnp.array(True))
 
 
 def init_tracking(
     key: PRNGKeyArray, optimizer: AbstractOptimizer, w: Vector, config: EigConfig
 ) -> Tracking:
-    """Random starting vectors for `config.initial_neigs` eigenpairs."""
+    """Random starting vectors for `config.initial_neigs` eigenpairs, with room for
+    `config.max_neigs`."""
     k_eff, k_raw = jr.split(key)
-    effective = _empty_eigs(k_eff, config.initial_neigs, w.size, w.dtype)
+    sizes = (config.initial_neigs, config.max_neigs, w.size, w.dtype)
+    effective = _empty_eigs(k_eff, *sizes)
     raw = None
     if not optimizer.scalar_preconditioner:
-        raw = _empty_eigs(k_raw, config.initial_neigs, w.size, w.dtype)
+        raw = _empty_eigs(k_raw, *sizes)
     return Tracking(effective, raw)
 
 
@@ -47,13 +53,15 @@ def refresh_tracking(
 ) -> Tracking:
     """Recompute the tracked eigenpairs at `w`, warm-started from the previous ones.
 
-    Compiled on its own, so every process shares one program per tracked-set size.
+    Compiled on its own, so every process shares one program, whatever the tracked count.
     """
-    hvps = lambda vs: objective.hvps(w, vs)
-    effective = track_eigs(hvps, p_diag, tracking.effective.vectors, config)
+    _, hvp = jax.linearize(objective.grad, w)  # the products share one linearization
+    hvps = jax.vmap(hvp)
+    count = tracking.effective.count
+    effective = track_eigs(hvps, p_diag, tracking.effective.vectors, config, count)
     raw = tracking.raw
     if raw is not None:
-        raw = track_eigs(hvps, jnp.ones_like(p_diag), raw.vectors, config)
+        raw = track_eigs(hvps, jnp.ones_like(p_diag), raw.vectors, config, count)
     return Tracking(effective, raw)
 
 
@@ -80,35 +88,27 @@ def above_threshold(values, threshold):
     return values > threshold * (1 - 1e-7)
 
 
-def grow_tracking(tracking: Tracking, key: PRNGKeyArray, config: EigConfig) -> Tracking | None:
-    """One more tracked eigenpair where the smallest tracked one exceeds the threshold.
+def most_tracked(tracking: Tracking, config: EigConfig) -> int:
+    """The most eigenpairs `tracking` may hold: `eig.max_neigs`, or the dimension."""
+    return min(config.max_neigs, tracking.effective.vectors.shape[1])
+
+
+def grow_tracking(tracking: Tracking, config: EigConfig) -> Tracking | None:
+    """One more tracked eigenpair where the smallest tracked one exceeds the threshold
+    (at most `eig.max_neigs`, and the dimension), started from the vector its row holds.
 
     **Returns:** the extended tracking, or `None` when nothing needs to grow.
     """
-    grown = False
-    parts = []
-    for eigs, threshold in ((tracking.effective, config.track_threshold), (tracking.raw, None)):
-        if eigs is None:
-            parts.append(None)
-            continue
-        if threshold is None:  # raw eigenpairs follow the effective count
-            target = parts[0].num
-        else:
-            smallest = float(eigs.values[-1])
-            needs = jnp.isfinite(smallest) and above_threshold(smallest, threshold)
-            target = eigs.num + 1 if needs and eigs.num < config.max_neigs else eigs.num
-        if target > eigs.num:
-            grown = True
-            n, dtype = eigs.vectors.shape[1], eigs.vectors.dtype
-            extra = random_vectors(key, target - eigs.num, n, dtype)
-            pad = jnp.full((target - eigs.num,), jnp.nan, eigs.values.dtype)
-            eigs = EigenState(
-                jnp.concatenate([eigs.vectors, extra]),
-                jnp.concatenate([eigs.values, pad]),
-                jnp.concatenate([eigs.residuals, pad]),
-                eigs.iterations,
-                eigs.hvps,
-                eigs.converged,
-            )
-        parts.append(eigs)
-    return Tracking(*parts) if grown else None
+    effective = tracking.effective
+    count = int(effective.count)
+    smallest = float(effective.values[count - 1])
+    if count >= most_tracked(tracking, config) or not (
+        np.isfinite(smallest) and above_threshold(smallest, config.track_threshold)
+    ):
+        return None
+    grown = lambda eigs: (
+        None
+        if eigs is None
+        else eqx.tree_at(lambda e: e.count, eigs, jnp.asarray(count + 1, eigs.count.dtype))
+    )
+    return Tracking(grown(effective), grown(tracking.raw))
