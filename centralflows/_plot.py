@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _THRESHOLD = "threshold"  # the gid of the stability threshold's line
+_CLIP = 2.5  # the sharpness panel's y axis ends at most this many thresholds up
 _PROCESSES = ("discrete", "midpoint", "central", "stable")
 _COLORS = {"discrete": "0.15", "midpoint": "tab:green", "central": "tab:blue", "stable": "tab:red"}
 _NAMES = {
@@ -58,14 +59,13 @@ class _View:
 
 
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """The centred moving average over `window` entries (fewer at the ends)."""
-    if window <= 1 or len(values) == 0:
-        return values
+    """The centred moving average over `window` entries (`window + 1` if it is even),
+    narrower near the ends so that it stays centred (the first and last entries are
+    their own averages)."""
     total = np.concatenate([[0.0], np.cumsum(values)])
     index = np.arange(len(values))
-    lo = np.clip(index - window // 2, 0, len(values))
-    hi = np.clip(index + (window + 1) // 2, 0, len(values))
-    return (total[hi] - total[lo]) / (hi - lo)
+    half = np.minimum(np.minimum(index, len(values) - 1 - index), window // 2)
+    return (total[index + half + 1] - total[index - half]) / (2 * half + 1)
 
 
 def _draw(
@@ -84,7 +84,7 @@ def _draw(
     shown = np.zeros_like(finite)
     shown[view.rows] = True
     y = values[finite]
-    if smooth:
+    if smooth and view.smooth > 1:
         y = _moving_average(y, view.smooth)
     keep = shown[finite]
     if not keep.any():  # keep the line (empty), leave it out of the legend
@@ -95,7 +95,8 @@ def _draw(
 
 def _averaged(name: str, view: _View) -> str:
     """The label of a moving average of `name`."""
-    return name if view.smooth == 1 else f"{name}, average over {view.smooth} steps"
+    window = 2 * (view.smooth // 2) + 1
+    return name if window == 1 else f"{name}, average over {window} steps"
 
 
 def _stop_note(view: _View, process: str) -> str:
@@ -164,8 +165,12 @@ def _sharpness(ax: "Axes", view: _View) -> None:
         _draw(ax, view, threshold, _THRESHOLD, color="k", ls="--", lw=0.8, label="2/η")
         ax.set_ylabel("top eigenvalues of H")
     else:
+        threshold = np.array([2.0])
         ax.axhline(2.0, color="k", ls="--", lw=0.8, label="2", gid=_THRESHOLD)
         ax.set_ylabel("top eigenvalues of P⁻¹H")
+    top = _CLIP * np.nanmax(threshold[view.rows] if gd else threshold, initial=0.0)
+    if ax.get_ylim()[1] > top > 0:  # e.g. a start far above the threshold
+        ax.set_ylim(top=top)
 
 
 def _distances(ax: "Axes", view: _View) -> None:
@@ -191,7 +196,9 @@ def _variances(ax: "Axes", view: _View) -> None:
         _draw(ax, view, variances[:, i], f"central/predicted_variances:{i}", **style)
         for p, ls in zip(deltas, (":", "-.")):
             if i < deltas[p].shape[1]:
-                style = {"color": f"C{i}", "ls": ls, "label": _averaged(f"{p} δ{i + 1}²", view)}
+                style = {"color": f"C{i}", "ls": ls}
+                if i == 0:  # one legend entry per process
+                    style["label"] = _averaged(f"{p} δᵢ² (colour of variance i)", view)
                 squared = view.values("deltas", p)[:, i] ** 2
                 _draw(ax, view, squared, f"deltas/{p}:{i}", smooth=True, **style)
 
@@ -377,7 +384,7 @@ def plot(
     *,
     panels: Sequence[str] | None = None,
     steps: tuple[int | None, int | None] | None = None,
-    smooth: int = 20,
+    smooth: int = 11,
 ) -> "Figure":
     """The standard multi-panel figure of a run, finished or still being written.
 
@@ -393,11 +400,12 @@ def plot(
     - `panels`: the panels to draw, in order, from the keys of `PANELS`: `"loss"`,
         `"sharpness"`, `"distances"`, `"variances"`, `"grad_norm"`, `"step_size"`
         (Scalar RMSProp), `"preconditioner"` (RMSProp), `"test_loss"`, `"accuracy"`,
-        `"num_critical"`. Default: the first seven, those whose series the run holds.
+        `"num_critical"`. Default: those of the first seven whose series the run holds.
     - `steps`: `(a, b)`: draw optimizer steps `a <= t < b` (`None`: no bound). With a
         warm start of N steps, row t of the file is step N + t.
-    - `smooth`: the moving-average window, in steps, for the discrete run's oscillating
-        series and the squared deltas (1: none).
+    - `smooth`: the window, in steps, of the centred moving averages drawn for the
+        discrete run's loss and gradient norm and for the squared deltas (an even one is
+        widened by one step; narrower near the ends, so that it stays centred; 1: none).
 
     **Returns:**
 

@@ -90,8 +90,11 @@ def _parser() -> argparse.ArgumentParser:
         "--panels",
         nargs="+",
         metavar="PANEL",
-        help=f"panels to draw, in order (default: those of the first seven the run has "
-        f"data for): {', '.join(PANELS)}",
+        help="panels to draw, in order (default: those of "
+        + ", ".join(name for name, panel in PANELS.items() if panel.default)
+        + " the run has data for; on request also "
+        + ", ".join(name for name, panel in PANELS.items() if not panel.default)
+        + ")",
     )
     plot.add_argument(
         "--steps",
@@ -101,9 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument(
         "--smooth",
         type=int,
-        default=20,
+        default=11,
         metavar="N",
-        help="moving-average window in steps for oscillating series (default: 20; 1: none)",
+        help="window in steps of the moving averages of oscillating series (default: 21; 1: none)",
     )
     return parser
 
