@@ -1,4 +1,6 @@
 import math
+import pathlib
+import runpy
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -296,3 +298,16 @@ def test_importing_the_package_does_not_import_matplotlib():
 def test_panels_are_documented():
     assert all(f"`{name!r}`".replace("'", '"') in cf.plot.__doc__ for name in PANELS)
 
+
+FIGURES = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "figures"
+
+
+@pytest.mark.parametrize(
+    "script", ["gd_central_flow.py", "variances_vs_deltas.py", "predicted_grad_norm.py"]
+)
+def test_figure_scripts_draw_a_given_run_file(script, run_file, tmp_path, monkeypatch):
+    out = tmp_path / "figure.png"
+    monkeypatch.syspath_prepend(str(FIGURES))
+    monkeypatch.setattr(sys, "argv", [script, "--run", str(run_file), "--out", str(out)])
+    runpy.run_path(str(FIGURES / script), run_name="__main__")
+    assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 10_000
