@@ -149,11 +149,9 @@ def _sharpness(ax: "Axes", view: _View) -> None:
     field = "hessian_eigs" if gd else "effective_hessian_eigs"
     for p in view.processes(field):
         eigs = view.values(p, field)
-        for i in range(eigs.shape[1]):
-            style = {"color": _COLORS[p], "lw": 0.6 if i else 1.2, "label": _NAMES[p]}
-            if i:
-                del style["label"]
-            _draw(ax, view, eigs[:, i], f"{p}/{field}:{i}", **style)
+        for i in range(eigs.shape[1]):  # the top one thicker, and in the legend
+            style = {"lw": 0.6} if i else {"lw": 1.2, "label": _NAMES[p]}
+            _draw(ax, view, eigs[:, i], f"{p}/{field}:{i}", color=_COLORS[p], **style)
     for p in view.processes("eos_time"):
         onset = view.offset + last_finite(view.values(p, "eos_time"))
         if view.x[0] <= onset <= view.x[-1]:  # False for NaN: not reached

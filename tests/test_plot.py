@@ -18,8 +18,6 @@ pytest.importorskip("matplotlib", reason="plotting needs the `figures` extra")
 ROWS = 40  # logged steps 0..39 of a GD run with η = 0.5
 LR = 0.5
 WRITTEN = 25  # rows written to the partial file
-_PROCESS_FIELDS = ("train_loss", "test_loss", "train_acc", "grad_norm_sq", "opt.lr")
-_PROCESS_FIELDS += ("stop_reason", "stop_time")
 
 
 def _series(processes=("discrete", "midpoint", "central", "stable")) -> dict[str, np.ndarray]:
@@ -100,6 +98,29 @@ def _assert_draws(line, values, lo=0, hi=ROWS):
     np.testing.assert_array_equal(y, values[x])
 
 
+def test_a_run_of_cf_run_plots_and_logs_the_fixture_names(tmp_path):
+    """The fixture's per-process names are those `cf.run` logs (the discrete processes of
+    the analytic toy `L = ½(s₀ − cy)x² + by`: a few seconds)."""
+    import jax.numpy as jnp
+
+    def loss(w):
+        return 0.5 * (3.0 - w["y"]) * w["x"] ** 2 + 0.1 * w["y"]
+
+    w0 = {"x": jnp.asarray(0.1), "y": jnp.asarray(0.0)}
+    processes = ("discrete", "midpoint")
+    real = cf.run(loss, w0, cf.GD(lr=LR), steps=5, processes=processes, out=tmp_path / "toy.h5")
+    fixture = _series(processes)
+    for p in processes:
+        logged = {name for name in fixture if name.startswith(p + "/")}
+        logged -= {f"{p}/test_loss", f"{p}/train_acc"}  # the toy has no test set or accuracy
+        assert logged <= {f"{p}/{field}" for field in real[p]}
+    assert set(real["distances"]) == {"discrete-midpoint"}
+    fig = cf.plot(real, smooth=1)
+    assert [ax.get_label() for ax in fig.axes] == ["loss", "sharpness", "distances", "grad_norm"]
+    _assert_draws(_lines(fig, "loss")["midpoint/train_loss"], real["midpoint"]["train_loss"], hi=6)
+    np.testing.assert_allclose(_lines(fig, "sharpness")["threshold"].get_ydata(), 2 / LR)
+
+
 def test_standard_figure_has_the_panels_the_run_has_data_for(run):
     fig = cf.plot(run)
     # GD: no Scalar RMSProp step size, no RMSProp preconditioner; the rest are opt-in.
@@ -156,6 +177,28 @@ def test_other_optimizers_plot_effective_eigenvalues_against_two(tmp_path):
     eigs = rows["discrete/effective_hessian_eigs"]
     _assert_draws(lines["discrete/effective_hessian_eigs:0"], eigs[:, 0])
     assert "discrete/hessian_eigs:0" not in lines
+
+
+@pytest.mark.parametrize(
+    "optimizer, field, panel",
+    [
+        ("ScalarRMSProp", "opt.effective_step_size", "step_size"),
+        ("RMSProp", "opt.nu_l1", "preconditioner"),
+    ],
+)
+def test_rmsprop_panels(tmp_path, optimizer, field, panel):
+    path = tmp_path / "rms.h5"
+    rows = _series(("discrete", "central"))
+    for p in ("discrete", "central"):
+        rows[f"{p}/{field}"] = 0.01 * (1 + np.arange(ROWS))
+    _write(path, rows, attrs={"optimizer": f"{optimizer}(lr=0.01)"}).close()
+    fig = cf.plot(path)
+    assert [ax.get_label() for ax in fig.axes][-1] == panel
+    lines = _lines(fig, panel)
+    _assert_draws(lines[f"central/{field}"], rows[f"central/{field}"])
+    if panel == "step_size":  # against 2/S(w), S the top eigenvalue of H
+        bound = lines["discrete/hessian_eigs:2/S"]
+        _assert_draws(bound, 2 / rows["discrete/hessian_eigs"][:, 0])
 
 
 def test_discrete_average_and_squared_deltas(run):
