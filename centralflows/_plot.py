@@ -213,6 +213,18 @@ def _step_size(ax: "Axes", view: _View) -> None:
     ax.set_yscale("log")
 
 
+def _outputs(ax: "Axes", view: _View) -> None:
+    """The network's outputs on the first training example, one colour per output."""
+    styles = {"discrete": "-", "midpoint": "-.", "central": "--", "stable": ":"}
+    for p in view.processes("train_outputs"):
+        outputs = view.values(p, "train_outputs")[:, 0]
+        for j in range(outputs.shape[1]):
+            style = {"color": f"C{j % 10}", "ls": styles[p], "lw": 0.8}
+            if j == 0:  # one legend entry per process
+                style["label"] = f"{_NAMES[p]} (colour: output j)"
+            _draw(ax, view, outputs[:, j], f"{p}/train_outputs:0,{j}", **style)
+
+
 def _field_panel(field: str, log: bool = False) -> Callable[["Axes", _View], None]:
     """A panel drawing `field` of every process that logs it."""
 
@@ -276,6 +288,13 @@ PANELS: dict[str, _Panel] = {
         "accuracy",
         ("*/train_acc",),
         _field_panel("train_acc"),
+        default=False,
+    ),
+    "outputs": _Panel(
+        "network outputs on the first training example",
+        "output",
+        ("*/train_outputs",),
+        _outputs,
         default=False,
     ),
     "num_critical": _Panel(
@@ -398,7 +417,8 @@ def plot(
     - `panels`: the panels to draw, in order, from the keys of `PANELS`: `"loss"`,
         `"sharpness"`, `"distances"`, `"variances"`, `"grad_norm"`, `"step_size"`
         (Scalar RMSProp), `"preconditioner"` (RMSProp), `"test_loss"`, `"accuracy"`,
-        `"num_critical"`. Default: those of the first seven whose series the run holds.
+        `"outputs"`, `"num_critical"`. Default: those of the first seven whose series
+        the run holds.
     - `steps`: `(a, b)`: draw optimizer steps `a <= t < b` (`None`: no bound). With a
         warm start of N steps, row t of the file is step N + t.
     - `smooth`: the window, in steps, of the centred moving averages drawn for the

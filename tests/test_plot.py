@@ -33,6 +33,7 @@ def _series(processes=("discrete", "midpoint", "central", "stable")) -> dict[str
         rows[f"{p}/train_loss"] = loss
         rows[f"{p}/test_loss"] = loss + 0.1
         rows[f"{p}/train_acc"] = 1 - loss / 2
+        rows[f"{p}/train_outputs"] = rng.normal(size=(ROWS, 8, 10))  # 8 examples, 10 outputs
         rows[f"{p}/grad_norm_sq"] = 0.1 * loss + rng.random(ROWS) * 1e-3
         rows[f"{p}/opt.lr"] = np.full(ROWS, LR)
         rows[f"{p}/stop_reason"] = np.full(ROWS, np.nan)
@@ -112,7 +113,7 @@ def test_a_run_of_cf_run_plots_and_logs_the_fixture_names(tmp_path):
     fixture = _series(processes)
     for p in processes:
         logged = {name for name in fixture if name.startswith(p + "/")}
-        logged -= {f"{p}/test_loss", f"{p}/train_acc"}  # the toy has no test set or accuracy
+        logged -= {f"{p}/{f}" for f in ("test_loss", "train_acc", "train_outputs")}  # no data
         assert logged <= {f"{p}/{field}" for field in real[p]}
     assert set(real["distances"]) == {"discrete-midpoint"}
     fig = cf.plot(real, smooth=1)
@@ -199,6 +200,13 @@ def test_rmsprop_panels(tmp_path, optimizer, field, panel):
     if panel == "step_size":  # against 2/S(w), S the top eigenvalue of H
         bound = lines["discrete/hessian_eigs:2/S"]
         _assert_draws(bound, 2 / rows["discrete/hessian_eigs"][:, 0])
+
+
+def test_outputs_of_the_first_example(run):
+    lines = _lines(cf.plot(run, panels=["outputs"]), "outputs")
+    for p in ("discrete", "central"):
+        for j in (0, 9):
+            _assert_draws(lines[f"{p}/train_outputs:0,{j}"], run[p]["train_outputs"][:, 0, j])
 
 
 def test_discrete_average_and_squared_deltas(run):
@@ -346,7 +354,14 @@ FIGURES = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "figures"
 
 
 @pytest.mark.parametrize(
-    "script", ["gd_central_flow.py", "variances_vs_deltas.py", "predicted_grad_norm.py"]
+    "script",
+    [
+        "gd_central_flow.py",
+        "variances_vs_deltas.py",
+        "predicted_grad_norm.py",
+        "network_outputs.py",
+        "multiple_critical_directions.py",
+    ],
 )
 def test_figure_scripts_draw_a_given_run_file(script, run_file, tmp_path, monkeypatch):
     out = tmp_path / "figure.png"
