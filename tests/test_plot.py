@@ -180,26 +180,35 @@ def test_other_optimizers_plot_effective_eigenvalues_against_two(tmp_path):
     assert "discrete/hessian_eigs:0" not in lines
 
 
+_RMSPROP_FIELDS = {"ScalarRMSProp": "opt.effective_step_size", "RMSProp": "opt.nu_l1"}
+
+
+@pytest.fixture(scope="module")
+def rmsprop_files(tmp_path_factory):
+    """Run files of Scalar RMSProp and RMSProp: the GD rows with the optimizer's summary."""
+    files = {}
+    for optimizer, field in _RMSPROP_FIELDS.items():
+        path = tmp_path_factory.mktemp("plot") / f"{optimizer}.h5"
+        rows = _series(("discrete", "central"))
+        for p in ("discrete", "central"):
+            rows[f"{p}/{field}"] = 0.01 * (1 + np.arange(ROWS))
+        _write(path, rows, attrs={"optimizer": f"{optimizer}(lr=0.01)"}).close()
+        files[optimizer] = path
+    return files
+
+
 @pytest.mark.parametrize(
-    "optimizer, field, panel",
-    [
-        ("ScalarRMSProp", "opt.effective_step_size", "step_size"),
-        ("RMSProp", "opt.nu_l1", "preconditioner"),
-    ],
+    "optimizer, panel", [("ScalarRMSProp", "step_size"), ("RMSProp", "preconditioner")]
 )
-def test_rmsprop_panels(tmp_path, optimizer, field, panel):
-    path = tmp_path / "rms.h5"
-    rows = _series(("discrete", "central"))
-    for p in ("discrete", "central"):
-        rows[f"{p}/{field}"] = 0.01 * (1 + np.arange(ROWS))
-    _write(path, rows, attrs={"optimizer": f"{optimizer}(lr=0.01)"}).close()
-    fig = cf.plot(path)
+def test_rmsprop_panels(rmsprop_files, optimizer, panel):
+    run, field = cf.load_run(rmsprop_files[optimizer]), _RMSPROP_FIELDS[optimizer]
+    fig = cf.plot(run)
     assert [ax.get_label() for ax in fig.axes][-1] == panel
     lines = _lines(fig, panel)
-    _assert_draws(lines[f"central/{field}"], rows[f"central/{field}"])
+    _assert_draws(lines[f"central/{field}"], run["central"][field])
     if panel == "step_size":  # against 2/S(w), S the top eigenvalue of H
         bound = lines["discrete/hessian_eigs:2/S"]
-        _assert_draws(bound, 2 / rows["discrete/hessian_eigs"][:, 0])
+        _assert_draws(bound, 2 / run["discrete"]["hessian_eigs"][:, 0])
 
 
 def test_outputs_of_the_first_example(run):
@@ -354,18 +363,23 @@ FIGURES = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "figures"
 
 
 @pytest.mark.parametrize(
-    "script",
+    "script, optimizer",
     [
-        "gd_central_flow.py",
-        "variances_vs_deltas.py",
-        "predicted_grad_norm.py",
-        "network_outputs.py",
-        "multiple_critical_directions.py",
+        ("gd_central_flow.py", "GD"),
+        ("variances_vs_deltas.py", "GD"),
+        ("predicted_grad_norm.py", "GD"),
+        ("network_outputs.py", "GD"),
+        ("multiple_critical_directions.py", "GD"),
+        ("rmsprop_preconditioner.py", "RMSProp"),
+        ("scalar_rmsprop_step_size.py", "ScalarRMSProp"),
     ],
 )
-def test_figure_scripts_draw_a_given_run_file(script, run_file, tmp_path, monkeypatch):
+def test_figure_scripts_draw_a_given_run_file(
+    script, optimizer, run_file, rmsprop_files, tmp_path, monkeypatch
+):
     out = tmp_path / "figure.png"
+    path = run_file if optimizer == "GD" else rmsprop_files[optimizer]
     monkeypatch.syspath_prepend(str(FIGURES))
-    monkeypatch.setattr(sys, "argv", [script, "--run", str(run_file), "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", [script, "--run", str(path), "--out", str(out)])
     runpy.run_path(str(FIGURES / script), run_name="__main__")
     assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 10_000
