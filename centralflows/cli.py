@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._config import ConfigError, load_config, parse_override, validate_config
 from ._plot import PANELS, plot
 from ._regimes import SolverError, classify, describe_stop, last_finite
 from ._runfile import load_run
@@ -113,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _new_config(args: argparse.Namespace) -> dict:
     """The config of a new run: the file, `--set` overrides and the shortcuts."""
+    from ._config import ConfigError, load_config  # the datasets' modules: slow to import
+
     if args.config is None:
         raise ConfigError("a CONFIG file is required (or --resume RUN.h5)")
     overrides = list(args.overrides)
@@ -127,6 +128,8 @@ def _new_config(args: argparse.Namespace) -> dict:
 
 def _resumed_config(args: argparse.Namespace) -> dict:
     """The config stored in the run file to resume, with only `run.steps` changed."""
+    from ._config import ConfigError, parse_override, validate_config
+
     given = {
         "CONFIG": args.config,
         "--runs": args.runs,
@@ -333,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plot(args)
         print(_summary(load_run(args.run_file)))
         return 0
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError) as error:  # ConfigError too
         print(f"centralflows: error: {error}", file=sys.stderr)
         return 2
     except SolverError as error:
