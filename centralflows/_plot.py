@@ -465,6 +465,6 @@ def plot(
             ax.legend(fontsize=7)
         ax.set_xlabel("step")
         ax.set_xlim(first, max(last, first + 1))
-    progress = "" if done == run.num_rows else f", in progress ({done} of {run.num_rows} rows)"
+    progress = "" if done == run.num_rows else f", {done} of {run.num_rows} rows written"
     fig.suptitle(f"{run.path.name}: {optimizer or 'optimizer unknown'}{progress}", fontsize=10)
     return fig
