@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=11,
         metavar="N",
-        help="window in steps of the moving averages of oscillating series (default: 21; 1: none)",
+        help="window in steps of the centred moving averages of oscillating series "
+        "(default: 11; an even N is widened to N + 1; 1: none)",
     )
     return parser
 
