@@ -1,3 +1,4 @@
+import inspect
 import math
 import pathlib
 import runpy
@@ -383,3 +384,10 @@ def test_figure_scripts_draw_a_given_run_file(
     monkeypatch.setattr(sys, "argv", [script, "--run", str(path), "--out", str(out)])
     runpy.run_path(str(FIGURES / script), run_name="__main__")
     assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 10_000
+
+
+def test_cli_smooth_default_is_the_functions():
+    from centralflows.cli import _parser
+
+    default = inspect.signature(cf.plot).parameters["smooth"].default
+    assert _parser().parse_args(["plot", "x.h5"]).smooth == default
