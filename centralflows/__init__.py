@@ -35,6 +35,7 @@ from ._optimizers import (
 from ._optimizers import (
     ScalarRMSProp as ScalarRMSProp,
 )
+from ._plot import plot as plot
 from ._regimes import SolverError as SolverError
 from ._run import run as run
 from ._runfile import Checkpoint as Checkpoint

@@ -1,4 +1,4 @@
-"""The `centralflows` command: run a named config, summarise a run file."""
+"""The `centralflows` command: run a named config, summarise or plot a run file."""
 
 import argparse
 import datetime
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._config import ConfigError, load_config, parse_override, validate_config
+from ._plot import PANELS, plot
 from ._regimes import SolverError, classify, last_finite
 from ._runfile import load_run
 from ._stop import StopReason, describe_stop, is_failure, stop_reason_of
@@ -18,7 +18,9 @@ _EPILOG = """examples:
   centralflows run configs/gd-mlp-digits.toml --set opt.lr=0.3 --runs discrete --steps 200
   centralflows run --resume runs/gd-mlp-digits-20261123-120000.h5 --steps 800
   centralflows info runs/gd-mlp-digits-20261123-120000.h5
+  centralflows plot runs/gd-mlp-digits-20261123-120000.h5 --steps 100:300
 """
+_FIGURE_FORMATS = (".png", ".pdf", ".svg")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,11 +73,49 @@ def _parser() -> argparse.ArgumentParser:
     )
     info = commands.add_parser("info", help="summarise a run file")
     info.add_argument("run_file", help="a run file written by `centralflows run`")
+    plot = commands.add_parser(
+        "plot",
+        help="draw a run file's standard figure (needs the `figures` extra)",
+        description="Draw the standard multi-panel figure of a run file, also while the run "
+        "is still writing it.",
+    )
+    plot.add_argument("run_file", help="a run file written by `centralflows run`")
+    plot.add_argument(
+        "--out",
+        metavar="FILE",
+        help="the image to write, PNG, PDF or SVG by its extension (default: the run file "
+        "with the extension .png)",
+    )
+    plot.add_argument(
+        "--panels",
+        nargs="+",
+        metavar="PANEL",
+        help="panels to draw, in order (default: those of "
+        + ", ".join(name for name, panel in PANELS.items() if panel.default)
+        + " the run has data for; on request also "
+        + ", ".join(name for name, panel in PANELS.items() if not panel.default)
+        + ")",
+    )
+    plot.add_argument(
+        "--steps",
+        metavar="A:B",
+        help="draw optimizer steps A <= t < B (either may be left out: 100:, :300)",
+    )
+    plot.add_argument(
+        "--smooth",
+        type=int,
+        default=11,
+        metavar="N",
+        help="window in steps of the centred moving averages of oscillating series "
+        "(default: 11; an even N is widened to N + 1; 1: none)",
+    )
     return parser
 
 
 def _new_config(args: argparse.Namespace) -> dict:
     """The config of a new run: the file, `--set` overrides and the shortcuts."""
+    from ._config import ConfigError, load_config  # the datasets' modules: slow to import
+
     if args.config is None:
         raise ConfigError("a CONFIG file is required (or --resume RUN.h5)")
     overrides = list(args.overrides)
@@ -90,6 +130,8 @@ def _new_config(args: argparse.Namespace) -> dict:
 
 def _resumed_config(args: argparse.Namespace) -> dict:
     """The config stored in the run file to resume, with only `run.steps` changed."""
+    from ._config import ConfigError, parse_override, validate_config
+
     given = {
         "CONFIG": args.config,
         "--runs": args.runs,
@@ -246,6 +288,42 @@ def _summary(result) -> str:
     return "\n".join(lines)
 
 
+def _parse_steps(text: str) -> tuple[int | None, int | None]:
+    """`"A:B"` as `(A, B)`, either `None` where left out."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, stop = (int(part) if part.strip() else None for part in parts)
+    except ValueError:
+        raise ValueError(
+            f"--steps must be A:B with integers A < B (either may be left out), got {text!r}"
+        ) from None
+    return start, stop
+
+
+def _plot(args: argparse.Namespace) -> int:
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.run_file).with_suffix(".png")
+    if out.suffix.lower() not in _FIGURE_FORMATS:
+        raise ValueError(
+            f"--out {str(out)!r}: the extension must be one of {', '.join(_FIGURE_FORMATS)}"
+        )
+    steps = None if args.steps is None else _parse_steps(args.steps)
+    panels = None
+    if args.panels is not None:
+        panels = [name for item in args.panels for name in item.split(",") if name]
+    run = load_run(args.run_file)
+    try:
+        figure = plot(run, panels=panels, steps=steps, smooth=args.smooth)
+    except ImportError as error:  # matplotlib is not installed
+        print(f"centralflows: error: {error}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=120)
+    print(out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `centralflows` command.
 
@@ -257,9 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "plot":
+            return _plot(args)
         print(_summary(load_run(args.run_file)))
         return 0
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError) as error:  # ConfigError too
         print(f"centralflows: error: {error}", file=sys.stderr)
         return 2
     except SolverError as error:
