@@ -1,0 +1,71 @@
+"""Hessian-vector products of a padded block: batched against one column at a time.
+
+Eigen tracking holds `eig.max_neigs` columns whatever the tracked count and multiplies
+them one at a time under `lax.cond`, so that untracked columns cost nothing. This
+measures what that costs where every column is tracked, against one batched product of
+the whole block, on the default digits MLP (the two alternate, in one process):
+
+    python benchmarks/masked_products.py --columns 8 --reps 40
+
+Writes benchmarks/results/masked_products.json.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from centralflows._config import load_config
+from centralflows._eigen._lobpcg import _masked_matvec
+from centralflows._experiment import make_problem
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _products(objective, columns: int, masked: bool):
+    def apply(w, block, count):
+        _, hvp = jax.linearize(objective.grad, w)
+        matvec = jax.vmap(hvp, in_axes=1, out_axes=1)
+        if masked:
+            matvec = _masked_matvec(matvec, jnp.arange(columns) < count)
+        return matvec(block)
+
+    return jax.jit(apply)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--columns", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/masked_products.json"))
+    args = parser.parse_args()
+    objective, w = make_problem(load_config(ROOT / "configs/gd-mlp-digits.toml"))
+    block = jr.normal(jr.key(0), (w.size, args.columns), w.dtype)
+    variants = {"batched": _products(objective, args.columns, False)}
+    variants["one_column_at_a_time"] = _products(objective, args.columns, True)
+    times = {name: [] for name in variants}
+    for name, f in variants.items():
+        f(w, block, args.columns).block_until_ready()
+    for _ in range(args.reps):
+        for name, f in variants.items():
+            start = time.perf_counter()
+            f(w, block, args.columns).block_until_ready()
+            times[name].append(time.perf_counter() - start)
+    medians = {name: sorted(t)[len(t) // 2] * 1e3 for name, t in times.items()}
+    result = {
+        "command": " ".join(["benchmarks/masked_products.py", *sys.argv[1:]]),
+        "columns": args.columns,
+        "median_ms": medians,
+        "ratio": medians["one_column_at_a_time"] / medians["batched"],
+    }
+    pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
