@@ -22,11 +22,8 @@ from centralflows.data import (
     IGNORE,
     load_cifar10,
     locate_cifar10,
-    make_circles,
-    make_classification,
-    make_copying,
-    make_moons,
-    make_sorting,
+    make_sequence_task,
+    make_sklearn,
 )
 from centralflows.models import (
     ARCHITECTURES,
@@ -248,24 +245,34 @@ def test_losses_categorical_binary_and_ignore():
     assert MSE(binary=True).accuracy(sequence, jnp.array([1, 1, IGNORE])) == 0.5
 
 
-@pytest.mark.parametrize("make", [make_sorting, make_copying])
-def test_sequence_task_targets(make):
-    data = make(vocab=5, length=6, n=30, n_test=10, seed=3)
+@pytest.mark.parametrize("task", ["sorting", "copying"])
+def test_sequence_task_targets(task):
+    data = make_sequence_task(task, vocab=5, length=6, n=30, n_test=10, seed=3)
     assert data.vocab == data.num_classes == 5 and not data.binary
     assert data.x_train.shape == (30, 11) and data.y_train.shape == (30, 11)
     assert data.x_test.shape == (10, 11)
     x = np.concatenate([data.x_train, data.x_test])
     y = np.concatenate([data.y_train, data.y_test])
     prompt = x[:, :6]
-    answer = np.sort(prompt, axis=1) if make is make_sorting else prompt
+    answer = np.sort(prompt, axis=1) if task == "sorting" else prompt
     # Position t predicts token t + 1; only the answer is scored.
     assert np.all(y[:, :5] == IGNORE)
     np.testing.assert_array_equal(y[:, 5:], answer)
     np.testing.assert_array_equal(x[:, 6:], answer[:, :-1])
     assert x.min() >= 0 and x.max() < 5
-    again = make(vocab=5, length=6, n=30, n_test=10, seed=3)
+    again = make_sequence_task(task, vocab=5, length=6, n=30, n_test=10, seed=3)
     assert eqx.tree_equal(data, again)
-    assert not np.array_equal(make(vocab=5, length=6, n=30, seed=4).x_train, data.x_train)
+    other = make_sequence_task(task, vocab=5, length=6, n=30, seed=4)
+    assert not np.array_equal(other.x_train, data.x_train)
+    # The config's loader is the same function.
+    assert eqx.tree_equal(DATASETS[task].load(vocab=5, length=6, n=30, n_test=10, seed=3), data)
+
+
+def test_unknown_generated_dataset_is_named():
+    with pytest.raises(ValueError, match="Unknown task 'reversing'.*'sorting', 'copying'"):
+        make_sequence_task("reversing")
+    with pytest.raises(ValueError, match="Unknown dataset 'blobs'.*'moons', 'circles'"):
+        make_sklearn("blobs")
 
 
 @pytest.mark.parametrize("task", ["sorting", "copying"])
@@ -285,15 +292,33 @@ def test_gd_fits_the_sequence_tasks(task):
 
 
 @pytest.mark.parametrize(
-    "make, binary, size",
-    [(make_moons, True, 2), (make_circles, True, 2), (make_classification, False, 20)],
+    "name, binary, size",
+    [("moons", True, 2), ("circles", True, 2), ("classification", False, 20)],
 )
-def test_sklearn_datasets(make, binary, size):
-    data = make(n=40, n_test=10, seed=1)
+def test_sklearn_datasets(name, binary, size):
+    data = make_sklearn(name, n=40, n_test=10, seed=1)
     assert data.binary is binary and data.out_size == (1 if binary else 2)
     assert data.x_train.shape == (40, size) and data.x_test.shape == (10, size)
     assert set(np.unique(data.y_train)) == {0, 1}
-    assert eqx.tree_equal(data, make(n=40, n_test=10, seed=1))
+    assert eqx.tree_equal(data, make_sklearn(name, n=40, n_test=10, seed=1))
+    assert eqx.tree_equal(data, DATASETS[name].load(n=40, n_test=10, seed=1))
+
+
+def test_sklearn_parameters_reach_the_generator():
+    wide = make_sklearn("classification", n=60, n_test=0, classes=3, features=7)
+    assert wide.x_train.shape == (60, 7) and wide.x_test is None
+    assert wide.num_classes == wide.out_size == 3
+    assert set(np.unique(wide.y_train)) == {0, 1, 2}
+    radius = lambda data: np.linalg.norm(np.asarray(data.x_train), axis=1)
+    # Without noise the inner circle (label 1) has radius `factor`, the outer one 1.
+    circles = make_sklearn("circles", n=20, n_test=0, noise=0.0, factor=0.3)
+    inner = np.asarray(circles.y_train) == 1
+    np.testing.assert_allclose(radius(circles)[inner], 0.3, rtol=1e-12)
+    np.testing.assert_allclose(radius(circles)[~inner], 1.0, rtol=1e-12)
+    noisy = make_sklearn("moons", n=20, n_test=0, noise=0.5)
+    assert not np.allclose(noisy.x_train, make_sklearn("moons", n=20, n_test=0, noise=0.0).x_train)
+    with pytest.raises(TypeError, match="factor"):
+        make_sklearn("moons", factor=0.5)  # the moons have no such parameter
 
 
 def _fake_cifar(root: pathlib.Path, per_batch: int = 30) -> tuple[pathlib.Path, dict]:
