@@ -3,6 +3,7 @@
 import io
 import pathlib
 import pickle
+import re
 import tarfile
 
 import equinox as eqx
@@ -15,7 +16,7 @@ import pytest
 
 import centralflows as cf
 from centralflows._config import load_config, validate_config
-from centralflows._experiment import make_optimizer, make_problem
+from centralflows._experiment import make_problem
 from centralflows.cli import main
 from centralflows.data import (
     DATASETS,
@@ -44,6 +45,7 @@ from centralflows.models import (
 ROOT = pathlib.Path(__file__).parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
 SMALL = [path for path in CONFIGS if path.stem.endswith("-small")]
+ZOO_DOC = (ROOT / "docs/zoo.md").read_text()
 
 # Tiny instances of every architecture (and of each normalisation), with nonzero heads so
 # that no derivative vanishes because a read-out starts at zero.
@@ -395,7 +397,7 @@ def test_cifar10_missing_is_a_clear_error_before_anything_runs(tmp_path, capsys,
     assert not out.exists() or not any(out.iterdir())  # no run file
 
 
-def test_every_config_validates_and_builds(fake_cifar):
+def test_every_config_validates_and_builds(fake_cifar, tmp_path, capsys, monkeypatch):
     archive, _ = fake_cifar
     assert {
         "gd-cnn-cifar10.toml",
@@ -409,17 +411,28 @@ def test_every_config_validates_and_builds(fake_cifar):
     for name in ARCHITECTURES:  # every architecture has a full and a small config
         assert any(f"-{name}-" in path.name for path in SMALL), name
         assert any(f"-{name}-" in path.name for path in set(CONFIGS) - set(SMALL)), name
+    # The parameter counts docs/zoo.md gives, e.g. "`gd-cnn-cifar10`, `...` (544 100)".
+    documented = {
+        config: int(count.replace(" ", ""))
+        for configs, count in re.findall(r"((?:`[\w-]+`(?:, )?)+) \((\d[\d ]*)\)", ZOO_DOC)
+        for config in re.findall(r"`([\w-]+)`", configs)
+    }
+    assert len(documented) >= 2 * len(ARCHITECTURES)
+    monkeypatch.chdir(tmp_path)
     for path in CONFIGS:
-        cfg = load_config(path)
         assert path.read_text().startswith("#")
-        if cfg["data"]["name"] == "cifar10":  # the full architecture on a few fake images
-            cfg = load_config(path, [f"data.path={archive}", "data.n=4", "data.n_test=4"])
+        cfg = load_config(path)
         assert cfg["model"]["name"] in path.name
-        # Built abstractly (the data is read, the model only traced): the full-size
+        # `--dry-run` reads the data and traces the model and the loss: the full-size
         # models would take a minute to initialise op by op on this CPU.
-        objective, w0 = eqx.filter_eval_shape(make_problem, cfg)
-        make_optimizer(cfg["opt"])
-        assert eqx.filter_eval_shape(lambda o, w: o.value(w), objective, w0).shape == ()
+        argv = ["run", str(path), "--dry-run"]
+        if cfg["data"]["name"] == "cifar10":  # the full architecture on a few fake images
+            argv += ["--set", f"data.path={archive}", "--set", "data.n=4", "--set", "data.n_test=4"]
+        assert main(argv) == 0, path.name
+        out = capsys.readouterr().out
+        count = int(re.search(rf"model: {cfg['model']['name']}, (\d+) parameters", out)[1])
+        assert documented.get(path.stem, count) == count, path.name
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
 def test_config_options_come_from_the_declarations():
