@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import centralflows as cf
-from centralflows._config import load_config, validate_config
+from centralflows._config import _format, load_config, validate_config
 from centralflows._experiment import make_problem
 from centralflows.cli import main
 from centralflows.data import (
@@ -447,6 +447,8 @@ def test_config_options_come_from_the_declarations():
     moons = validate_config({"opt": {"lr": 0.1}, "data": {"name": "moons"}})
     assert moons["data"]["noise"] == DATASETS["moons"].options["noise"].default == 0.2
     assert "classes" not in moons["data"]  # moons is binary: no such option
+    linear = validate_config({"opt": {"lr": 0.1}, "model": {"depth": 0}})  # a linear model
+    assert linear["model"]["depth"] == 0
     with pytest.raises(ValueError, match=r"unknown key 'model\.width'"):
         validate_config({"opt": {"lr": 0.1}, "model": {"name": "vit", "width": 3}})
     with pytest.raises(ValueError, match=r"model\.heads = 0 is invalid; expected an integer >= 1"):
@@ -461,6 +463,39 @@ def test_config_options_come_from_the_declarations():
         validate_config({"opt": {"lr": 0.1}, "model": {"name": "cnn"}, "data": {"name": "moons"}})
     binary = validate_config({"opt": {"lr": 0.1}, "data": {"name": "cifar10", "classes": "binary"}})
     assert binary["data"]["classes"] == "binary"
+
+
+def test_option_tables_in_the_docs_are_the_declarations():
+    for name, architecture in ARCHITECTURES.items():
+        rows = "".join(
+            f"| `{key}` | `{_format(option.default)}` | {option.expected} |\n"
+            for key, option in architecture.options.items()
+        )
+        assert f"`{name}`\n\n| option | default | valid |\n|---|---|---|\n{rows}\n" in ZOO_DOC
+
+
+@pytest.mark.parametrize(
+    "config, override, message",
+    [
+        ("gd-transformer-sorting-small", "model.d_model=9", "`heads=2` must divide `d_model=9`"),
+        ("gd-vit-digits-small", "model.patch_size=3", "`patch_size=3` must divide the sides"),
+        (
+            "rmsprop-resnet-digits-small",
+            "model.stage_sizes=[]",
+            "model.stage_sizes = [] is invalid; expected a non-empty list of integers >= 1",
+        ),
+        ("gd-mlp-digits-small", "data.n=2000", "exceeds the 1797 digits images"),
+        ("gd-lstm-sorting-small", "data.vocab=1", "data.vocab = 1 is invalid"),
+        ("gd-mamba-sorting-small", "data.name=moons", '"mamba" takes tokens, but'),
+    ],
+)
+def test_bad_zoo_input_is_a_clear_error_before_anything_runs(
+    config, override, message, tmp_path, capsys
+):
+    argv = ["run", str(ROOT / f"configs/{config}.toml"), "--set", override]
+    assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no run file
 
 
 @pytest.mark.slow
