@@ -422,7 +422,15 @@ def test_every_config_validates_and_builds(fake_cifar, tmp_path, capsys, monkeyp
     for path in CONFIGS:
         assert path.read_text().startswith("#")
         cfg = load_config(path)
-        assert cfg["model"]["name"] in path.name
+        data, model = cfg["data"], cfg["model"]["name"]
+        assert model in path.name
+        if path not in SMALL:  # the paper's sizes
+            if data["name"] == "cifar10":
+                assert (data["classes"], data["n"]) == (4, 1000), path.name
+            if data["name"] == "sorting":
+                assert data["n"] == (250 if model == "mamba" else 1000), path.name
+        else:  # runs without the archive
+            assert data["name"] in ("digits", "sorting"), path.name
         # `--dry-run` reads the data and traces the model and the loss: the full-size
         # models would take a minute to initialise op by op on this CPU.
         argv = ["run", str(path), "--dry-run"]
@@ -430,7 +438,7 @@ def test_every_config_validates_and_builds(fake_cifar, tmp_path, capsys, monkeyp
             argv += ["--set", f"data.path={archive}", "--set", "data.n=4", "--set", "data.n_test=4"]
         assert main(argv) == 0, path.name
         out = capsys.readouterr().out
-        count = int(re.search(rf"model: {cfg['model']['name']}, (\d+) parameters", out)[1])
+        count = int(re.search(rf"model: {model}, (\d+) parameters", out)[1])
         assert documented.get(path.stem, count) == count, path.name
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
