@@ -28,10 +28,11 @@ class Range(NamedTuple):
     kind: type | None = None  # by default the type of the default
 
 
-def at_least(low: int | float) -> Range:
-    """Numbers `>= low` (integers if `low` is an integer)."""
+def at_least(low: int | float, condition: str = "") -> Range:
+    """Numbers `>= low` (integers if `low` is an integer), with a further `condition` on
+    other values (checked where those are known, e.g. when the model is built) in words."""
     noun = "an integer" if isinstance(low, int) else "a float"
-    return Range(f"{noun} >= {low}", lambda v: v >= low)
+    return Range(f"{noun} >= {low}" + (f" ({condition})" if condition else ""), lambda v: v >= low)
 
 
 def between(low: int, high: int) -> Range:
@@ -49,11 +50,11 @@ def flag() -> Range:
     return Range("a boolean")
 
 
-def integers(low: int = 1) -> Range:
-    """A list of integers `>= low`."""
+def integers(low: int = 1, *, empty: bool = True) -> Range:
+    """A list of integers `>= low`, which may be `empty` or not."""
     return Range(
-        f"a list of integers >= {low}",
-        lambda v: min(v, default=low) >= low,
+        f"a {'' if empty else 'non-empty '}list of integers >= {low}",
+        lambda v: (empty or len(v) > 0) and min(v, default=low) >= low,
         item=int,
         kind=list,
     )

@@ -16,6 +16,7 @@ from ._stop import StopReason, describe_stop, is_failure, stop_reason_of
 _EPILOG = """examples:
   centralflows run configs/gd-mlp-digits.toml
   centralflows run configs/gd-mlp-digits.toml --set opt.lr=0.3 --runs discrete --steps 200
+  centralflows run configs/gd-vit-cifar10.toml --dry-run
   centralflows run --resume runs/gd-mlp-digits-20261123-120000.h5 --steps 800
   centralflows info runs/gd-mlp-digits-20261123-120000.h5
   centralflows plot runs/gd-mlp-digits-20261123-120000.h5 --steps 100:300
@@ -64,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="fail when an eigensolve does not converge or an SDCP residual is too large",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config and build the problem (the data is read, the model only "
+        "traced), print its size and write nothing",
     )
     run.add_argument(
         "--compilation-cache",
@@ -173,6 +180,9 @@ def _run(args: argparse.Namespace) -> int:
     from ._cache import enable_compilation_cache
 
     jax.config.update("jax_enable_x64", cfg["run"]["precision"] == "float64")
+    if args.dry_run:
+        print(_dry_run(cfg))
+        return 0
     cache = args.compilation_cache  # None: the default directory; "off": none
     if cache is None:
         enable_compilation_cache(True)
@@ -230,6 +240,32 @@ def _run(args: argparse.Namespace) -> int:
     for line in failed:
         print(f"centralflows: {line}", file=sys.stderr)
     return 3 if failed else 0
+
+
+def _dry_run(cfg: dict) -> str:
+    """What a run of `cfg` would be, from its problem built abstractly: the data is read
+    (so a missing file is reported) and the model traced, but nothing is computed."""
+    import equinox as eqx
+    import jax
+
+    from ._experiment import make_eig_config, make_flow_options, make_optimizer, make_problem
+
+    make_optimizer(cfg["opt"])
+    make_eig_config(cfg["eig"])
+    make_flow_options(cfg)
+    objective, w0 = eqx.filter_eval_shape(make_problem, cfg)
+    eqx.filter_eval_shape(lambda o, w: o.value(w), objective, w0)  # the loss traces
+    examples = lambda split: 0 if split is None else jax.tree.leaves(split)[0].shape[0]
+    data, model = cfg["data"]["name"], cfg["model"]["name"]
+    return "\n".join(
+        [
+            f"model: {model}, {w0.shape[0]} parameters",
+            f"data: {data}, {examples(objective.train)} train and "
+            f"{examples(objective.test)} test examples",
+            f"would run: {', '.join(cfg['run']['processes'])} for {cfg['run']['steps']} steps "
+            f"(opt.name={cfg['opt']['name']}, opt.lr={cfg['opt']['lr']})",
+        ]
+    )
 
 
 def _stop(result, group: str) -> tuple[StopReason, float] | None:

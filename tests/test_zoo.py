@@ -3,6 +3,7 @@
 import io
 import pathlib
 import pickle
+import re
 import tarfile
 
 import equinox as eqx
@@ -14,19 +15,16 @@ import numpy as np
 import pytest
 
 import centralflows as cf
-from centralflows._config import load_config, validate_config
-from centralflows._experiment import make_optimizer, make_problem
+from centralflows._config import _format, load_config, validate_config
+from centralflows._experiment import make_problem
 from centralflows.cli import main
 from centralflows.data import (
     DATASETS,
     IGNORE,
     load_cifar10,
     locate_cifar10,
-    make_circles,
-    make_classification,
-    make_copying,
-    make_moons,
-    make_sorting,
+    make_sequence_task,
+    make_sklearn,
 )
 from centralflows.models import (
     ARCHITECTURES,
@@ -47,6 +45,7 @@ from centralflows.models import (
 ROOT = pathlib.Path(__file__).parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
 SMALL = [path for path in CONFIGS if path.stem.endswith("-small")]
+ZOO_DOC = (ROOT / "docs/zoo.md").read_text()
 
 # Tiny instances of every architecture (and of each normalisation), with nonzero heads so
 # that no derivative vanishes because a read-out starts at zero.
@@ -98,6 +97,8 @@ def tiny_objective(name, key):
     return objective, jfu.ravel_pytree(params)[0]
 
 
+# Measured 2026-12-02 on the shared 2-core CPU at a load of 4: at most 14 s each (vit, resnet;
+# transformer 11 s, mamba 10 s); 20 to 26 s with another job's compile beside them.
 @pytest.mark.parametrize("name", list(TINY))
 def test_third_order_matches_finite_differences_of_hvps(name, getkey):
     objective, w0 = tiny_objective(name, getkey())
@@ -248,24 +249,34 @@ def test_losses_categorical_binary_and_ignore():
     assert MSE(binary=True).accuracy(sequence, jnp.array([1, 1, IGNORE])) == 0.5
 
 
-@pytest.mark.parametrize("make", [make_sorting, make_copying])
-def test_sequence_task_targets(make):
-    data = make(vocab=5, length=6, n=30, n_test=10, seed=3)
+@pytest.mark.parametrize("task", ["sorting", "copying"])
+def test_sequence_task_targets(task):
+    data = make_sequence_task(task, vocab=5, length=6, n=30, n_test=10, seed=3)
     assert data.vocab == data.num_classes == 5 and not data.binary
     assert data.x_train.shape == (30, 11) and data.y_train.shape == (30, 11)
     assert data.x_test.shape == (10, 11)
     x = np.concatenate([data.x_train, data.x_test])
     y = np.concatenate([data.y_train, data.y_test])
     prompt = x[:, :6]
-    answer = np.sort(prompt, axis=1) if make is make_sorting else prompt
+    answer = np.sort(prompt, axis=1) if task == "sorting" else prompt
     # Position t predicts token t + 1; only the answer is scored.
     assert np.all(y[:, :5] == IGNORE)
     np.testing.assert_array_equal(y[:, 5:], answer)
     np.testing.assert_array_equal(x[:, 6:], answer[:, :-1])
     assert x.min() >= 0 and x.max() < 5
-    again = make(vocab=5, length=6, n=30, n_test=10, seed=3)
+    again = make_sequence_task(task, vocab=5, length=6, n=30, n_test=10, seed=3)
     assert eqx.tree_equal(data, again)
-    assert not np.array_equal(make(vocab=5, length=6, n=30, seed=4).x_train, data.x_train)
+    other = make_sequence_task(task, vocab=5, length=6, n=30, seed=4)
+    assert not np.array_equal(other.x_train, data.x_train)
+    # The config's loader is the same function.
+    assert eqx.tree_equal(DATASETS[task].load(vocab=5, length=6, n=30, n_test=10, seed=3), data)
+
+
+def test_unknown_generated_dataset_is_named():
+    with pytest.raises(ValueError, match="Unknown task 'reversing'.*'sorting', 'copying'"):
+        make_sequence_task("reversing")
+    with pytest.raises(ValueError, match="Unknown dataset 'blobs'.*'moons', 'circles'"):
+        make_sklearn("blobs")
 
 
 @pytest.mark.parametrize("task", ["sorting", "copying"])
@@ -285,15 +296,33 @@ def test_gd_fits_the_sequence_tasks(task):
 
 
 @pytest.mark.parametrize(
-    "make, binary, size",
-    [(make_moons, True, 2), (make_circles, True, 2), (make_classification, False, 20)],
+    "name, binary, size",
+    [("moons", True, 2), ("circles", True, 2), ("classification", False, 20)],
 )
-def test_sklearn_datasets(make, binary, size):
-    data = make(n=40, n_test=10, seed=1)
+def test_sklearn_datasets(name, binary, size):
+    data = make_sklearn(name, n=40, n_test=10, seed=1)
     assert data.binary is binary and data.out_size == (1 if binary else 2)
     assert data.x_train.shape == (40, size) and data.x_test.shape == (10, size)
     assert set(np.unique(data.y_train)) == {0, 1}
-    assert eqx.tree_equal(data, make(n=40, n_test=10, seed=1))
+    assert eqx.tree_equal(data, make_sklearn(name, n=40, n_test=10, seed=1))
+    assert eqx.tree_equal(data, DATASETS[name].load(n=40, n_test=10, seed=1))
+
+
+def test_sklearn_parameters_reach_the_generator():
+    wide = make_sklearn("classification", n=60, n_test=0, classes=3, features=7)
+    assert wide.x_train.shape == (60, 7) and wide.x_test is None
+    assert wide.num_classes == wide.out_size == 3
+    assert set(np.unique(wide.y_train)) == {0, 1, 2}
+    radius = lambda data: np.linalg.norm(np.asarray(data.x_train), axis=1)
+    # Without noise the inner circle (label 1) has radius `factor`, the outer one 1.
+    circles = make_sklearn("circles", n=20, n_test=0, noise=0.0, factor=0.3)
+    inner = np.asarray(circles.y_train) == 1
+    np.testing.assert_allclose(radius(circles)[inner], 0.3, rtol=1e-12)
+    np.testing.assert_allclose(radius(circles)[~inner], 1.0, rtol=1e-12)
+    noisy = make_sklearn("moons", n=20, n_test=0, noise=0.5)
+    assert not np.allclose(noisy.x_train, make_sklearn("moons", n=20, n_test=0, noise=0.0).x_train)
+    with pytest.raises(TypeError, match="factor"):
+        make_sklearn("moons", factor=0.5)  # the moons have no such parameter
 
 
 def _fake_cifar(root: pathlib.Path, per_batch: int = 30) -> tuple[pathlib.Path, dict]:
@@ -370,7 +399,7 @@ def test_cifar10_missing_is_a_clear_error_before_anything_runs(tmp_path, capsys,
     assert not out.exists() or not any(out.iterdir())  # no run file
 
 
-def test_every_config_validates_and_builds(fake_cifar):
+def test_every_config_validates_and_builds(fake_cifar, tmp_path, capsys, monkeypatch):
     archive, _ = fake_cifar
     assert {
         "gd-cnn-cifar10.toml",
@@ -384,17 +413,36 @@ def test_every_config_validates_and_builds(fake_cifar):
     for name in ARCHITECTURES:  # every architecture has a full and a small config
         assert any(f"-{name}-" in path.name for path in SMALL), name
         assert any(f"-{name}-" in path.name for path in set(CONFIGS) - set(SMALL)), name
+    # The parameter counts docs/zoo.md gives, e.g. "`gd-cnn-cifar10`, `...` (544 100)".
+    documented = {
+        config: int(count.replace(" ", ""))
+        for configs, count in re.findall(r"((?:`[\w-]+`(?:, )?)+) \((\d[\d ]*)\)", ZOO_DOC)
+        for config in re.findall(r"`([\w-]+)`", configs)
+    }
+    assert len(documented) >= 2 * len(ARCHITECTURES)
+    monkeypatch.chdir(tmp_path)
     for path in CONFIGS:
-        cfg = load_config(path)
         assert path.read_text().startswith("#")
-        if cfg["data"]["name"] == "cifar10":  # the full architecture on a few fake images
-            cfg = load_config(path, [f"data.path={archive}", "data.n=4", "data.n_test=4"])
-        assert cfg["model"]["name"] in path.name
-        # Built abstractly (the data is read, the model only traced): the full-size
+        cfg = load_config(path)
+        data, model = cfg["data"], cfg["model"]["name"]
+        assert model in path.name
+        if path not in SMALL:  # the paper's sizes
+            if data["name"] == "cifar10":
+                assert (data["classes"], data["n"]) == (4, 1000), path.name
+            if data["name"] == "sorting":
+                assert data["n"] == (250 if model == "mamba" else 1000), path.name
+        else:  # runs without the archive
+            assert data["name"] in ("digits", "sorting"), path.name
+        # `--dry-run` reads the data and traces the model and the loss: the full-size
         # models would take a minute to initialise op by op on this CPU.
-        objective, w0 = eqx.filter_eval_shape(make_problem, cfg)
-        make_optimizer(cfg["opt"])
-        assert eqx.filter_eval_shape(lambda o, w: o.value(w), objective, w0).shape == ()
+        argv = ["run", str(path), "--dry-run"]
+        if cfg["data"]["name"] == "cifar10":  # the full architecture on a few fake images
+            argv += ["--set", f"data.path={archive}", "--set", "data.n=4", "--set", "data.n_test=4"]
+        assert main(argv) == 0, path.name
+        out = capsys.readouterr().out
+        count = int(re.search(rf"model: {model}, (\d+) parameters", out)[1])
+        assert documented.get(path.stem, count) == count, path.name
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
 def test_config_options_come_from_the_declarations():
@@ -409,6 +457,8 @@ def test_config_options_come_from_the_declarations():
     moons = validate_config({"opt": {"lr": 0.1}, "data": {"name": "moons"}})
     assert moons["data"]["noise"] == DATASETS["moons"].options["noise"].default == 0.2
     assert "classes" not in moons["data"]  # moons is binary: no such option
+    linear = validate_config({"opt": {"lr": 0.1}, "model": {"depth": 0}})  # a linear model
+    assert linear["model"]["depth"] == 0
     with pytest.raises(ValueError, match=r"unknown key 'model\.width'"):
         validate_config({"opt": {"lr": 0.1}, "model": {"name": "vit", "width": 3}})
     with pytest.raises(ValueError, match=r"model\.heads = 0 is invalid; expected an integer >= 1"):
@@ -425,10 +475,44 @@ def test_config_options_come_from_the_declarations():
     assert binary["data"]["classes"] == "binary"
 
 
+def test_option_tables_in_the_docs_are_the_declarations():
+    for name, architecture in ARCHITECTURES.items():
+        rows = "".join(
+            f"| `{key}` | `{_format(option.default)}` | {option.expected} |\n"
+            for key, option in architecture.options.items()
+        )
+        assert f"`{name}`\n\n| option | default | valid |\n|---|---|---|\n{rows}\n" in ZOO_DOC
+
+
+@pytest.mark.parametrize(
+    "config, override, message",
+    [
+        ("gd-transformer-sorting-small", "model.d_model=9", "`heads=2` must divide `d_model=9`"),
+        ("gd-vit-digits-small", "model.patch_size=3", "`patch_size=3` must divide the sides"),
+        (
+            "rmsprop-resnet-digits-small",
+            "model.stage_sizes=[]",
+            "model.stage_sizes = [] is invalid; expected a non-empty list of integers >= 1",
+        ),
+        ("gd-mlp-digits-small", "data.n=2000", "exceeds the 1797 digits images"),
+        ("gd-lstm-sorting-small", "data.vocab=1", "data.vocab = 1 is invalid"),
+        ("gd-mamba-sorting-small", "data.name=moons", '"mamba" takes tokens, but'),
+    ],
+)
+def test_bad_zoo_input_is_a_clear_error_before_anything_runs(
+    config, override, message, tmp_path, capsys
+):
+    argv = ["run", str(ROOT / f"configs/{config}.toml"), "--set", override]
+    assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no run file
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SMALL, ids=[path.stem for path in SMALL])
 def test_small_config_runs_discrete_and_central(path, tmp_path):
-    # Minutes each on a loaded 2-core CPU, nearly all of it compiling the central flow.
+    # Measured (an earlier session, 2-core CPU at a load of 4 to 5): 68 s (scalar-rmsprop-cnn)
+    # to about 10 min (gd-mamba) each, nearly all of it compiling; see docs/zoo.md.
     argv = ["run", str(path), "--steps", "3", "--runs", "discrete", "central"]
     # The RMSProp configs keep their warm start: from step 0 the zero-initialised heads
     # leave most gradients, hence ν, at zero, and the flows are then very stiff.

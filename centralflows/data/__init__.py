@@ -3,10 +3,7 @@ from ._cifar10 import locate_cifar10 as locate_cifar10
 from ._dataset import IGNORE as IGNORE
 from ._dataset import Dataset as Dataset
 from ._digits import load_digits as load_digits
-from ._sequences import make_copying as make_copying
-from ._sequences import make_sorting as make_sorting
-from ._sklearn import make_circles as make_circles
-from ._sklearn import make_classification as make_classification
-from ._sklearn import make_moons as make_moons
+from ._sequences import make_sequence_task as make_sequence_task
+from ._sklearn import make_sklearn as make_sklearn
 from ._zoo import DATASETS as DATASETS
 from ._zoo import DatasetSpec as DatasetSpec

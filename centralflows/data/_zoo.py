@@ -1,3 +1,4 @@
+import functools
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -21,11 +22,14 @@ class DatasetSpec(NamedTuple):
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(_digits.load_digits, _digits.OPTIONS, "images"),
     "cifar10": DatasetSpec(_cifar10.load_cifar10, _cifar10.OPTIONS, "images"),
-    "sorting": DatasetSpec(_sequences.make_sorting, _sequences.SORTING_OPTIONS, "tokens"),
-    "copying": DatasetSpec(_sequences.make_copying, _sequences.COPYING_OPTIONS, "tokens"),
-    "moons": DatasetSpec(_sklearn.make_moons, _sklearn.MOONS_OPTIONS, "vectors"),
-    "circles": DatasetSpec(_sklearn.make_circles, _sklearn.CIRCLES_OPTIONS, "vectors"),
-    "classification": DatasetSpec(
-        _sklearn.make_classification, _sklearn.CLASSIFICATION_OPTIONS, "vectors"
-    ),
+    **{
+        task: DatasetSpec(
+            functools.partial(_sequences.make_sequence_task, task), _sequences.OPTIONS, "tokens"
+        )
+        for task in ("sorting", "copying")
+    },
+    **{
+        name: DatasetSpec(functools.partial(_sklearn.make_sklearn, name), options, "vectors")
+        for name, options in _sklearn.OPTIONS.items()
+    },
 }

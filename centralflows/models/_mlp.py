@@ -82,7 +82,7 @@ MLP.__init__.__doc__ = """**Arguments:**
 OPTIONS = declare(
     MLP,
     width=at_least(1),
-    depth=at_least(1),
+    depth=at_least(0),
     widths=integers(1),
     bias=flag(),
     activation=one_of(*ACTIVATIONS),

@@ -87,7 +87,10 @@ class ResNet(eqx.Module):
         if norm not in _NORMS:
             raise ValueError(f"Unknown norm {norm!r}; valid norms are {_NORMS}.")
         if not stage_sizes or min(stage_sizes) < 1:
-            raise ValueError(f"`stage_sizes` must be positive, got {tuple(stage_sizes)}.")
+            raise ValueError(
+                "`stage_sizes` must be a non-empty list of integers >= 1, "
+                f"got {tuple(stage_sizes)}."
+            )
         channels, height, breadth = image_shape
         dtype = float_dtype(dtype)
         groups = {"group": width, "layer": 1, "none": None}[norm]
@@ -140,7 +143,7 @@ ResNet.__init__.__doc__ = """**Arguments:**
 OPTIONS = declare(
     ResNet,
     width=at_least(1),
-    stage_sizes=integers(1),
+    stage_sizes=integers(1, empty=False),
     norm=one_of(*_NORMS),
     activation=one_of(*ACTIVATIONS),
 )

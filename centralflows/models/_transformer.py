@@ -76,11 +76,10 @@ class Transformer(eqx.Module):
         dtype: DTypeLike | None = None,
         key: PRNGKeyArray,
     ):
-        if d_model % heads or norm not in _NORMS:
-            raise ValueError(
-                f"`heads` must divide `d_model` and `norm` be one of {_NORMS}; got "
-                f"d_model={d_model}, heads={heads}, norm={norm!r}."
-            )
+        if d_model % heads:
+            raise ValueError(f"`heads={heads}` must divide `d_model={d_model}`.")
+        if norm not in _NORMS:
+            raise ValueError(f"Unknown norm {norm!r}; valid norms are {_NORMS}.")
         dtype = float_dtype(dtype)
         kembed, khead, kxhead, *keys = jr.split(key, 3 + layers)
         self.embedding = jax.nn.initializers.glorot_uniform()(kembed, (vocab, d_model), dtype)
@@ -121,7 +120,7 @@ Transformer.__init__.__doc__ = """**Arguments:**
 OPTIONS = declare(
     Transformer,
     layers=at_least(1),
-    d_model=at_least(1),
+    d_model=at_least(1, "a multiple of `heads`"),
     heads=at_least(1),
     norm=one_of(*_NORMS),
     weight_multiplier=at_least(0.0),

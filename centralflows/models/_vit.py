@@ -86,8 +86,10 @@ class ViT(eqx.Module):
             raise ValueError(f"`patch_size={patch_size}` must divide the sides of {image_shape}.")
         if dim % 4:
             raise ValueError(f"`dim` must be a multiple of 4 (the position code), got {dim}.")
-        if pool not in ("mean", "cls") or norm not in _NORMS:
-            raise ValueError(f"`pool` must be 'mean' or 'cls' and `norm` one of {_NORMS}.")
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"Unknown pool {pool!r}; valid pools are ('mean', 'cls').")
+        if norm not in _NORMS:
+            raise ValueError(f"Unknown norm {norm!r}; valid norms are {_NORMS}.")
         dtype = float_dtype(dtype)
         kembed, kcls, khead, *keys = jr.split(key, 3 + depth)
         patch_dim = channels * patch_size**2
@@ -144,7 +146,7 @@ ViT.__init__.__doc__ = """**Arguments:**
 
 OPTIONS = declare(
     ViT,
-    patch_size=at_least(1),
+    patch_size=at_least(1, "dividing the image sides"),
     dim=Range("a multiple of 4, at least 4", lambda v: v >= 4 and v % 4 == 0),
     depth=at_least(1),
     heads=at_least(1),
