@@ -47,19 +47,18 @@ def _below(matrix: Float[Array, "m m"]) -> Float[Array, ""]:
 def _masked_matvec(
     matvec: Callable[[Columns], Columns], active: Bool[Array, " k"]
 ) -> Callable[[Columns], Columns]:
-    """`matvec` on the `active` columns only (zero elsewhere, at no cost), so that a
-    block padded to a fixed width costs products for its active columns alone: one batched
-    product where every column is active, else one column at a time. (One at a time
-    throughout made the default job's warm run 266 s against 206 s for batched products,
-    at the same product counts: at the edge of stability every row is tracked.)"""
+    """`matvec` on the `active` columns only, one column at a time (zero elsewhere, at
+    no cost), so that a block padded to a fixed width costs products for its active
+    columns alone. On the 2-core CPU, 8 columns of the digits MLP one at a time took 0.9
+    to 1.2 times one batched product of all 8 (`benchmarks/masked_products.py`)."""
 
-    def one_at_a_time(cols):
+    def apply(cols):
         def column(c, on):
             return jax.lax.cond(on, lambda c: matvec(c[:, None])[:, 0], jnp.zeros_like, c)
 
         return jax.lax.map(lambda args: column(*args), (cols.T, active)).T
 
-    return lambda cols: jax.lax.cond(jnp.all(active), matvec, one_at_a_time, cols)
+    return apply
 
 
 def lobpcg(
