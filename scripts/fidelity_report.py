@@ -14,7 +14,7 @@ to the end):
         --mode adaptive euler4 [--set run.warm_start=130] [--set run.precision=float32]
 
 Rows are optimizer steps after the warm start; `--steps` counts logged steps.
-Writes docs/fidelity-<config>[-warm<N>]-<mode>.json and prints the same JSON.
+Writes benchmarks/results/fidelity-<config>[-warm<N>]-<mode>.json and prints the same JSON.
 """
 
 import argparse
@@ -127,7 +127,7 @@ def main():
             name += f"-{cfg['run']['precision']}"
         text = json.dumps(report, indent=2)
         print(text, flush=True)
-        (ROOT / f"docs/fidelity-{name}-{mode}.json").write_text(text + "\n")
+        (ROOT / f"benchmarks/results/fidelity-{name}-{mode}.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":

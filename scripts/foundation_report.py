@@ -3,7 +3,7 @@
 Runs discrete GD on `configs/gd-mlp-digits.toml`, classifies its regime, then, at several
 steps of that run, compares the Hessian-vector products LOBPCG needs warm-started from the
 previous step's eigenvectors against a cold (random) start. Prints JSON and writes it to
-docs/foundation.json.
+benchmarks/results/foundation.json.
 
     python scripts/foundation_report.py
 """
@@ -35,7 +35,7 @@ def main():
     cfg = load_config(ROOT / "configs/gd-mlp-digits.toml")
     objective, w0 = make_problem(cfg)
     optimizer, eig = make_optimizer(cfg["opt"]), make_eig_config(cfg["eig"])
-    steps = 500  # as measured in docs/foundation.json (the default job now runs 400)
+    steps = 500  # as measured in notes/results/foundation.json (the default job now runs 400)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         run = cf.run(
@@ -81,7 +81,7 @@ def main():
     }
     text = json.dumps(report, indent=2)
     print(text)
-    (ROOT / "docs/foundation.json").write_text(text + "\n")
+    (ROOT / "benchmarks/results/foundation.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":

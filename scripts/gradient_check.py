@@ -16,7 +16,8 @@ the default config (GD from the gradient-flow point at t = 120, RMSProp from
 
     python scripts/gradient_check.py [--problems toy digits] [--gd-lrs ...] [--rmsprop-lrs ...]
                                      [--rel-steps 1e-4 3e-4 ...]
-Writes docs/gradient-check-<problems>.json (after every case) and prints a Markdown table.
+Writes benchmarks/results/gradient-check-<problems>.json (after every case) and prints a
+Markdown table.
 """
 
 import argparse
@@ -191,9 +192,14 @@ def main():
         default=[1e-4],
         help="relative finite-difference steps; errors are against the first",
     )
-    parser.add_argument("--out", help="JSON file (default docs/gradient-check-<problems>.json)")
+    parser.add_argument(
+        "--out", help="JSON file (default benchmarks/results/gradient-check-<problems>.json)"
+    )
     args = parser.parse_args()
-    out = pathlib.Path(args.out or ROOT / "docs" / f"gradient-check-{'-'.join(args.problems)}.json")
+    out = pathlib.Path(
+        args.out
+        or ROOT / "benchmarks" / "results" / f"gradient-check-{'-'.join(args.problems)}.json"
+    )
     rows = []
     for problem, optimizer, data, factory, params, t1 in cases(
         args.problems, args.gd_lrs, args.rmsprop_lrs

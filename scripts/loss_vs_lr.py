@@ -10,7 +10,7 @@ On the default digits MLP (GD from the initialization), for a grid of η:
   as tangents and checked against central differences of the flow (h = 1e-4 η).
 
     python scripts/loss_vs_lr.py [--steps 200] [--set data.n=200 ...]
-Writes docs/loss-vs-lr.json (after each phase, so a crash keeps what was measured) and
+Writes benchmarks/results/loss-vs-lr.json (after each phase, so a crash keeps what was measured) and
 docs/figures/loss-vs-lr.png (needs the `figures` extra).
 """
 
@@ -45,7 +45,9 @@ def main():
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides"
     )
     parser.add_argument(
-        "--reuse", action="store_true", help="keep the phases docs/loss-vs-lr.json already has"
+        "--reuse",
+        action="store_true",
+        help="keep the phases benchmarks/results/loss-vs-lr.json already has",
     )
     args = parser.parse_args()
     cfg = load_config(ROOT / args.config, args.overrides)
@@ -55,7 +57,7 @@ def main():
     T = args.steps
 
     settings = {k: v for k, v in vars(args).items() if k != "reuse"}
-    out = ROOT / "docs/loss-vs-lr.json"
+    out = ROOT / "benchmarks/results/loss-vs-lr.json"
     result = {"settings": settings, "T": T, "seconds": {}}
     if args.reuse and out.is_file():
         previous = json.loads(out.read_text())

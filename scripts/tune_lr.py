@@ -11,10 +11,10 @@ oscillates from step to step). Reports both optima and their cost.
     python scripts/tune_lr.py --optimizer rmsprop --steps 30 --set data.n=200 --set eig.max_neigs=12
 (the runs of docs/gradients.md; RMSProp's flow needs more tracked directions than the
 default 8 once many are critical, and the flow warns where they are all critical).
-Writes docs/tune-<optimizer>.json (or --out) after every tuning step; `--reuse` continues
-a tuning from it (e.g. with more --iterations). Costs are reported in seconds and in
-gradient evaluations: the discrete runs' own count, and the flow's time divided by the
-time of one discrete gradient evaluation measured on the grid.
+Writes benchmarks/results/tune-<optimizer>.json (or --out) after every tuning step;
+`--reuse` continues a tuning from it (e.g. with more --iterations). Costs are reported in
+seconds and in gradient evaluations: the discrete runs' own count, and the flow's time
+divided by the time of one discrete gradient evaluation measured on the grid.
 
 Most of a flow gradient's time is compiling its programs. JAX's persistent cache keeps
 them across tuning steps and runs, but skips programs with Equinox's runtime checks (host
@@ -87,7 +87,9 @@ def main():
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides"
     )
-    parser.add_argument("--out", help="the JSON file (default docs/tune-<optimizer>.json)")
+    parser.add_argument(
+        "--out", help="the JSON file (default benchmarks/results/tune-<optimizer>.json)"
+    )
     parser.add_argument(
         "--reuse",
         action="store_true",
@@ -100,7 +102,7 @@ def main():
     base = dict(cfg["opt"])
     options, _ = make_flow_options(cfg)
     eig = make_eig_config(cfg["eig"])
-    out = pathlib.Path(args.out) if args.out else ROOT / f"docs/tune-{name}.json"
+    out = pathlib.Path(args.out) if args.out else ROOT / f"benchmarks/results/tune-{name}.json"
 
     def predicted_loss(u):
         # The warm-up steps use the tuned values too, as in the discrete runs; they are
