@@ -63,6 +63,18 @@ def _masked_matvec(
     return apply
 
 
+Solution = tuple[
+    Float[Array, " k"], Float[Array, "n k"], Float[Array, " k"], Int[Array, ""], Int[Array, ""]
+]
+
+
+def _widths(k: int) -> list[int]:
+    """The block widths LOBPCG's algebra runs at for k columns: 2 (where k > 2) and k.
+    Each width is a branch of the compiled program (about 1 s more to compile); the
+    counts 1 and 2 are the common ones before the edge of stability."""
+    return sorted({min(2, k), k})
+
+
 def lobpcg(
     matvec: Callable[[Columns], Columns],
     x0: Float[Array, "n k"],
@@ -71,14 +83,15 @@ def lobpcg(
     max_iters: int,
     count: Int[Array, ""] | int | None = None,
     refresh_every: int = 4,
-) -> tuple[
-    Float[Array, " k"], Float[Array, "n k"], Float[Array, " k"], Int[Array, ""], Int[Array, ""]
-]:
+) -> Solution:
     """Top eigenpairs of a symmetric operator by block LOBPCG.
 
     The block has a fixed width k of which the first `count` columns are active (traced,
     so one compiled program serves every count up to k); the others cost no products and
-    come back zero, with eigenvalue and residual 0.
+    come back zero, with eigenvalue and residual 0. The dense algebra of an iteration
+    costs about as much as a Hessian-vector product of the digits MLP at k = 8, so for a
+    `count` of 1 or 2 it runs on the first two columns only (a branch of a
+    `lax.switch`).
 
     An iteration costs one product per active column that has not converged (`AR` for
     the residual block; converged columns are soft-locked): `AX` and `AP` are carried
@@ -106,6 +119,26 @@ def lobpcg(
     **Returns:** `(theta, x, residual_norms, iterations, products)`, eigenvalues
     descending; `products` counts the columns `matvec` was applied to.
     """
+    k = x0.shape[1]
+    solve = lambda x0: _lobpcg(matvec, x0, tol, max_iters, count, refresh_every)
+    if count is None or k == 1:
+        return solve(x0)
+
+    def at_width(width):
+        def branch(x0):
+            theta, x, rnorm, iterations, products = solve(x0[:, :width])
+            pad = lambda v: jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, k - width)])
+            return pad(theta), pad(x), pad(rnorm), iterations, products
+
+        return branch
+
+    widths = _widths(k)
+    index = jnp.searchsorted(jnp.asarray(widths), count)  # the first width >= count
+    return jax.lax.switch(index, [at_width(w) for w in widths], x0)
+
+
+def _lobpcg(matvec, x0, tol, max_iters, count, refresh_every) -> Solution:
+    """`lobpcg` at the width of `x0`."""
     k = x0.shape[1]
     active = jnp.ones(k, bool) if count is None else jnp.arange(k) < count
     products_of = _masked_matvec(matvec)
