@@ -80,7 +80,7 @@ def lobpcg(
     x0: Float[Array, "n k"],
     *,
     tol: float,
-    max_iters: int,
+    max_iters: int | Int[Array, ""],
     count: Int[Array, ""] | int | None = None,
     refresh_every: int = 4,
 ) -> Solution:
@@ -112,7 +112,7 @@ def lobpcg(
     - `x0`: `(n, k)` initial guess (its active columns need not be orthonormal).
     - `tol`: stop when all residual norms are below `tol · max|θ|` (floored at
       `TOL_FLOOR` machine epsilons).
-    - `max_iters`: iteration cap.
+    - `max_iters`: iteration cap (may be traced; 0: the Rayleigh–Ritz pairs of `x0`).
     - `count`: the number of active columns, 1 to k (default k: all).
     - `refresh_every`: iterations between fresh products `AX`, `AP`.
 
