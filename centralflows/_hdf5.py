@@ -133,6 +133,8 @@ def _lock_path(path: pathlib.Path) -> pathlib.Path:
 def _describe_holder(lock: pathlib.Path) -> str:
     try:
         info = json.loads(lock.read_text())
+        if info["pid"] == os.getpid() and info["host"] == socket.gethostname():
+            return f"this process, pid {info['pid']}, through another writer still open"
         return (
             f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']!r}"
         )

@@ -354,6 +354,8 @@ class RunWriter:
 
     @classmethod
     def _rebuild(cls, path, lock, num_rows, attrs) -> "RunWriter":
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a killed rebuild's
+            stale.unlink(missing_ok=True)  # (we hold the lock: no live one's)
         old = load_run(path, series=False)
         done = old.steps_done
         if isinstance(num_rows, bool) or not isinstance(num_rows, int) or num_rows < done:
