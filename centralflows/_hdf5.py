@@ -39,7 +39,7 @@ _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _SUPERBLOCK_BYTES = 48  # version 2 or 3 with 8-byte offsets: 12 + 4 addresses + checksum
 _FLAGS_BYTE = 11
 _SWMR_READ_ATTEMPTS = 24  # worst case about 2^24 ns of back-off in all: 20 ms
-_LOCK_WAIT = 2.0  # seconds a writer waits for readers' brief shared locks to go
+_LOCK_WAIT = 1.0  # seconds a writer waits for readers' brief shared locks to go
 
 
 class WriterBusyError(RuntimeError):
