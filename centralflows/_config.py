@@ -84,6 +84,13 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "warm_start": _Key(
             int, 0, "an integer >= 0 (unlogged optimizer steps first)", lambda v: v >= 0
         ),
+        "divergence_factor": _Key(
+            float,
+            1000.0,
+            "a float > 1 (a process whose loss exceeds this many times the initial loss is "
+            "stopped as diverged), or 0 (only a non-finite loss or iterate stops one)",
+            lambda v: v == 0 or v > 1,
+        ),
         "outputs": _Key(
             int,
             8,
@@ -284,9 +291,22 @@ def load_config(
         path = pathlib.Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
+        with path.open("rb") as f:
+            data = f.read()
+        if data.startswith(b"\x89HDF"):
+            raise ConfigError(
+                f"{path} is an HDF5 file (a run file?), not a TOML config; to continue a "
+                f"run, use `centralflows run --resume {path}`"
+            )
         try:
-            with path.open("rb") as f:
-                raw = tomllib.load(f)
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"{path} is not a TOML config: it is not UTF-8 text (byte "
+                f"{data[e.start]:#04x} at offset {e.start}); is it a binary file?"
+            ) from None
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"malformed TOML in {path}: {e}") from e
     merged = {s: dict(t) if isinstance(t, Mapping) else t for s, t in raw.items()}

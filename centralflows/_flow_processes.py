@@ -8,7 +8,7 @@ from typing import ClassVar, NamedTuple
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from ._custom_types import Record
 from ._eigen import (
@@ -21,6 +21,7 @@ from ._eigen import (
     preconditioner_diagonal,
     refresh_tracking,
 )
+from ._events import ArmedEvents, Event, EventKind
 from ._flows import Basis, CentralFlow, FlowState, StableFlow, ritz_pairs
 from ._integrate import FlowOptions, Segment, integrate_segment
 from ._objective import Objective
@@ -31,19 +32,7 @@ from ._stop import StopReason, stop_code
 
 Vector = Float[Array, " n"]
 _MAX_SEGMENTS = 16  # events handled per unit of time before stopping (StopReason.chatter)
-_RANK_EVENTS = ("onset", "activate", "deactivate")  # the SDCP's active rank changing
 _SOLVER_STATS = ("solver_steps", "rejected_steps", "rhs_evals", "segments")
-# The condition slot each kind of event is watched in: "onset" is the first "activate";
-# "enter", "eos" and "ceiling" are a Ritz value of the basis rising through a threshold.
-_SLOTS = {
-    "onset": "activate",
-    "activate": "activate",
-    "deactivate": "deactivate",
-    "enter": "ritz",
-    "eos": "ritz",
-    "ceiling": "ritz",
-    "track": "track",
-}
 
 
 class FlowProcessState(eqx.Module):
@@ -55,35 +44,6 @@ class FlowProcessState(eqx.Module):
     stop_time: Scalar  # NaN unless stopped, for the reason `stop_reason`
     stop_reason: StopReason
     dt: Scalar  # the solver's first step size in the next segment
-
-
-class Event(NamedTuple):
-    """An event planned for the next segment.
-
-    `kind` is `"onset"` (the stability constraint first becoming active: the EOS onset),
-    `"activate"` or `"deactivate"` (the SDCP leaving active rank `rank`), `"enter"` (the
-    Ritz value at the critical count rising through `threshold`), `"eos"` or `"ceiling"`
-    (the stable flow's sharpness rising through `threshold`), or `"track"` (the Rayleigh
-    quotient of the frozen `vectors`, the smallest tracked eigenvector, rising through
-    `threshold`)."""
-
-    kind: str
-    rank: int = 0
-    threshold: Scalar | None = None
-    vectors: Float[Array, "1 n"] | None = None
-
-
-class ArmedEvents(eqx.Module):
-    """The events a segment watches, as data, so that one compiled program serves every
-    combination of them: the slots (`AbstractFlowProcess.slots`) that are `armed`, the
-    SDCP's active `rank` (the rank slots), the Ritz slot's `threshold`, and the track
-    slot's `track_threshold` and frozen `track_vectors`."""
-
-    armed: Bool[Array, " s"]
-    rank: Int[Array, ""]
-    threshold: Scalar
-    track_threshold: Scalar
-    track_vectors: Float[Array, "1 n"]
 
 
 class PlannedSegment(NamedTuple):
@@ -182,7 +142,7 @@ class AbstractFlowProcess(eqx.Module):
         armed = [False] * len(slots)
         rank, threshold, track_threshold, track_vectors = 0, jnp.inf, jnp.inf, None
         for event in events:
-            slot = _SLOTS[event.kind]
+            slot = event.kind.slot
             armed[slots.index(slot)] = True
             if slot in ("activate", "deactivate"):
                 rank = event.rank  # both rank events of a segment leave the same rank
@@ -205,7 +165,7 @@ class AbstractFlowProcess(eqx.Module):
         if slot < 0:
             return None
         name = self.slots(num_critical)[slot]
-        return next(event for event in events if _SLOTS[event.kind] == name)
+        return next(event for event in events if event.kind.slot == name)
 
     def track_event(self, state: FlowProcessState) -> Event:
         """The smallest tracked eigenvalue rising through `eig.track_threshold`, as the
@@ -215,7 +175,9 @@ class AbstractFlowProcess(eqx.Module):
         count = int(effective.count)
         room = count < most_tracked(state.tracking, self.eig)
         threshold = self.eig.track_threshold if room else jnp.inf
-        return Event("track", threshold=threshold, vectors=effective.vectors[count - 1 : count])
+        return Event(
+            EventKind.track, threshold=threshold, vectors=effective.vectors[count - 1 : count]
+        )
 
     @abc.abstractmethod
     def point_record(self, y: FlowState, basis: Basis, num_critical: int) -> Record:
@@ -286,7 +248,7 @@ class AbstractFlowProcess(eqx.Module):
 
     def condition(self, event: Event, num_critical: int) -> Callable[[FlowState, Basis], Scalar]:
         """`(y, basis) -> c`, rising through 0 where `event` happens."""
-        slot = self.slots(num_critical).index(_SLOTS[event.kind])
+        slot = self.slots(num_critical).index(event.kind.slot)
 
         def value(y, basis):
             events = self.arm((event,), num_critical, y.w)
@@ -364,9 +326,9 @@ class AbstractFlowProcess(eqx.Module):
 
     def on_event(self, state: FlowProcessState, event: Event, time: float) -> FlowProcessState:
         """Update the state after `event` stopped a segment at `time`."""
-        if event.kind in ("onset", "eos"):
+        if event.kind in (EventKind.onset, EventKind.eos):
             return eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(time, state.y.w.dtype))
-        if event.kind == "ceiling":
+        if event.kind is EventKind.ceiling:
             return self.stop(state, time, StopReason.sharpness_ceiling)
         return state
 
@@ -400,9 +362,9 @@ class StableFlowProcess(AbstractFlowProcess):
         if sharpness > self.options.max_seff:
             return self.stop(state, now, StopReason.sharpness_ceiling), 0, ()
         if np.isnan(float(state.eos_time)):
-            sharpening = Event("eos", threshold=2.0)
+            sharpening = Event(EventKind.eos, threshold=2.0)
         else:
-            sharpening = Event("ceiling", threshold=self.options.max_seff)
+            sharpening = Event(EventKind.ceiling, threshold=self.options.max_seff)
         return state, 0, (sharpening, self.track_event(state))
 
     def slots(self, num_critical):
@@ -447,12 +409,12 @@ class CentralFlowProcess(AbstractFlowProcess):
                 # Already active (an event cannot fire on a segment's first step): onset now.
                 state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, values.dtype))
             if rank < k:
-                kind = "onset" if np.isnan(float(state.eos_time)) else "activate"
+                kind = EventKind.onset if np.isnan(float(state.eos_time)) else EventKind.activate
                 events.append(Event(kind, rank))
             if rank >= 1:
-                events.append(Event("deactivate", rank))
+                events.append(Event(EventKind.deactivate, rank))
         if k < count:
-            events.append(Event("enter", threshold=self.options.sdcp_threshold))
+            events.append(Event(EventKind.enter, threshold=self.options.sdcp_threshold))
         return state, k, (*events, self.track_event(state))
 
     def slots(self, num_critical):
@@ -466,8 +428,8 @@ class CentralFlowProcess(AbstractFlowProcess):
         """The SDCP's active rank (the rank of X) for the next segment: one more or less
         than before a rank event that just `fired` (X's new direction is at 0 there, on
         either side as rounding goes), else the count of positive margins."""
-        if fired is not None and fired.kind in _RANK_EVENTS:
-            step = -1 if fired.kind == "deactivate" else 1
+        if fired is not None and fired.kind.changes_rank:
+            step = -1 if fired.kind is EventKind.deactivate else 1
             return min(max(fired.rank + step, 0), num_critical)
         margins = self.rank_margins(state.y, self.basis(state, num_critical), num_critical)
         return int(np.sum(np.asarray(margins) > 0))

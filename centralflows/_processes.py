@@ -4,7 +4,6 @@ import abc
 from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree, Scalar
 
@@ -68,19 +67,15 @@ class AbstractProcess(eqx.Module):
         tracking: Tracking,
         t: Int[Array, ""],
     ) -> tuple[Tracking, Record]:
-        """Everything logged about the point `w`, refreshing eigenpairs every `frequency` steps."""
-        computed = t % self.eig.frequency == 0
-        tracking = jax.lax.cond(
-            computed,
-            lambda tr: refresh_tracking(tr, self.objective, w, p_diag, self.eig),
-            lambda tr: tr,
-            tracking,
-        )
+        """Everything logged about the point `w`: eigenpairs solved by LOBPCG every
+        `frequency` steps, and in between the Rayleigh–Ritz pairs in the tracked span."""
+        solved = t % self.eig.frequency == 0
+        tracking = refresh_tracking(tracking, self.objective, w, p_diag, self.eig, solved)
         record = dict(self.objective.metrics(w))
         record["grad_norm_sq"] = jnp.sum(grad**2)
         summary = self.optimizer.summary(opt_state)
         record.update({f"opt.{k}": jnp.asarray(v, w.dtype) for k, v in summary.items()})
-        record.update(eig_record(tracking, p_diag, computed))
+        record.update(eig_record(tracking, p_diag, solved))
         return tracking, record
 
     def _step(self, w: Vector, opt_state: PyTree):

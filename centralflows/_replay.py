@@ -20,7 +20,8 @@ from jaxtyping import Scalar
 
 from ._custom_types import Record
 from ._eigen import eigenbasis
-from ._flow_processes import AbstractFlowProcess, Event, PlannedSegment
+from ._events import Event
+from ._flow_processes import AbstractFlowProcess, PlannedSegment
 from ._flows import Basis, FlowState, ritz_at
 
 _NEWTON_STEPS = 10
@@ -31,10 +32,6 @@ _NEWTON_STEPS = 10
 # the third Newton step, up to 0.128; the linear extrapolation over the gap errs by
 # O(gap²).
 _EVENT_TOLERANCE = 1e-3
-# Events across which the vector field is continuous but for a refreshed basis: the
-# replay may hold their time fixed where their condition cannot be bracketed. (An onset's
-# time is an output, and a stop's ends the flow.)
-_CONTINUOUS_EVENTS = ("track", "activate", "deactivate")
 
 
 def _check_map_limit(needed: int = 262144) -> None:
@@ -169,9 +166,9 @@ def _through_event(
         if past > 1 or not (before < t_end and (after is None or t_end < after)):
             t_end = (before + after) / 2 if after is not None else t_end
     else:
-        if segment.event.kind not in _CONTINUOUS_EVENTS or following is None:
+        if not segment.event.kind.continuous or following is None:
             raise RuntimeError(
-                f"Replaying the {segment.event.kind!r} event at t = {segment.t1:.6g}: the "
+                f"Replaying the {segment.event.kind.value!r} event at t = {segment.t1:.6g}: the "
                 "event condition could not be bracketed; tighten the solver's tolerances."
             )
         # The vector field scarcely changes there (a refreshed basis only): hold the
@@ -180,7 +177,7 @@ def _through_event(
         # on digits, rtol 1e-6, t = 24.53), or the margin of a direction that the flow
         # holds at the edge, re-planned inactive at every integer time (n = 200, t = 86.98).
         warnings.warn(
-            f"Replaying the {segment.event.kind!r} event at t = {segment.t1:.6g}: the event "
+            f"Replaying the {segment.event.kind.value!r} event at t = {segment.t1:.6g}: the event "
             "condition could not be bracketed; its planned time is held fixed (the change "
             "of basis there is not differentiated through its time).",
             stacklevel=2,
@@ -189,7 +186,7 @@ def _through_event(
         return end, _basis(process, end, following.basis), jnp.asarray(segment.t1)
     if gap < -_EVENT_TOLERANCE:
         warnings.warn(
-            f"Replaying the {segment.event.kind!r} event at t = {segment.t1:.6g}: stopped "
+            f"Replaying the {segment.event.kind.value!r} event at t = {segment.t1:.6g}: stopped "
             f"{-gap:.2g} before it (the solve is too coarse to come closer); the event "
             "time's derivative is extrapolated over that gap. Tighter solver tolerances "
             "make it more accurate.",
@@ -257,7 +254,9 @@ def replay(
         if basis is None:
             basis = _basis(process, y, segment.basis)
         following = segments[i + 1] if i + 1 < len(segments) else None
-        y, basis, times[segment.event.kind] = _through_event(process, segment, y, basis, following)
+        y, basis, times[segment.event.kind.value] = _through_event(
+            process, segment, y, basis, following
+        )
     starts.append(y)
     observed, done = [], 0
     for item in trace:

@@ -32,7 +32,15 @@ from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import PROCESSES, AbstractProcess, grow
 from ._regimes import SolverError, last_finite
-from ._runfile import Checkpoint, Run, RunWriter, SeriesSpec, load_checkpoint, load_run
+from ._runfile import (
+    Checkpoint,
+    Run,
+    RunWriter,
+    SeriesSpec,
+    check_writable,
+    load_checkpoint,
+    load_run,
+)
 from ._stop import StopReason, describe_stop, is_failure, stop_code, stop_messages, stop_reason_of
 
 _PACKAGES = ("centralflows", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix")
@@ -79,6 +87,7 @@ def _advance_chunk(
     t0: Scalar,
     t_stop: Scalar,
     length: int,
+    limit: Scalar,
 ):
     """Advance the discrete-time processes through times `t0 .. t0+length-1` in one
     compiled scan; times ≥ `t_stop` are skipped (states unchanged, records NaN), so
@@ -87,15 +96,27 @@ def _advance_chunk(
     **Returns:** `(states, records)`, records holding each process's series and `"w"`.
     """
 
+    def advance(process, state, t):
+        """`process.advance`, skipped (no products, no eigen tracking) once stopped."""
+
+        def stopped(state):
+            shapes = jax.eval_shape(process.advance, state, t)[1:]
+            return state, *jtu.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+
+        running = jnp.isnan(state.stop_time)
+        return jax.lax.cond(running, lambda s: process.advance(s, t), stopped, state)
+
     def live(states, t):
         new_states, records = [], {}
         for process, state in zip(processes, states):
-            new, position, record = process.advance(state, t)
+            new, position, record = advance(process, state, t)
             record = {**record, "w": position}
-            # A process whose loss or parameters turn non-finite stops there (logged as
-            # is at that step, NaN afterwards); the others go on.
+            # A process whose loss or parameters turn non-finite, or whose loss exceeds
+            # `limit`, stops there (logged as is at that step, NaN afterwards); the
+            # others go on.
             running = jnp.isnan(state.stop_time)
-            finite = jnp.isfinite(record["train_loss"]) & jnp.all(jnp.isfinite(position))
+            loss = record["train_loss"]
+            finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(position)) & (loss <= limit)
             stop_time = jnp.where(running & ~finite, t.astype(position.dtype), state.stop_time)
             keep = running & finite
             new = jtu.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
@@ -120,13 +141,18 @@ def _advance_chunk(
     return jax.lax.scan(body, states, times)
 
 
-def _advance_flows(flows, states, t0: int, rows: int):
-    """Advance the flows through times `t0 .. t0+rows-1`, one unit of time per call."""
+def _advance_flows(flows, states, t0: int, rows: int, limit: float = np.inf):
+    """Advance the flows through times `t0 .. t0+rows-1`, one unit of time per call; a
+    flow whose loss exceeds `limit` stops there, as diverged."""
     records = {flow.name: [] for flow in flows}
     states = list(states)
     for t in range(t0, t0 + rows):
         for i, flow in enumerate(flows):
             states[i], position, record = flow.advance_unit(states[i], t)
+            if float(record["train_loss"]) > limit:
+                states[i] = flow.stop(states[i], float(t), StopReason.diverged)
+                record["stop_time"] = np.asarray(t, float)
+                record["stop_reason"] = np.asarray(stop_code(StopReason.diverged))
             records[flow.name].append({**record, "w": np.asarray(position)})
     stacked = {
         name: {field: np.stack([r[field] for r in rows_]) for field in rows_[0]}
@@ -411,6 +437,7 @@ def run(
     progress: bool = True,
     warm_start: int = 0,
     stop_on_divergence: bool = False,
+    divergence_factor: float | None = None,
     strict: bool = False,
     checkpoint_every: int = 100,
     checkpoint_at: Sequence[int] = (),
@@ -457,6 +484,10 @@ def run(
       or parameters became non-finite (or a flow's solver failed). By default only that
       process stops, with a warning (its `stop_time` and `stop_reason` series say when
       and why, see [`centralflows.StopReason`][]), and the others go on.
+    - `divergence_factor`: also stop a process as diverged (see `stop_on_divergence`)
+      where its loss exceeds this many times `|L(w0)|`, the loss at `w0` (a float > 1;
+      `None`: only a non-finite loss or iterate stops a process). Past that point an
+      iterate usually explodes, and eigen tracking on it only costs time.
     - `strict`: raise `SolverError` (after writing the chunk) when LOBPCG did not converge
       or an SDCP residual exceeds 1e-6, instead of warning once per process. Either way
       the `eig_converged` and `sdcp_residual` series record every step.
@@ -487,13 +518,25 @@ def run(
         raise ValueError("`resume=True` needs `out`, the run file to continue.")
     if resume and overwrite:
         raise ValueError("`resume=True` continues the run file `out`; drop `overwrite=True`.")
+    if divergence_factor is not None and not (
+        isinstance(divergence_factor, int | float)
+        and not isinstance(divergence_factor, bool)
+        and divergence_factor > 1
+    ):
+        raise ValueError(
+            f"`divergence_factor` must be a number > 1 or None, got {divergence_factor!r}."
+        )
     names = _check_processes(processes)
+    if out is not None:
+        check_writable(out)  # before any computation
     enable_compilation_cache(compilation_cache)
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, _ = jfu.ravel_pytree(w0)
     objective.check_params(w)
     loss0 = _check_start(objective, optimizer, w, warm_start + (steps or 0) + 1)
     key = jr.key(0) if key is None else key
+    limit = np.inf if divergence_factor is None else divergence_factor * abs(float(loss0))
+    limit = limit or np.inf  # no limit where L(w0) = 0
     # What a resumed run must share with the run in the file.
     setup = _json(
         {
@@ -509,6 +552,7 @@ def run(
             "save_w_every": save_w_every,
             "key": np.asarray(jr.key_data(key)).tolist(),
             "start_sha256": _fingerprint(w, loss0),  # of w0 and the loss there
+            "divergence_factor": divergence_factor,
         }
     )
     schedule = {"every": every, "at": list(at)}
@@ -595,12 +639,17 @@ def run(
                     if t > 0 and t % chunk == 0:
                         scanned_states = tuple(grow(p, s) for p, s in zip(scanned, scanned_states))
                     scanned_states, scan_records = _advance_chunk(
-                        scanned, scanned_states, jnp.asarray(t), jnp.asarray(end), chunk
+                        scanned,
+                        scanned_states,
+                        jnp.asarray(t),
+                        jnp.asarray(end),
+                        chunk,
+                        jnp.asarray(limit, w.dtype),
                     )
                     for name, fields in scan_records.items():
                         records[name] = {f: np.asarray(v)[:rows] for f, v in fields.items()}
                 if flows:
-                    flow_states, flow_records = _advance_flows(flows, flow_states, t, rows)
+                    flow_states, flow_records = _advance_flows(flows, flow_states, t, rows, limit)
                     records.update(flow_records)
                 records.update(_cross_process(records))
                 for name in names:

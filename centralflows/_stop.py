@@ -14,7 +14,7 @@ class StopReason(eqx.Enumeration):
     """
 
     running = "running"
-    diverged = "non-finite loss or parameters (diverged)"
+    diverged = "non-finite loss or parameters, or a loss past `divergence_factor` (diverged)"
     solver_failed = "the flow's ODE solver failed"
     sharpness_ceiling = "the stable flow's effective sharpness passed stable.max_Seff"
     chatter = "too many events in one unit of time (the flow's events chatter)"

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._hdf5 import WriterBusyError, is_disk_full
 from ._plot import PANELS, plot
 from ._regimes import SolverError, classify, last_finite
 from ._runfile import load_run
@@ -166,14 +167,33 @@ def _resumed_config(args: argparse.Namespace) -> dict:
             "resume it from Python with `cf.run(..., out=path, resume=True)`"
         )
     raw = {section: dict(table) for section, table in stored.items()}
+    raw["run"].setdefault("divergence_factor", 0)  # files from before the option: off
     if steps is not None:
         raw["run"]["steps"] = steps
     return validate_config(raw)
 
 
+def _run_file_path(args: argparse.Namespace) -> pathlib.Path:
+    """The run file to write: the one resumed, or a new one named by the config and the
+    time, in `--out`."""
+    if args.resume is not None:
+        return pathlib.Path(args.resume)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return pathlib.Path(args.out or "runs") / f"{pathlib.Path(args.config).stem}-{stamp}.h5"
+
+
 def _run(args: argparse.Namespace) -> int:
+    from ._runfile import check_writable
+
     resume = args.resume is not None
     cfg = _resumed_config(args) if resume else _new_config(args)
+    path = _run_file_path(args)
+    if not args.dry_run:
+        check_writable(path)  # before the model is built and compiled
+        if not resume and path.exists() and not args.overwrite:
+            raise FileExistsError(
+                f"Run file {str(path)!r} already exists; pass `--overwrite` to replace it."
+            )
 
     import jax
 
@@ -202,12 +222,9 @@ def _run(args: argparse.Namespace) -> int:
     objective, w0 = make_problem(cfg)
     central, stable = make_flow_options(cfg)
     if resume:
-        path = pathlib.Path(args.resume)
         attrs = {"config": cfg}
         print(f"resuming {path}", file=sys.stderr)
     else:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = pathlib.Path(args.out or "runs") / f"{pathlib.Path(args.config).stem}-{stamp}.h5"
         attrs = {"config": cfg, "command": " ".join(sys.argv)}
         print(f"writing {path}", file=sys.stderr)
     result = run(
@@ -228,6 +245,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         warm_start=cfg["run"]["warm_start"],
         stop_on_divergence=args.stop_on_divergence,
+        divergence_factor=cfg["run"]["divergence_factor"] or None,
         strict=args.strict,
         checkpoint_every=cfg["checkpoint"]["frequency"],
         checkpoint_at=cfg["checkpoint"]["steps"],
@@ -363,9 +381,11 @@ def _plot(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `centralflows` command.
 
-    **Returns:** the exit status: 0 on success, 2 for invalid input, 3 when a process
-    diverged, a flow's solver failed or (with `--strict`) a solve missed its tolerance;
-    the run file holds everything up to there.
+    **Returns:** the exit status: 0 on success; 1 when writing failed (a full disk: the
+    message says what the run file still holds); 2 for invalid input (arguments, config,
+    a run file missing, damaged or written by another live process, an `--out` that
+    cannot be written); 3 when a process diverged, a flow's solver failed or (with
+    `--strict`) a solve missed its tolerance; the run file holds everything up to there.
     """
     args = _parser().parse_args(argv)
     try:
@@ -375,9 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plot(args)
         print(_summary(load_run(args.run_file)))
         return 0
-    except (ValueError, FileExistsError, FileNotFoundError) as error:  # ConfigError too
+    except (ValueError, WriterBusyError) as error:  # ConfigError too
         print(f"centralflows: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a run file missing, damaged or not writable; a full disk
+        print(f"centralflows: error: {error.strerror or error}", file=sys.stderr)
+        return 1 if is_disk_full(error) else 2
     except SolverError as error:
         print(f"centralflows: error: {error}", file=sys.stderr)
         return 3

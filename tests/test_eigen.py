@@ -1,4 +1,5 @@
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -79,6 +80,30 @@ def test_lobpcg_on_known_spectrum(getkey):
     )
     assert (int(iterations0), int(products0)) == (0, 4)
     np.testing.assert_allclose(theta0, spectrum[::-1][:4], rtol=1e-12)
+
+
+def test_lobpcg_soft_locked_columns_cost_no_residual_products(getkey):
+    # Columns started at exact eigenvectors have converged from the first step: they
+    # cost products in the fresh recomputes of AX and AP only, not in the residual
+    # block, and `products` counts the columns actually multiplied.
+    n, k = 200, 3
+    q, _ = jnp.linalg.qr(jr.normal(getkey(), (n, n)))
+    spectrum = jnp.linspace(0.0, 10.0, n)
+    a = (q * spectrum) @ q.T
+    applied = []
+
+    def matvec(v):
+        jax.debug.callback(lambda v: applied.append(v.shape[1]), v)
+        return a @ v
+
+    x0 = jnp.concatenate([q[:, -2:], jr.normal(getkey(), (n, 1))], axis=1)
+    theta, _, _, iterations, products = lobpcg(matvec, x0, tol=1e-10, max_iters=500)
+    np.testing.assert_allclose(theta, spectrum[::-1][:k], rtol=1e-9)
+    iterations, products = int(iterations), int(products)
+    assert products == sum(applied)
+    assert iterations > 8
+    fresh = iterations // 4 + 1  # every 4th iteration and the last
+    assert products <= k * (1 + 2 * fresh) + iterations  # one residual product each
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: type(o).__name__)

@@ -129,7 +129,11 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times(monk
     state, trace = process.init(jnp.zeros(4), jr.key(0)), []
     for t in range(200):
         state, _, _ = process.advance_unit(state, t, trace)
-    events = [(s.event[0], s.t1) for s in trace if s.event is not None and s.event[0] != "track"]
+    events = [
+        (s.event.kind.value, s.t1)
+        for s in trace
+        if s.event is not None and s.event.kind.value != "track"
+    ]
     # Events are data: one segment program per critical count, whatever events it arms
     # (here 3 counts, and 4 combinations of armed events at the counts 1 and 2).
     assert sorted(traced) == [0, 1, 2]
@@ -170,7 +174,11 @@ def test_the_oscillation_deactivates_at_the_closed_form_time():
     state, trace = process.init(jnp.zeros(3), jr.key(0)), []
     for t in range(100):
         state, _, _ = process.advance_unit(state, t, trace)
-    events = [(s.event[0], s.t1) for s in trace if s.event is not None and s.event[0] != "track"]
+    events = [
+        (s.event.kind.value, s.t1)
+        for s in trace
+        if s.event is not None and s.event.kind.value != "track"
+    ]
     y1 = (1 - 3 * TAU * k) / (1 - TAU * k)
     t1 = -np.log(1 - y1 / 3) / k
     m1 = 1 - y1
@@ -298,7 +306,7 @@ def test_tracked_set_grows_where_its_smallest_eigenvalue_crosses_the_threshold(n
         state, _, record = process.advance_unit(state, t, trace)
         tracked.append(int(state.tracking.effective.count))
         assert record["segments"] == 1 + (t in (3, 5))
-    events = [(s.event[0], s.t1) for s in trace if s.event is not None]
+    events = [(s.event.kind.value, s.t1) for s in trace if s.event is not None]
     assert [kind for kind, _ in events] == ["track", "track"]
     # The solution is linear in t, so Tsit5's dense output is exact: the crossing is
     # located to the bisection's tolerance (1e-9).

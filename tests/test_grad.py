@@ -13,6 +13,7 @@ import pytest
 import centralflows as cf
 from centralflows import _replay
 from centralflows._eigen import eigenbasis
+from centralflows._events import EventKind
 
 from .helpers import leaving_loss, small_mlp_objective
 
@@ -133,7 +134,7 @@ def test_gradient_through_a_deactivation_matches_finite_differences(bracketed, m
 
         def never_bracketed(process, event, *args):
             value, rate, velocity = condition_and_rate(process, event, *args)
-            if event.kind == "deactivate":
+            if event.kind is EventKind.deactivate:
                 value = jnp.abs(value) + rate
             return value, rate, velocity
 

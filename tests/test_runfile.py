@@ -375,7 +375,8 @@ def test_reopen_copies_rows_and_checkpoint_and_replaces_atomically(tmp_path, mon
     )
     writer.write(3, {name: np.array([[4.0, 5.0]])})
     writer.write_checkpoint(2, _arrays(2))
-    writer._file.flush()  # left open, as by a killed writer
+    writer._file.flush()  # left open, as by a killed writer,
+    writer._lock.release()  # whose lock the kernel released
     before = path.read_bytes()
 
     monkeypatch.setattr(RunWriter, "write_checkpoint", lambda *args: 1 / 0)
@@ -407,14 +408,15 @@ def test_a_dataset_being_created_is_an_oserror_naming_the_file(tmp_path, monkeyp
     # HDF5 reports a dataset whose creation a writer has not finished as a KeyError
     # ("invalid dataset size, likely file corruption"): a reader polling a new run file
     # met it (test_cli). It is an OSError that says to read again.
+    # With no writer alive, nothing is being created: the file is damaged (test_faults).
     path = tmp_path / "run.h5"
     with _create(path) as writer:
         writer.write(0, {"discrete/train_loss": np.array([1.0])})
-    assert load_run(path).num_rows == 10
+        assert load_run(path).num_rows == 10
 
-    def half_created(self, func):
-        raise KeyError("Unable to synchronously open object (invalid dataset size)")
+        def half_created(self, func):
+            raise KeyError("Unable to synchronously open object (invalid dataset size)")
 
-    monkeypatch.setattr(h5py.Group, "visititems", half_created)
-    with pytest.raises(OSError, match="run.h5.*read it again"):
-        load_run(path)
+        monkeypatch.setattr(h5py.Group, "visititems", half_created)
+        with pytest.raises(OSError, match="run.h5.*read it again"):
+            load_run(path)

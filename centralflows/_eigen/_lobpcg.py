@@ -45,20 +45,34 @@ def _below(matrix: Float[Array, "m m"]) -> Float[Array, ""]:
 
 
 def _masked_matvec(
-    matvec: Callable[[Columns], Columns], active: Bool[Array, " k"]
-) -> Callable[[Columns], Columns]:
-    """`matvec` on the `active` columns only, one column at a time (zero elsewhere, at
-    no cost), so that a block padded to a fixed width costs products for its active
-    columns alone. On the 2-core CPU, 8 columns of the digits MLP one at a time took 0.9
-    to 1.2 times one batched product of all 8 (`benchmarks/masked_products.py`)."""
+    matvec: Callable[[Columns], Columns],
+) -> Callable[[Columns, Bool[Array, " m"]], tuple[Columns, Int[Array, ""]]]:
+    """`(cols, mask) -> (A cols, products)`: `matvec` on the `mask`ed columns only, one
+    column at a time (zero elsewhere, at no cost), so that a block padded to a fixed
+    width, or with converged columns, costs products for the others alone. On the 2-core
+    CPU, 8 columns of the digits MLP one at a time took 0.9 to 1.2 times one batched
+    product of all 8 (`benchmarks/masked_products.py`)."""
 
-    def apply(cols):
+    def apply(cols, mask):
         def column(c, on):
             return jax.lax.cond(on, lambda c: matvec(c[:, None])[:, 0], jnp.zeros_like, c)
 
-        return jax.lax.map(lambda args: column(*args), (cols.T, active)).T
+        out = jax.lax.map(lambda args: column(*args), (cols.T, mask)).T
+        return out, jnp.sum(mask, dtype=jnp.int32)
 
     return apply
+
+
+Solution = tuple[
+    Float[Array, " k"], Float[Array, "n k"], Float[Array, " k"], Int[Array, ""], Int[Array, ""]
+]
+
+
+def _widths(k: int) -> list[int]:
+    """The block widths LOBPCG's algebra runs at for k columns: 2 (where k > 2) and k.
+    Each width is a branch of the compiled program (about 1 s more to compile); the
+    counts 1 and 2 are the common ones before the edge of stability."""
+    return sorted({min(2, k), k})
 
 
 def lobpcg(
@@ -66,29 +80,31 @@ def lobpcg(
     x0: Float[Array, "n k"],
     *,
     tol: float,
-    max_iters: int,
+    max_iters: int | Int[Array, ""],
     count: Int[Array, ""] | int | None = None,
     refresh_every: int = 4,
-) -> tuple[
-    Float[Array, " k"], Float[Array, "n k"], Float[Array, " k"], Int[Array, ""], Int[Array, ""]
-]:
+) -> Solution:
     """Top eigenpairs of a symmetric operator by block LOBPCG.
 
     The block has a fixed width k of which the first `count` columns are active (traced,
     so one compiled program serves every count up to k); the others cost no products and
-    come back zero, with eigenvalue and residual 0.
+    come back zero, with eigenvalue and residual 0. The dense algebra of an iteration
+    costs about as much as a Hessian-vector product of the digits MLP at k = 8, so for a
+    `count` of 1 or 2 it runs on the first two columns only (a branch of a
+    `lax.switch`).
 
-    An iteration costs `count` products, `AR` for the residual block: `AX` and `AP` are
-    carried from the Rayleigh–Ritz step. Carried, they drift from `A X` and `A P` by
-    round-off that the Gram matrix's whitening amplifies (carried for good, they gave
-    Ritz values of 1e68 on digits after a track event added a random vector, and no
-    convergence in float32), so they are recomputed (2 `count` products) every
-    `refresh_every` iterations and wherever the carried residuals meet the tolerance,
-    followed by a Rayleigh–Ritz step in the span of X. Only such fresh iterates are
-    returned or tested for convergence: the one with the smallest largest residual, since
-    once the residuals reach round-off further iterations only add noise. The
-    Rayleigh–Ritz step works in the span of `[X, R, P]` through its Gram matrix, dropping
-    numerically dependent directions.
+    An iteration costs one product per active column that has not converged (`AR` for
+    the residual block; converged columns are soft-locked): `AX` and `AP` are carried
+    from the Rayleigh–Ritz step. Carried, they drift from `A X` and `A P` by round-off
+    that the Gram matrix's whitening amplifies (carried for good, they gave Ritz values
+    of 1e68 on digits after a track event added a random vector, and no convergence in
+    float32), so they are recomputed every `refresh_every` iterations and wherever the
+    carried residuals meet the tolerance (`count` products for `AX`, then a Rayleigh–Ritz
+    step in the span of X, and `count` more for `AP` unless that iterate ends the
+    solve). Only such fresh iterates are returned or tested for convergence: the one
+    with the smallest largest residual, since once the residuals reach round-off further
+    iterations only add noise. The Rayleigh–Ritz step works in the span of `[X, R, P]`
+    through its Gram matrix, dropping numerically dependent directions.
 
     **Arguments:**
 
@@ -96,23 +112,40 @@ def lobpcg(
     - `x0`: `(n, k)` initial guess (its active columns need not be orthonormal).
     - `tol`: stop when all residual norms are below `tol · max|θ|` (floored at
       `TOL_FLOOR` machine epsilons).
-    - `max_iters`: iteration cap.
-    - `count`: the number of active columns, 1 to k (default k: all, with batched
-      products).
+    - `max_iters`: iteration cap (may be traced; 0: the Rayleigh–Ritz pairs of `x0`).
+    - `count`: the number of active columns, 1 to k (default k: all).
     - `refresh_every`: iterations between fresh products `AX`, `AP`.
 
     **Returns:** `(theta, x, residual_norms, iterations, products)`, eigenvalues
     descending; `products` counts the columns `matvec` was applied to.
     """
     k = x0.shape[1]
-    if count is None:
-        count, active = k, jnp.ones(k, bool)
-    else:
-        active = jnp.arange(k) < count
-        matvec = _masked_matvec(matvec, active)
+    solve = lambda x0: _lobpcg(matvec, x0, tol, max_iters, count, refresh_every)
+    if count is None or k == 1:
+        return solve(x0)
+
+    def at_width(width):
+        def branch(x0):
+            theta, x, rnorm, iterations, products = solve(x0[:, :width])
+            pad = lambda v: jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, k - width)])
+            return pad(theta), pad(x), pad(rnorm), iterations, products
+
+        return branch
+
+    widths = _widths(k)
+    index = jnp.searchsorted(jnp.asarray(widths), count)  # the first width >= count
+    return jax.lax.switch(index, [at_width(w) for w in widths], x0)
+
+
+def _lobpcg(matvec, x0, tol, max_iters, count, refresh_every) -> Solution:
+    """`lobpcg` at the width of `x0`."""
+    k = x0.shape[1]
+    active = jnp.ones(k, bool) if count is None else jnp.arange(k) < count
+    products_of = _masked_matvec(matvec)
     x, _ = jnp.linalg.qr(jnp.where(active, x0, 0))
     x = jnp.where(active, x, 0)
-    theta, x, ax = _rayleigh_ritz(x, matvec(x), active)
+    ax, products = products_of(x, active)
+    theta, x, ax = _rayleigh_ritz(x, ax, active)
     zeros = jnp.zeros_like(x)
     tol = floored_tol(tol, x.dtype)
 
@@ -130,11 +163,12 @@ def lobpcg(
         i, x, ax, p, ap, theta, best, products = carry
         r = ax - x * theta
         r = r - x @ (x.T @ r)
-        # Soft locking: a converged column's residual is round-off, left out of the basis.
+        # Soft locking: a converged column's residual is round-off, left out of the
+        # basis, and costs no product.
         norms = jnp.linalg.norm(r, axis=0)
-        converging = norms > tol * jnp.max(jnp.abs(theta))
+        converging = active & (norms > tol * jnp.max(jnp.abs(theta)))
         r = jnp.where(converging, r / jnp.where(converging, norms, 1), 0)
-        ar = matvec(r)
+        ar, spent = products_of(r, converging)
         s = jnp.concatenate([x, r, p], axis=1)
         as_ = jnp.concatenate([ax, ar, ap], axis=1)
         w = _orthonormal_basis(s.T @ s)
@@ -150,20 +184,29 @@ def lobpcg(
         scale = jnp.maximum(jnp.linalg.norm(p, axis=0), jnp.finfo(x.dtype).tiny)
         p, ap = p / scale, as_[:, k:] @ c[k:] / scale
         carried = relative(theta, residual_norms(x, ax, theta))
-        fresh = ((i + 1) % refresh_every == 0) | (carried <= tol) | (i + 1 >= max_iters)
+        last = i + 1 >= max_iters
+        fresh = ((i + 1) % refresh_every == 0) | (carried <= tol) | last
 
         def recompute(x, ax, p, ap, theta):
-            theta, x, ax = _rayleigh_ritz(x, matvec(x), active)
-            return x, ax, p, matvec(p), theta
+            ax, spent_x = products_of(x, active)
+            theta, x, ax = _rayleigh_ritz(x, ax, active)
+            # A P is only needed if the loop goes on.
+            done = last | (relative(theta, residual_norms(x, ax, theta)) <= tol)
+            ap, spent_p = jax.lax.cond(
+                done, lambda p: (ap, jnp.array(0, jnp.int32)), lambda p: products_of(p, active), p
+            )
+            return x, ax, p, ap, theta, spent_x + spent_p
 
-        x, ax, p, ap, theta = jax.lax.cond(fresh, recompute, lambda *a: a, x, ax, p, ap, theta)
+        unchanged = lambda *a: (*a, jnp.array(0, jnp.int32))
+        x, ax, p, ap, theta, spent_fresh = jax.lax.cond(
+            fresh, recompute, unchanged, x, ax, p, ap, theta
+        )
         rnorm = residual_norms(x, ax, theta)
         better = fresh & (relative(theta, rnorm) < relative(best[0], best[2]))
         best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (theta, x, rnorm), best)
-        products = products + count + jnp.where(fresh, 2 * count, 0)
-        return i + 1, x, ax, p, ap, theta, best, products
+        return i + 1, x, ax, p, ap, theta, best, products + spent + spent_fresh
 
     best = (theta, x, residual_norms(x, ax, theta))
-    init = (jnp.array(0), x, ax, zeros, zeros, theta, best, jnp.asarray(count))
+    init = (jnp.array(0), x, ax, zeros, zeros, theta, best, products)
     i, *_, (theta, x, rnorm), products = jax.lax.while_loop(cond, body, init)
     return theta, x, rnorm, i, products

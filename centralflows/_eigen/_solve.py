@@ -96,6 +96,7 @@ def track_eigs(
     previous: Vectors,
     config: EigConfig,
     count: Int[Array, ""] | int | None = None,
+    iterate: Bool[Array, ""] | bool = True,
 ) -> EigenState:
     """Top generalized eigenpairs `H u = λ P u`, warm-started from `previous`.
 
@@ -110,6 +111,8 @@ def track_eigs(
     - `config`: tolerances.
     - `count`: how many of the k rows to track (may be traced; default: all k). The
       others cost no products and are returned as they are.
+    - `iterate`: `False` (may be traced) for the Rayleigh–Ritz pairs in the span of
+      `previous` alone, at `count` products, without LOBPCG iterations.
 
     **Returns:** an `EigenState` with P-orthonormal tracked `vectors`.
     """
@@ -130,7 +133,11 @@ def track_eigs(
     else:
         x0 = (previous / inv_sqrt).T
         theta, x, rnorm, iterations, products = lobpcg(
-            matvec, x0, tol=config.tol, max_iters=config.max_iters, count=count
+            matvec,
+            x0,
+            tol=config.tol,
+            max_iters=jnp.where(iterate, config.max_iters, 0),
+            count=count,
         )
     tol = floored_tol(config.tol, x.dtype) * jnp.max(jnp.where(active, jnp.abs(theta), 0))
     converged = jnp.all(jnp.where(active, rnorm <= tol, True))

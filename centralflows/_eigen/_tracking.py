@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, Bool, PRNGKeyArray
 
 from .._custom_types import Record, Vector
 from .._objective import Objective
@@ -50,35 +50,40 @@ def refresh_tracking(
     w: Vector,
     p_diag: Vector,
     config: EigConfig,
+    iterate: Bool[Array, ""] | bool = True,
 ) -> Tracking:
-    """Recompute the tracked eigenpairs at `w`, warm-started from the previous ones.
+    """Recompute the tracked eigenpairs at `w`, warm-started from the previous ones; with
+    `iterate` false (may be traced), only their Rayleigh–Ritz pairs at `w` in the span of
+    the previous ones.
 
     Compiled on its own, so every process shares one program, whatever the tracked count.
     """
     _, hvp = jax.linearize(objective.grad, w)  # the products share one linearization
     hvps = jax.vmap(hvp)
     count = tracking.effective.count
-    effective = track_eigs(hvps, p_diag, tracking.effective.vectors, config, count)
+    effective = track_eigs(hvps, p_diag, tracking.effective.vectors, config, count, iterate)
     raw = tracking.raw
     if raw is not None:
-        raw = track_eigs(hvps, jnp.ones_like(p_diag), raw.vectors, config, count)
+        raw = track_eigs(hvps, jnp.ones_like(p_diag), raw.vectors, config, count, iterate)
     return Tracking(effective, raw)
 
 
-def eig_record(tracking: Tracking, p_diag: Vector, computed) -> Record:
-    """The logged eigen series; NaN on steps where nothing was recomputed."""
-    nan_unless = lambda x: jnp.where(computed, x, jnp.nan)
+def eig_record(tracking: Tracking, p_diag: Vector, solved) -> Record:
+    """The logged eigen series. Where the eigenpairs were not `solved` by LOBPCG but are
+    Rayleigh–Ritz pairs in the previous span, `eig_converged` is NaN (their residuals
+    tell how accurate they are)."""
     effective = tracking.effective
     if tracking.raw is None:  # P = p·I: the raw eigenvalues are p times the effective ones
         raw_values = effective.values * p_diag[0]
     else:
         raw_values = tracking.raw.values
+    converged = effective.converged.astype(p_diag.dtype)
     return {
-        "effective_hessian_eigs": nan_unless(effective.values),
-        "hessian_eigs": nan_unless(raw_values),
-        "eig_residuals": nan_unless(effective.residuals),
-        "eig_converged": nan_unless(effective.converged.astype(p_diag.dtype)),
-        "eig_hvps": nan_unless(effective.hvps.astype(p_diag.dtype)),
+        "effective_hessian_eigs": effective.values,
+        "hessian_eigs": raw_values,
+        "eig_residuals": effective.residuals,
+        "eig_converged": jnp.where(solved, converged, jnp.nan),
+        "eig_hvps": effective.hvps.astype(p_diag.dtype),
     }
 
 
