@@ -40,6 +40,7 @@ from ._regimes import SolverError as SolverError
 from ._run import run as run
 from ._runfile import Checkpoint as Checkpoint
 from ._runfile import Run as Run
+from ._runfile import RunFileError as RunFileError
 from ._runfile import load_checkpoint as load_checkpoint
 from ._runfile import load_run as load_run
 from ._sdcp import SDCPSolution as SDCPSolution
