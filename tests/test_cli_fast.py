@@ -7,6 +7,12 @@ asserted is the cause of slowness, whether `jax` was imported. `benchmarks/cli_l
 measures the times.
 """
 
+import ast
+import importlib
+import inspect
+
+import pytest
+
 from centralflows._options import (
     Option,
     at_least,
@@ -15,6 +21,54 @@ from centralflows._options import (
     option,
     signature_mismatches,
 )
+
+# --- the lazy namespaces -----------------------------------------------------------------
+
+_PACKAGES = ["centralflows", "centralflows.models", "centralflows.data", "centralflows.internal"]
+
+
+def _type_checking_imports(module) -> dict[str, str]:
+    """`{name: module}` of the `from X import name as name` lines under `if TYPE_CHECKING:`."""
+    tree = ast.parse(inspect.getsource(module))
+    (block,) = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    ]
+    names = {}
+    for node in block.body:
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                assert alias.asname == alias.name  # `import X as X`: a deliberate export
+                names[alias.name] = "." * node.level + (node.module or "")
+    return names
+
+
+@pytest.mark.parametrize("name", _PACKAGES)
+def test_lazy_namespace_is_complete(name):
+    package = importlib.import_module(name)
+    exports = dict(package._EXPORTS)
+    exports.pop("__version__", None)
+    # What type checkers and the docs read is what is exported, from the same modules.
+    assert _type_checking_imports(package) == exports
+    assert list(package.__all__) == list(exports)
+    assert set(package.__all__) <= set(dir(package))
+    for public, module in exports.items():
+        defined = getattr(importlib.import_module(module, package.__package__), public)
+        assert getattr(package, public) is defined
+        assert vars(package)[public] is defined  # stored: later reads skip __getattr__
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        package.nope  # noqa: B018
+
+
+def test_version_and_star_import():
+    import centralflows as cf
+
+    assert isinstance(cf.__version__, str) and cf.__version__
+    namespace = {}
+    exec("from centralflows import *", namespace)
+    assert {"run", "GD", "load_run", "StopReason"} <= set(namespace)
+
 
 # --- the option declarations, as plain data ----------------------------------------------
 
