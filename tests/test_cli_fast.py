@@ -10,6 +10,11 @@ measures the times.
 import ast
 import importlib
 import inspect
+import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -21,6 +26,106 @@ from centralflows._options import (
     option,
     signature_mismatches,
 )
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT = "configs/gd-mlp-digits.toml"
+
+# Runs `main(argv)` in a fresh interpreter and reports its exit status, its stderr and
+# whether jax (or anything under it) was imported by then.
+_PROBE = """
+import contextlib, io, json, sys
+from centralflows.cli import main
+err = io.StringIO()
+with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    try:
+        status = main(json.loads(sys.argv[1]))
+    except SystemExit as e:
+        status = e.code
+print(json.dumps({
+    "status": status,
+    "err": err.getvalue(),
+    "jax": sorted(m for m in sys.modules if m == "jax" or m.startswith(("jax.", "jaxlib"))),
+}))
+"""
+
+
+def _probe(argv: list[str]) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(argv)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang, not a slow machine
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _imports_jax(code: str) -> bool:
+    proc = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print('jax' in sys.modules)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()[-1] == "True"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["plot", "--help"], []])
+def test_help_and_usage_errors_do_not_import_jax(argv):
+    result = _probe(argv)
+    assert result["status"] == (0 if argv else 2)
+    assert result["jax"] == []
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", DEFAULT, "--set", "opt.lr=-1"], "opt.lr = -1 is invalid"),
+        (["run", DEFAULT, "--set", "opt.lrr=0.1"], "did you mean 'opt.lr'"),
+        (["run", DEFAULT, "--set", "modle.width=3"], "did you mean 'model'"),
+        (["run", DEFAULT, "--set", "model.widht=3"], "did you mean 'model.width'"),
+        (["run", DEFAULT, "--set", "model.width=0"], "model.width = 0 is invalid"),
+        (["run", DEFAULT, "--set", "data.classes=11"], "data.classes = 11 is invalid"),
+        (["run", DEFAULT, "--set", "model.name=lstm"], 'model.name = "lstm" takes tokens'),
+        (["run", DEFAULT, "--set", "opt"], "malformed override"),
+        (["run", DEFAULT, "--steps", "0"], "run.steps = 0 is invalid"),
+        (["run", DEFAULT, "--runs", "sideways"], "run.processes"),
+        (["run", DEFAULT, "--set", "opt.lr=-1", "--dry-run"], "opt.lr = -1 is invalid"),
+        (["run", "configs/nope.toml"], "config file not found"),
+        (["run"], "a CONFIG file is required"),
+        (["run", "--resume", "x.h5", "--set", "opt.lr=1"], "takes no --set opt.lr"),
+    ],
+)
+def test_config_errors_do_not_import_jax(argv, message):
+    result = _probe(argv)
+    assert result["status"] == 2 and message in result["err"], result["err"]
+    assert result["jax"] == []
+
+
+def test_unwritable_out_is_refused_without_jax(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = _probe(["run", DEFAULT, "--out", str(blocker / "runs")])
+    assert result["status"] == 2 and "is a file, not a directory" in result["err"]
+    assert result["jax"] == []
+    assert blocker.read_text() == ""
+
+
+def test_the_probe_sees_jax():
+    # The control: the first read of a public name imports its module, and jax with it.
+    assert _imports_jax("import centralflows as cf\ncf.GD")
+    assert _imports_jax("import centralflows.models as m\nm.MLP")
+
+
+def test_importing_the_packages_does_not_import_jax():
+    code = "import centralflows, centralflows.cli, centralflows.models, centralflows.data"
+    assert not _imports_jax(code + ", centralflows.internal, centralflows._config")
+    assert not _imports_jax("import centralflows as cf\ncf.__version__, dir(cf)")
+
 
 # --- the lazy namespaces -----------------------------------------------------------------
 
