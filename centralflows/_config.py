@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._options import Option as _Key
-from .data import DATASETS
-from .models import ARCHITECTURES
+from .data._declared import DECLARED as DATASETS  # plain data: no jax is imported
+from .models._declared import DECLARED as ARCHITECTURES
 
 
 class ConfigError(ValueError):

@@ -1,9 +1,14 @@
-"""Declared options: a type, a default and a valid range, read by the config validation."""
+"""Declared options: a type, a default and a valid range, read by the config validation.
+
+Plain data without jax, so that the command line validates a config before importing it.
+"""
 
 import inspect
 import json
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
+
+Inputs = Literal["vectors", "images", "tokens"]
 
 
 class Option(NamedTuple):
@@ -20,7 +25,7 @@ class Option(NamedTuple):
 
 
 class Range(NamedTuple):
-    """The valid values of an option whose default is read from a signature."""
+    """The valid values of an option, without its default (see [`option`][])."""
 
     expected: str
     valid: Callable[[Any], bool] = lambda value: True
@@ -60,27 +65,45 @@ def integers(low: int = 1, *, empty: bool = True) -> Range:
     )
 
 
-def declare(fn: Callable, **ranges: Range) -> dict[str, Option]:
-    """The options of `fn`: one per keyword in `ranges`, its default read from `fn`'s
-    signature, so that defaults are written once, in the code that uses them.
+class Declared(NamedTuple):
+    """The config options of a named architecture or dataset, and the inputs it takes or
+    gives (`"vectors"`, `"images"` or `"tokens"`)."""
 
-    **Arguments:**
+    options: dict[str, Option]
+    inputs: Inputs
 
-    - `fn`: a function or class whose keyword arguments are the options.
-    - `ranges`: the valid range of each option.
 
-    **Returns:**
+def option(default: Any, valid: Range) -> Option:
+    """The option taking values in `valid`, `default` if not given (a tuple is stored as a
+    list, as TOML reads it)."""
+    if isinstance(default, tuple):
+        default = list(default)
+    return Option(valid.kind or type(default), default, valid.expected, valid.valid, valid.item)
 
-    A dict from option name to [`Option`][], in the order of `ranges`.
+
+def signature_mismatches(options: dict[str, Option], *fns: Callable) -> list[str]:
+    """How declared `options` disagree with the keyword arguments of `fns`: each option's
+    default against the signature of the first of `fns` taking it (value and type, a tuple
+    read as a list); empty when they agree.
+
+    The declarations are written as plain data, so the config is validated without
+    importing the code that uses them; a test calls this so the two cannot drift apart.
     """
-    parameters = inspect.signature(fn).parameters
-    options = {}
-    for name, spec in ranges.items():
-        default = parameters[name].default
+    signatures = [inspect.signature(fn).parameters for fn in fns]
+    problems = []
+    for name, declared in options.items():
+        found = [p[name] for p in signatures if name in p]
+        if not found:
+            problems.append(f"{name!r}: no such keyword argument")
+            continue
+        default = found[0].default
         if default is inspect.Parameter.empty:
-            raise TypeError(f"{fn.__qualname__}'s option {name!r} has no default.")
+            problems.append(f"{name!r}: the signature has no default")
+            continue
         if isinstance(default, tuple):
             default = list(default)
-        kind = spec.kind or type(default)
-        options[name] = Option(kind, default, spec.expected, spec.valid, spec.item)
-    return options
+        if type(default) is not type(declared.default) or default != declared.default:
+            problems.append(f"{name!r}: declared {declared.default!r}, signature {default!r}")
+        elif not declared.valid(default):
+            problems.append(f"{name!r}: the default {default!r} is not {declared.expected}")
+    return problems

@@ -15,7 +15,6 @@ import numpy as np
 
 from ._regimes import last_finite
 from ._runfile import Run, load_run
-from ._stop import stop_messages
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -110,7 +109,11 @@ def _stop_note(view: _View, process: str) -> str:
     if not len(stopped):
         return ""
     code = int(codes[stopped[-1]])
-    reasons = view.run.attrs.get("stop_reasons") or stop_messages()
+    reasons = view.run.attrs.get("stop_reasons")
+    if not reasons:  # a file from before the attribute
+        from ._stop import stop_messages  # jax: not imported by `centralflows --help`
+
+        reasons = stop_messages()
     reason = reasons.get(str(code), f"stop reason {code}")
     when = view.offset + float(series["stop_time"][stopped[-1]])
     return f" (stopped at step {when:g}: {reason})"

@@ -1,18 +1,22 @@
-"""The `centralflows` command: run a named config, summarise or plot a run file."""
+"""The `centralflows` command: run a named config, summarise or plot a run file.
+
+The arguments are parsed and a config is validated (its `--out` too) before jax is
+imported, so `--help` and a config error answer at once: the modules below are imported
+where they are needed, and `tests/test_cli_fast.py` checks that jax is not.
+"""
 
 import argparse
 import datetime
 import pathlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
+from ._config import ConfigError, load_config, parse_override, validate_config
 
-from ._hdf5 import WriterBusyError, is_disk_full
-from ._plot import PANELS, plot
-from ._regimes import SolverError, classify, last_finite
-from ._runfile import load_run
-from ._stop import StopReason, describe_stop, is_failure, stop_reason_of
+if TYPE_CHECKING:
+    from ._runfile import Run
+    from ._stop import StopReason
 
 _EPILOG = """examples:
   centralflows run configs/gd-mlp-digits.toml
@@ -26,6 +30,8 @@ _FIGURE_FORMATS = (".png", ".pdf", ".svg")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ._plot import PANELS  # numpy and h5py, no jax
+
     parser = argparse.ArgumentParser(
         prog="centralflows",
         description="Optimizers at the edge of stability, run side by side and logged to HDF5.",
@@ -122,8 +128,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _new_config(args: argparse.Namespace) -> dict:
     """The config of a new run: the file, `--set` overrides and the shortcuts."""
-    from ._config import ConfigError, load_config  # the datasets' modules: slow to import
-
     if args.config is None:
         raise ConfigError("a CONFIG file is required (or --resume RUN.h5)")
     overrides = list(args.overrides)
@@ -138,7 +142,7 @@ def _new_config(args: argparse.Namespace) -> dict:
 
 def _resumed_config(args: argparse.Namespace) -> dict:
     """The config stored in the run file to resume, with only `run.steps` changed."""
-    from ._config import ConfigError, parse_override, validate_config
+    from ._runfile import load_run
 
     given = {
         "CONFIG": args.config,
@@ -286,8 +290,12 @@ def _dry_run(cfg: dict) -> str:
     )
 
 
-def _stop(result, group: str) -> tuple[StopReason, float] | None:
+def _stop(result: "Run", group: str) -> "tuple[StopReason, float] | None":
     """`(reason, step)` where a process stopped, or `None`."""
+    import numpy as np
+
+    from ._stop import stop_reason_of
+
     series = result[group]
     if "stop_reason" not in series:
         return None
@@ -300,8 +308,10 @@ def _stop(result, group: str) -> tuple[StopReason, float] | None:
     return stop_reason_of(int(done[row])), step
 
 
-def _failures(result) -> list[str]:
+def _failures(result: "Run") -> list[str]:
     """One line per process that diverged or whose solver failed."""
+    from ._stop import describe_stop, is_failure
+
     lines = []
     for group in result:
         stop = _stop(result, group)
@@ -310,7 +320,10 @@ def _failures(result) -> list[str]:
     return lines
 
 
-def _summary(result) -> str:
+def _summary(result: "Run") -> str:
+    from ._regimes import classify, last_finite
+    from ._stop import describe_stop
+
     offset = int(result.attrs.get("warm_start", 0))
     lines = [
         f"run file: {result.path}",
@@ -357,6 +370,9 @@ def _parse_steps(text: str) -> tuple[int | None, int | None]:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from ._plot import plot
+    from ._runfile import load_run
+
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.run_file).with_suffix(".png")
     if out.suffix.lower() not in _FIGURE_FORMATS:
         raise ValueError(
@@ -393,17 +409,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "plot":
             return _plot(args)
+        from ._runfile import load_run
+
         print(_summary(load_run(args.run_file)))
         return 0
-    except (ValueError, WriterBusyError) as error:  # ConfigError too
-        print(f"centralflows: error: {error}", file=sys.stderr)
+    except Exception as error:
+        status = _exit_status(error)
+        if status is None:  # a bug: the traceback
+            raise
+        message = error.strerror if isinstance(error, OSError) else None
+        print(f"centralflows: error: {message or error}", file=sys.stderr)
+        return status
+
+
+def _exit_status(error: Exception) -> int | None:
+    """The exit status of an error `main` reports in one line, or `None`."""
+    if isinstance(error, ValueError):  # ConfigError too: decided without importing more
         return 2
-    except OSError as error:  # a run file missing, damaged or not writable; a full disk
-        print(f"centralflows: error: {error.strerror or error}", file=sys.stderr)
+    from ._hdf5 import WriterBusyError, is_disk_full
+    from ._regimes import SolverError
+
+    if isinstance(error, WriterBusyError):
+        return 2
+    if isinstance(error, OSError):  # a run file missing, damaged or not writable; a full disk
         return 1 if is_disk_full(error) else 2
-    except SolverError as error:
-        print(f"centralflows: error: {error}", file=sys.stderr)
+    if isinstance(error, SolverError):
         return 3
+    return None
 
 
 if __name__ == "__main__":

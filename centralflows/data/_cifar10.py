@@ -6,7 +6,6 @@ import tarfile
 import numpy as np
 from jax.typing import DTypeLike
 
-from .._options import Range, at_least, declare
 from ._dataset import Dataset, float_dtype, split
 
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -146,16 +145,3 @@ def load_cifar10(
         binary=binary,
         image_shape=(3, 32, 32),
     )
-
-
-OPTIONS = declare(
-    load_cifar10,
-    path=Range("a path (empty: the environment variable CENTRALFLOWS_DATA)"),
-    n=at_least(1),
-    n_test=at_least(0),
-    classes=Range(
-        'an integer from 2 to 10 or "binary"',
-        lambda v: v == "binary" or (type(v) is int and 2 <= v <= 10),
-        kind=int | str,
-    ),
-)

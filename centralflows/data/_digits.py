@@ -2,7 +2,6 @@ import numpy as np
 import sklearn.datasets
 from jax.typing import DTypeLike
 
-from .._options import at_least, between, declare
 from ._dataset import Dataset, float_dtype, split
 
 
@@ -65,6 +64,3 @@ def load_digits(
         num_classes=classes,
         image_shape=(1, 8, 8),
     )
-
-
-OPTIONS = declare(load_digits, n=at_least(1), n_test=at_least(0), classes=between(2, 10))

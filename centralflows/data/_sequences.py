@@ -3,7 +3,6 @@ from typing import Literal
 
 import numpy as np
 
-from .._options import at_least, declare
 from ._dataset import IGNORE, Dataset, split
 
 _ANSWERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -51,8 +50,3 @@ def make_sequence_task(
     inputs, labels = sequences[:, :-1], sequences[:, 1:].copy()
     labels[:, : length - 1] = IGNORE
     return split(inputs, labels, n, input_dtype=np.int32, num_classes=vocab, vocab=vocab)
-
-
-OPTIONS = declare(
-    make_sequence_task, vocab=at_least(2), length=at_least(1), n=at_least(1), n_test=at_least(0)
-)

@@ -5,7 +5,6 @@ import numpy as np
 import sklearn.datasets
 from jax.typing import DTypeLike
 
-from .._options import Option, Range, at_least, between, declare
 from ._dataset import Dataset, float_dtype, split
 
 # Each generator draws `total` points from `seed` and its own keyword parameters, and
@@ -80,20 +79,3 @@ def make_sklearn(
     draw, binary = _GENERATORS[name]
     x, y, classes = draw(n + n_test, seed, **parameters)
     return split(x, y, n, input_dtype=float_dtype(dtype), num_classes=classes, binary=binary)
-
-
-def _options(name: str, **ranges: Range) -> dict[str, Option]:
-    """The options of dataset `name`: the sizes, then its own parameters."""
-    sizes = declare(make_sklearn, n=at_least(1), n_test=at_least(0))
-    return {**sizes, **declare(_GENERATORS[name][0], **ranges)}
-
-
-OPTIONS = {
-    "moons": _options("moons", noise=at_least(0.0)),
-    "circles": _options(
-        "circles",
-        noise=at_least(0.0),
-        factor=Range("a float in the open interval (0, 1)", lambda v: 0 < v < 1),
-    ),
-    "classification": _options("classification", classes=between(2, 16), features=at_least(5)),
-}

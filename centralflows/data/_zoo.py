@@ -1,10 +1,11 @@
 import functools
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-from .._options import Option
+from .._options import Inputs, Option
 from . import _cifar10, _digits, _sequences, _sklearn
 from ._dataset import Dataset
+from ._declared import DECLARED
 
 
 class DatasetSpec(NamedTuple):
@@ -16,20 +17,24 @@ class DatasetSpec(NamedTuple):
 
     load: Callable[..., Dataset]
     options: dict[str, Option]
-    inputs: Literal["vectors", "images", "tokens"]
+    inputs: Inputs
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec(_digits.load_digits, _digits.OPTIONS, "images"),
-    "cifar10": DatasetSpec(_cifar10.load_cifar10, _cifar10.OPTIONS, "images"),
+_LOADERS: dict[str, Callable[..., Dataset]] = {
+    "digits": _digits.load_digits,
+    "cifar10": _cifar10.load_cifar10,
     **{
-        task: DatasetSpec(
-            functools.partial(_sequences.make_sequence_task, task), _sequences.OPTIONS, "tokens"
-        )
+        task: functools.partial(_sequences.make_sequence_task, task)
         for task in ("sorting", "copying")
     },
     **{
-        name: DatasetSpec(functools.partial(_sklearn.make_sklearn, name), options, "vectors")
-        for name, options in _sklearn.OPTIONS.items()
+        name: functools.partial(_sklearn.make_sklearn, name)
+        for name in ("moons", "circles", "classification")
     },
+}
+
+# The options are declared in `_declared.py`, jax-free, for the command line.
+DATASETS: dict[str, DatasetSpec] = {
+    name: DatasetSpec(_LOADERS[name], declared.options, declared.inputs)
+    for name, declared in DECLARED.items()
 }

@@ -6,9 +6,8 @@ import jax.random as jr
 from jax.typing import DTypeLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._options import at_least, declare, one_of
 from ..data._dataset import float_dtype
-from ._layers import ACTIVATIONS, get_activation
+from ._layers import get_activation
 
 
 class CNN(eqx.Module):
@@ -74,5 +73,3 @@ CNN.__init__.__doc__ = """**Arguments:**
 - `dtype`: dtype of the parameters (float64 under x64, else float32, by default).
 - `key`: PRNG key for the initialisation (PyTorch's defaults).
 """
-
-OPTIONS = declare(CNN, width=at_least(1), activation=one_of(*ACTIVATIONS))

@@ -7,7 +7,6 @@ import jax.random as jr
 from jax.typing import DTypeLike
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._options import at_least, declare
 from ..data._dataset import float_dtype
 
 
@@ -89,5 +88,3 @@ LSTM.__init__.__doc__ = """**Arguments:**
 - `dtype`: dtype of the parameters (float64 under x64, else float32, by default).
 - `key`: PRNG key for the initialisation.
 """
-
-OPTIONS = declare(LSTM, layers=at_least(1), embed_dim=at_least(1), hidden_dim=at_least(1))

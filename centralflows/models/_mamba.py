@@ -7,7 +7,6 @@ import jax.random as jr
 from jax.typing import DTypeLike
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._options import at_least, declare, flag
 from ..data._dataset import float_dtype
 from ._layers import RMSNorm, normal, reinit
 
@@ -150,14 +149,3 @@ Mamba.__init__.__doc__ = """**Arguments:**
 - `dtype`: dtype of the parameters (float64 under x64, else float32, by default).
 - `key`: PRNG key for the initialisation.
 """
-
-OPTIONS = declare(
-    Mamba,
-    layers=at_least(1),
-    d_model=at_least(1),
-    d_state=at_least(1),
-    expand=at_least(1),
-    d_conv=at_least(1),
-    init_scale=at_least(0.0),
-    parallel_scan=flag(),
-)

@@ -5,9 +5,8 @@ import jax.random as jr
 from jax.typing import DTypeLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._options import at_least, declare, flag, integers, one_of
 from ..data._dataset import float_dtype
-from ._layers import ACTIVATIONS, get_activation
+from ._layers import get_activation
 
 
 class MLP(eqx.Module):
@@ -78,12 +77,3 @@ MLP.__init__.__doc__ = """**Arguments:**
     enabled and float32 otherwise.
 - `key`: PRNG key for the (deterministic) initialisation.
 """
-
-OPTIONS = declare(
-    MLP,
-    width=at_least(1),
-    depth=at_least(0),
-    widths=integers(1),
-    bias=flag(),
-    activation=one_of(*ACTIVATIONS),
-)

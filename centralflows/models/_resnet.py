@@ -8,9 +8,8 @@ import jax.random as jr
 from jax.typing import DTypeLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._options import at_least, declare, integers, one_of
 from ..data._dataset import float_dtype
-from ._layers import ACTIVATIONS, GroupNorm, get_activation, normal, reinit
+from ._layers import GroupNorm, get_activation, normal, reinit
 
 _NORMS = ("group", "layer", "none")
 
@@ -139,11 +138,3 @@ ResNet.__init__.__doc__ = """**Arguments:**
 - `dtype`: dtype of the parameters (float64 under x64, else float32, by default).
 - `key`: PRNG key for the initialisation.
 """
-
-OPTIONS = declare(
-    ResNet,
-    width=at_least(1),
-    stage_sizes=integers(1, empty=False),
-    norm=one_of(*_NORMS),
-    activation=one_of(*ACTIVATIONS),
-)

@@ -6,7 +6,6 @@ import jax.random as jr
 from jax.typing import DTypeLike
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._options import at_least, declare, one_of
 from ..data._dataset import float_dtype
 from ._layers import LayerNorm, SelfAttention, reinit, sinusoidal
 
@@ -116,12 +115,3 @@ Transformer.__init__.__doc__ = """**Arguments:**
 - `dtype`: dtype of the parameters (float64 under x64, else float32, by default).
 - `key`: PRNG key for the initialisation.
 """
-
-OPTIONS = declare(
-    Transformer,
-    layers=at_least(1),
-    d_model=at_least(1, "a multiple of `heads`"),
-    heads=at_least(1),
-    norm=one_of(*_NORMS),
-    weight_multiplier=at_least(0.0),
-)

@@ -5,7 +5,6 @@ import jax.random as jr
 from jax.typing import DTypeLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._options import Range, at_least, declare, one_of
 from ..data._dataset import float_dtype
 from ._layers import LayerNorm, SelfAttention, scale, sincos_2d
 
@@ -143,16 +142,3 @@ ViT.__init__.__doc__ = """**Arguments:**
 - `dtype`: dtype of the parameters (float64 under x64, else float32, by default).
 - `key`: PRNG key for the initialisation (PyTorch's defaults for the linear layers).
 """
-
-OPTIONS = declare(
-    ViT,
-    patch_size=at_least(1, "dividing the image sides"),
-    dim=Range("a multiple of 4, at least 4", lambda v: v >= 4 and v % 4 == 0),
-    depth=at_least(1),
-    heads=at_least(1),
-    dim_head=at_least(1),
-    mlp_dim=at_least(1),
-    pool=one_of("mean", "cls"),
-    norm=one_of(*_NORMS),
-    init_scale=at_least(0.0),
-)

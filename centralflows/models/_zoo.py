@@ -1,9 +1,8 @@
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-from .._options import Option
+from .._options import Inputs, Option
 from . import _cnn, _lstm, _mamba, _mlp, _resnet, _transformer, _vit
-
-Inputs = Literal["vectors", "images", "tokens"]
+from ._declared import DECLARED
 
 
 class Architecture(NamedTuple):
@@ -19,12 +18,18 @@ class Architecture(NamedTuple):
     inputs: Inputs
 
 
+_MODELS: dict[str, type] = {
+    "mlp": _mlp.MLP,
+    "cnn": _cnn.CNN,
+    "resnet": _resnet.ResNet,
+    "vit": _vit.ViT,
+    "lstm": _lstm.LSTM,
+    "transformer": _transformer.Transformer,
+    "mamba": _mamba.Mamba,
+}
+
+# The options are declared in `_declared.py`, jax-free, for the command line.
 ARCHITECTURES: dict[str, Architecture] = {
-    "mlp": Architecture(_mlp.MLP, _mlp.OPTIONS, "vectors"),
-    "cnn": Architecture(_cnn.CNN, _cnn.OPTIONS, "images"),
-    "resnet": Architecture(_resnet.ResNet, _resnet.OPTIONS, "images"),
-    "vit": Architecture(_vit.ViT, _vit.OPTIONS, "images"),
-    "lstm": Architecture(_lstm.LSTM, _lstm.OPTIONS, "tokens"),
-    "transformer": Architecture(_transformer.Transformer, _transformer.OPTIONS, "tokens"),
-    "mamba": Architecture(_mamba.Mamba, _mamba.OPTIONS, "tokens"),
+    name: Architecture(_MODELS[name], declared.options, declared.inputs)
+    for name, declared in DECLARED.items()
 }
