@@ -271,15 +271,17 @@ class AbstractFlowProcess(eqx.Module):
     def advance_unit(
         self,
         state: FlowProcessState,
-        t: int,
+        t: float,
         trace: list | None = None,
+        end: float | None = None,
     ) -> tuple[FlowProcessState, Vector, Record]:
-        """Log time `t` and integrate to `t + 1`, re-planning at every event.
+        """Log time `t` and integrate to `end` (default `t + 1`), re-planning at every
+        event.
 
         With a list `trace`, every integrated segment is appended to it as a
         `PlannedSegment` (what a replay needs to retrace the unit differentiably).
 
-        **Returns:** `(state_at_t_plus_1, position_at_t, record_at_t)`; once the flow has
+        **Returns:** `(state_at_end, position_at_t, record_at_t)`; once the flow has
         stopped, the position and record are NaN but for the stop and onset times.
         """
         if not np.isnan(float(state.stop_time)):
@@ -291,12 +293,12 @@ class AbstractFlowProcess(eqx.Module):
         state, k, events, record = self.observe_now(state, t)
         position = state.y.w
         steps = rejected = segments = 0
-        now = float(t)
-        while now < t + 1 and np.isnan(float(state.stop_time)):
+        now, end = float(t), float(t + 1 if end is None else end)
+        while now < end and np.isnan(float(state.stop_time)):
             basis = self.basis(state, k)
             armed = self.arm(events, k, state.y.w)
             segment = self.segment(
-                state.y, state.dt, basis, jnp.asarray(now), jnp.asarray(t + 1.0), k, armed
+                state.y, state.dt, basis, jnp.asarray(now), jnp.asarray(end), k, armed
             )
             steps += int(segment.steps)
             rejected += int(segment.rejected)

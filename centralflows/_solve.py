@@ -1,5 +1,6 @@
 """The standalone flow API: `central_flow(...)` and `stable_flow(...)`."""
 
+import math
 from collections.abc import Callable, Sequence
 
 import diffrax as dfx
@@ -9,6 +10,7 @@ import jax.flatten_util as jfu
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree, Scalar
 
 from ._cache import enable_compilation_cache
@@ -39,7 +41,8 @@ class FlowSolution(eqx.Module):
     - `stop_time`, `stop_reason`: where the flow was stopped (NaN if it ran to the end)
       and why, a [`centralflows.StopReason`][] (`running` if it ran to the end). Saves
       after `stop_time` repeat the state it stopped in.
-    - `stats`: solver steps, right-hand-side evaluations and segments per unit of time.
+    - `stats`: solver steps, right-hand-side evaluations and segments per interval
+      integrated: the units of time between integers, split at the save times.
     """
 
     ts: Float[Array, " T"]
@@ -53,6 +56,24 @@ class FlowSolution(eqx.Module):
     stop_time: Scalar
     stop_reason: StopReason
     stats: dict[str, Array]
+
+
+def _check_times(t1: float, saveat: Sequence[float] | None) -> list[float]:
+    """The save times (`[t1]` by default), checked: `t1` finite and >= 0, `saveat`
+    increasing in [0, t1]."""
+    real = lambda t: (
+        isinstance(t, int | float | np.integer | np.floating) and not isinstance(t, bool)
+    )
+    if not real(t1) or not (0 <= t1 < np.inf):
+        raise ValueError(f"`t1` must be a finite time >= 0, got {t1!r}.")
+    ts = [t1] if saveat is None else list(saveat)
+    if (
+        not all(real(t) for t in ts)
+        or any(not 0 <= t <= t1 for t in ts)
+        or any(b <= a for a, b in zip(ts, ts[1:]))
+    ):
+        raise ValueError(f"`saveat` must be increasing times in [0, t1], got {saveat!r}.")
+    return [float(t) for t in ts]
 
 
 def _has_tracers(tree: PyTree) -> bool:
@@ -122,19 +143,15 @@ def _solve(
     loss: Objective | Callable[[PyTree], Scalar],
     w0: PyTree,
     optimizer: AbstractOptimizer,
-    t1: int,
-    saveat: Sequence[int] | None,
+    t1: float,
+    saveat: Sequence[float] | None,
     eig: EigConfig,
     options: FlowOptions,
     key: PRNGKeyArray | None,
     opt_state0: PyTree | None,
 ) -> FlowSolution:
     enable_compilation_cache()
-    if isinstance(t1, bool) or not isinstance(t1, int) or t1 < 0:
-        raise ValueError(f"`t1` must be a non-negative integer (steps), got {t1!r}.")
-    ts = [t1] if saveat is None else sorted(int(t) for t in saveat)
-    if any(t < 0 or t > t1 for t in ts) or (saveat is not None and list(saveat) != ts):
-        raise ValueError(f"`saveat` must be increasing integer times in [0, t1], got {saveat!r}.")
+    ts = _check_times(t1, saveat)
     objective, optimizer, w, unravel_w0 = prepare(loss, w0, optimizer, opt_state0)
     leaves = jtu.tree_leaves((objective, optimizer, w, opt_state0))
     traced = _has_tracers(leaves)
@@ -146,15 +163,18 @@ def _solve(
     state = process.init(_concrete(w), key, _concrete(opt_state0))
     trace = [] if traced else None
     saved, records, stats = [], [], []
-    for t in range(t1 + 1):
+    # Unit intervals between integer times (where the tracked eigenpairs are refreshed),
+    # split at the save times.
+    stops = sorted({*range(math.ceil(t1)), *ts, t1})
+    for t, end in zip(stops, [*stops[1:], None]):
         if t in ts:
             state, k, _, record = process.observe_now(state, t)
             saved.append(state.y)
             records.append(record)
             if traced:
                 trace.append(Observation(k, process.basis(state, k)))
-        if t < t1:
-            state, _, record = process.advance_unit(state, t, trace)
+        if end is not None:
+            state, _, record = process.advance_unit(state, t, trace, end)
             stats.append(record)
     width = max(r.get("predicted_variances", jnp.zeros(1)).size for r in records)
     eos_onset, stop_time = state.eos_time, state.stop_time
@@ -200,9 +220,9 @@ def central_flow(
     loss: Objective | Callable[[PyTree], Scalar],
     w0: PyTree,
     optimizer: AbstractOptimizer,
-    t1: int,
+    t1: float,
     *,
-    saveat: Sequence[int] | None = None,
+    saveat: Sequence[float] | None = None,
     eig: EigConfig = EigConfig(),
     options: FlowOptions = FlowOptions(),
     key: PRNGKeyArray | None = None,
@@ -219,8 +239,8 @@ def central_flow(
     - `loss`: an `Objective` or a function of the parameter pytree.
     - `w0`: initial parameters.
     - `optimizer`: `GD`, `ScalarRMSProp` or `RMSProp`.
-    - `t1`: final (integer) time.
-    - `saveat`: integer times to save at (default: `[t1]`).
+    - `t1`: final time (the tracked eigenpairs are recomputed at every integer time).
+    - `saveat`: increasing times in `[0, t1]` to save at (default: `[t1]`).
     - `eig`: eigen-tracking settings.
     - `options`: solver, tolerances, relaxation time `tau`; `FlowOptions.euler(n)` for
       the reference scheme.
@@ -254,9 +274,9 @@ def stable_flow(
     loss: Objective | Callable[[PyTree], Scalar],
     w0: PyTree,
     optimizer: AbstractOptimizer,
-    t1: int,
+    t1: float,
     *,
-    saveat: Sequence[int] | None = None,
+    saveat: Sequence[float] | None = None,
     eig: EigConfig = EigConfig(),
     options: FlowOptions = FlowOptions(),
     key: PRNGKeyArray | None = None,

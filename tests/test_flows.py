@@ -46,6 +46,22 @@ def test_toy_stable_flow_is_gradient_flow():
     assert float(sol.eos_onset) == pytest.approx(T_STAR, abs=1e-4)
 
 
+def test_flows_integrate_to_real_times():
+    # t1 and the save times need not be integers: y(t) = −ηbt before EOS.
+    times = [0.5, 2.25, 12.5]
+    for solve in (cf.stable_flow, cf.central_flow):
+        sol = solve(toy_loss, TOY_W0, cf.GD(ETA), 12.5, saveat=times, options=OPTIONS)
+        np.testing.assert_array_equal(sol.ts, times)
+        np.testing.assert_allclose(sol.w["y"], -ETA * B * np.array(times), rtol=1e-9)
+        # Units between integers, split at the save times: 0 – 0.5 – 1 … 2 – 2.25 – 3 … 12.5.
+        assert len(sol.stats["segments"]) == 15
+    with pytest.raises(ValueError, match="t1"):
+        cf.stable_flow(toy_loss, TOY_W0, cf.GD(ETA), float("inf"))
+    for saveat in ([2.0, 1.0], [0.5, 0.5], [-0.5], [13.0]):
+        with pytest.raises(ValueError, match="saveat"):
+            cf.stable_flow(toy_loss, TOY_W0, cf.GD(ETA), 12.5, saveat=saveat)
+
+
 def test_toy_central_flow_onset_and_rest(toy_central):
     sol = toy_central
     # Before EOS the central flow is gradient flow.
