@@ -137,11 +137,7 @@ def test_toml_blocks_are_valid_configs(tmp_path):
 
 def test_the_api_reference_covers_the_public_namespace():
     reference = (DOCS / "reference/api.md").read_text()
-    public = [
-        name
-        for name in dir(cf)
-        if not name.startswith("_") and not isinstance(getattr(cf, name), types.ModuleType)
-    ]
+    public = [name for name in cf.__all__ if not isinstance(getattr(cf, name), types.ModuleType)]
     assert len(public) > 20
     missing = [name for name in public if f"::: centralflows.{name}\n" not in reference]
     assert not missing, missing
