@@ -80,6 +80,11 @@ def _pairs(names: Sequence[str]) -> list[tuple[str, str]]:
     return list(itertools.combinations(sorted(names), 2))
 
 
+def _nan_like(f: Callable, *args) -> PyTree:
+    """NaN arrays shaped like what `f(*args)` returns, without computing it."""
+    return jtu.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), jax.eval_shape(f, *args))
+
+
 @eqx.filter_jit
 def _advance_chunk(
     processes: tuple[AbstractProcess, ...],
@@ -100,8 +105,7 @@ def _advance_chunk(
         """`process.advance`, skipped (no products, no eigen tracking) once stopped."""
 
         def stopped(state):
-            shapes = jax.eval_shape(process.advance, state, t)[1:]
-            return state, *jtu.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+            return state, *_nan_like(process.advance, state, t)[1:]
 
         running = jnp.isnan(state.stop_time)
         return jax.lax.cond(running, lambda s: process.advance(s, t), stopped, state)
@@ -121,7 +125,6 @@ def _advance_chunk(
             keep = running & finite
             new = jtu.tree_map(lambda a, b: jnp.where(keep, a, b), new, state)
             new = eqx.tree_at(lambda s: s.stop_time, new, stop_time)
-            record = jtu.tree_map(lambda x: jnp.where(running, x, jnp.nan), record)
             record["stop_time"] = stop_time
             record["stop_reason"] = jnp.where(
                 jnp.isnan(stop_time), jnp.nan, stop_code(StopReason.diverged)
@@ -131,8 +134,7 @@ def _advance_chunk(
         return tuple(new_states), records
 
     def skip(states, t):
-        shapes = jax.eval_shape(live, states, t)[1]
-        return states, jtu.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
+        return states, _nan_like(live, states, t)[1]
 
     def body(states, t):
         return jax.lax.cond(t < t_stop, live, skip, states, t)

@@ -112,7 +112,8 @@ def track_eigs(
     - `count`: how many of the k rows to track (may be traced; default: all k). The
       others cost no products and are returned as they are.
     - `iterate`: `False` (may be traced) for the Rayleigh–Ritz pairs in the span of
-      `previous` alone, at `count` products, without LOBPCG iterations.
+      `previous` alone, at `count` products, without LOBPCG iterations (the dense path
+      is exact either way).
 
     **Returns:** an `EigenState` with P-orthonormal tracked `vectors`.
     """
