@@ -1,7 +1,7 @@
 """Build a run's ingredients (objective, initial parameters, optimizer) from a config."""
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import diffrax as dfx
@@ -55,6 +55,12 @@ def make_flow_options(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[FlowOptions
     return options, options
 
 
+@eqx.filter_jit
+def _init_model(make: Callable[..., eqx.Module], sizes: tuple, options: dict, seed) -> eqx.Module:
+    """`make(*sizes, **options)` with its parameters drawn from `seed`, in one program."""
+    return make(*sizes, **options, dtype=float_dtype(None), key=jr.key(seed))
+
+
 def make_problem(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[Objective, Float[Array, " n"]]:
     """The objective and initial flat parameters of a validated config.
 
@@ -83,9 +89,7 @@ def make_problem(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[Objective, Float
         first = shape = dataset.image_shape
     else:
         first = dataset.vocab
-    model = architecture.model(
-        first, dataset.out_size, **options, dtype=float_dtype(None), key=jr.key(seed)
-    )
+    model = _init_model(architecture.model, (first, dataset.out_size), options, seed)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     loss = {"mse": MSE, "ce": CrossEntropy}[criterion](binary=dataset.binary)
     reshape = lambda x: x.reshape(x.shape[:1] + shape)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import ClassVar, NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
@@ -22,7 +23,7 @@ from ._eigen import (
     refresh_tracking,
 )
 from ._events import ArmedEvents, Event, EventKind
-from ._flows import Basis, CentralFlow, FlowState, StableFlow, ritz_pairs
+from ._flows import Basis, CentralFlow, FlowState, StableFlow, hessian_rows, ritz_pairs, used_rows
 from ._integrate import FlowOptions, Segment, integrate_segment
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
@@ -31,6 +32,7 @@ from ._sdcp import complementarity_margins, rank_branch
 from ._stop import StopReason, stop_code
 
 Vector = Float[Array, " n"]
+Count = int | Int[Array, ""]  # a critical-set size: traced inside the compiled programs
 _MAX_SEGMENTS = 16  # events handled per unit of time before stopping (StopReason.chatter)
 _SOLVER_STATS = ("solver_steps", "rejected_steps", "rhs_evals", "segments")
 
@@ -44,6 +46,42 @@ class FlowProcessState(eqx.Module):
     stop_time: Scalar  # NaN unless stopped, for the reason `stop_reason`
     stop_reason: StopReason
     dt: Scalar  # the solver's first step size in the next segment
+
+
+def critical_count(num_critical: int) -> np.ndarray:
+    """A critical-set size as the data a compiled program takes (not a static argument,
+    which would compile a program per size)."""
+    return np.asarray(num_critical, np.int32)
+
+
+def _as_array(value, dtype) -> Array | np.ndarray:
+    """`value` as an array of `dtype`: a NumPy array unless it is a JAX array (converting
+    a concrete value with `jnp.asarray` would compile a program)."""
+    return jnp.asarray(value, dtype) if isinstance(value, Array) else np.asarray(value, dtype)
+
+
+@eqx.filter_jit
+def _padded_rows(vectors: Basis, size: int, used: int) -> Basis:
+    """The first `size` rows of `vectors`, those past the first `used` zero."""
+    return jnp.where(jnp.arange(size)[:, None] < used, vectors[:size], 0)
+
+
+@eqx.filter_jit
+def _p_diag(optimizer: AbstractOptimizer, y: FlowState) -> Vector:
+    """The diagonal of `P` at `y` (one program for every flow)."""
+    return preconditioner_diagonal(optimizer.preconditioner(y.opt_state, y.w))
+
+
+@eqx.filter_jit
+def _state_record(state: FlowProcessState, p_diag: Vector) -> Record:
+    """The logged eigen series, onset and stop of a flow at its current time."""
+    record = eig_record(state.tracking, p_diag, True)
+    record.update(
+        eos_time=state.eos_time,
+        stop_time=state.stop_time,
+        stop_reason=stop_code(state.stop_reason),
+    )
+    return record
 
 
 class PlannedSegment(NamedTuple):
@@ -88,7 +126,7 @@ class AbstractFlowProcess(eqx.Module):
         return FlowProcessState(y, tracking, nan, nan, StopReason.running, dt)
 
     def p_diag(self, y: FlowState) -> Vector:
-        return preconditioner_diagonal(self.optimizer.preconditioner(y.opt_state, y.w))
+        return _p_diag(self.optimizer, y)
 
     def refresh(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
         """Recompute `tracking` at the current point by warm-started LOBPCG."""
@@ -108,12 +146,16 @@ class AbstractFlowProcess(eqx.Module):
 
     def basis(self, state: FlowProcessState, num_critical: int) -> Float[Array, "b n"]:
         """The tracked vectors the vector field works in: the critical ones and
-        `options.guard` more."""
+        `options.guard` more, padded with zero rows to a power of two rows (at least
+        `guard + 2`, at most the tracked capacity), so that a handful of compiled
+        programs serve every critical-set size."""
         effective = state.tracking.effective
-        return effective.vectors[: min(num_critical + self.options.guard, int(effective.count))]
+        used = min(num_critical + self.options.guard, int(effective.count))
+        bucket = max(self.options.guard + 2, 1 << (used - 1).bit_length())
+        return _padded_rows(effective.vectors, min(bucket, most_tracked(state.tracking, self.eig)), used)
 
     @abc.abstractmethod
-    def field(self, num_critical: int) -> CentralFlow | StableFlow:
+    def field(self, num_critical: Count) -> CentralFlow | StableFlow:
         """The vector field with `num_critical` critical directions."""
 
     @abc.abstractmethod
@@ -131,12 +173,12 @@ class AbstractFlowProcess(eqx.Module):
         `"activate"` and `"deactivate"` (margins of the SDCP's rank branch), `"ritz"` (a
         Ritz value of the basis against a threshold) and `"track"`."""
 
-    def ritz_index(self, num_critical: int) -> int:
+    def ritz_index(self, num_critical: Count) -> Count:
         """Which Ritz value of the basis the `"ritz"` slot watches."""
         del num_critical
         return 0
 
-    def arm(self, events: tuple[Event, ...], num_critical: int, w: Vector) -> ArmedEvents:
+    def arm(self, events: tuple[Event, ...], num_critical: Count, w: Vector) -> ArmedEvents:
         """`events` as the data a segment's program takes (the others disarmed)."""
         slots, dtype = self.slots(num_critical), w.dtype
         armed = [False] * len(slots)
@@ -153,14 +195,14 @@ class AbstractFlowProcess(eqx.Module):
         if track_vectors is None:  # a stand-in for the disarmed slot (the replay's conditions)
             track_vectors = jnp.zeros((1, w.size)).at[0, 0].set(1)
         return ArmedEvents(
-            jnp.asarray(armed),
-            jnp.asarray(rank, jnp.int32),
-            jnp.asarray(threshold, dtype),
-            jnp.asarray(track_threshold, dtype),
-            jnp.asarray(track_vectors, dtype),
+            np.asarray(armed),
+            np.asarray(rank, np.int32),
+            _as_array(threshold, dtype),
+            _as_array(track_threshold, dtype),
+            _as_array(track_vectors, dtype),
         )
 
-    def fired_event(self, events: tuple[Event, ...], num_critical: int, slot: int) -> Event | None:
+    def fired_event(self, events: tuple[Event, ...], num_critical: Count, slot: int) -> Event | None:
         """The event of `events` watched in slot number `slot` (`None` for -1)."""
         if slot < 0:
             return None
@@ -180,20 +222,15 @@ class AbstractFlowProcess(eqx.Module):
         )
 
     @abc.abstractmethod
-    def point_record(self, y: FlowState, basis: Basis, num_critical: int) -> Record:
+    def point_record(self, y: FlowState, basis: Basis, num_critical: Count) -> Record:
         """What is logged about the point `y` (compiled once per critical-set size)."""
 
     def observe(self, state: FlowProcessState, num_critical: int) -> dict[str, np.ndarray]:
         """Everything logged at the current time (compiled per critical-set size only:
         the tracked set's size enters outside the compiled part)."""
         basis = self.basis(state, num_critical)
-        record = self.point_record(state.y, basis, num_critical)
-        record.update(eig_record(state.tracking, self.p_diag(state.y), True))
-        record.update(
-            eos_time=state.eos_time,
-            stop_time=state.stop_time,
-            stop_reason=stop_code(state.stop_reason),
-        )
+        record = self.point_record(state.y, basis, critical_count(num_critical))
+        record.update(_state_record(state, self.p_diag(state.y)))
         return {name: np.asarray(value) for name, value in record.items()}
 
     @eqx.filter_jit
@@ -204,7 +241,7 @@ class AbstractFlowProcess(eqx.Module):
         basis: Basis,
         t0: Scalar,
         t1: Scalar,
-        num_critical: int,
+        num_critical: Count,
         events: ArmedEvents | None,
     ) -> Segment:
         """Integrate from `(t0, y)` towards `t1` in the frozen `basis`, stopping where
@@ -216,7 +253,7 @@ class AbstractFlowProcess(eqx.Module):
         )
 
     def conditions(
-        self, events: ArmedEvents, num_critical: int
+        self, events: ArmedEvents, num_critical: Count
     ) -> Callable[[FlowState, Basis], Float[Array, " s"]]:
         """`(y, basis) -> c`, entry i rising through 0 where the event in slot i
         (`slots`) happens, and -inf where that slot is disarmed. The Ritz and track slots
@@ -226,11 +263,12 @@ class AbstractFlowProcess(eqx.Module):
 
         def values(y, basis):
             spans = jnp.concatenate([basis, events.track_vectors])
-            products = self.objective.hvps(y.w, spans)
+            used = used_rows(spans)
+            products = hessian_rows(self.objective, y.w, spans, used)
             p_diag, m = self.p_diag(y), len(basis)
-            ritz = ritz_pairs(products[:m], basis, p_diag).values
+            ritz = ritz_pairs(products[:m], basis, p_diag, used[:m]).values
             track = ritz_pairs(products[m:], events.track_vectors, p_diag).values[0]
-            index = min(self.ritz_index(num_critical), m - 1)
+            index = jnp.minimum(self.ritz_index(num_critical), jnp.sum(used[:m]) - 1)
             out = {
                 "ritz": ritz[index] - events.threshold,
                 "track": track - events.track_threshold,
@@ -238,7 +276,12 @@ class AbstractFlowProcess(eqx.Module):
             if "activate" in slots:
                 # z_{r+1} rises through 0 as X gains a direction, z_r falls as it loses one.
                 rank = events.rank
-                margins = self.rank_margins(y, basis, num_critical, rank)
+                armed = events.armed[slots.index("activate")]
+                margins = jax.lax.cond(
+                    armed | events.armed[slots.index("deactivate")],
+                    lambda: self.rank_margins(y, basis, num_critical, rank),
+                    lambda: jnp.full(m, -jnp.inf, y.w.dtype),
+                )
                 out["activate"] = margins[jnp.minimum(rank, num_critical - 1)]
                 out["deactivate"] = -margins[jnp.maximum(rank - 1, 0)]
             value = jnp.stack([out[slot] for slot in slots])
@@ -246,7 +289,7 @@ class AbstractFlowProcess(eqx.Module):
 
         return values
 
-    def condition(self, event: Event, num_critical: int) -> Callable[[FlowState, Basis], Scalar]:
+    def condition(self, event: Event, num_critical: Count) -> Callable[[FlowState, Basis], Scalar]:
         """`(y, basis) -> c`, rising through 0 where `event` happens."""
         slot = self.slots(num_critical).index(event.kind.slot)
 
@@ -298,12 +341,12 @@ class AbstractFlowProcess(eqx.Module):
             basis = self.basis(state, k)
             armed = self.arm(events, k, state.y.w)
             segment = self.segment(
-                state.y, state.dt, basis, jnp.asarray(now), jnp.asarray(end), k, armed
+                state.y, state.dt, basis, *jax.device_put((now, end)), critical_count(k), armed
             )
             steps += int(segment.steps)
             rejected += int(segment.rejected)
             segments += 1
-            finite = bool(jnp.all(jnp.isfinite(segment.y.w)))
+            finite = bool(np.all(np.isfinite(np.asarray(segment.y.w))))
             if bool(segment.failed) or not finite:
                 reason = StopReason.solver_failed if finite else StopReason.diverged
                 state = self.stop(state, now, reason)
@@ -350,7 +393,7 @@ class StableFlowProcess(AbstractFlowProcess):
     options: FlowOptions
     name: ClassVar[str] = "stable"
 
-    def field(self, num_critical: int) -> StableFlow:
+    def field(self, num_critical: Count) -> StableFlow:
         del num_critical
         return StableFlow(self.objective, self.optimizer)
 
@@ -358,7 +401,7 @@ class StableFlowProcess(AbstractFlowProcess):
         del fired
         # A crossing already past when planned is recorded now: an event cannot fire on a
         # segment's first step.
-        sharpness = float(state.tracking.effective.values[0])
+        sharpness = float(np.asarray(state.tracking.effective.values)[0])
         if np.isnan(float(state.eos_time)) and sharpness >= 2:
             state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, state.y.w.dtype))
         if sharpness > self.options.max_seff:
@@ -389,7 +432,7 @@ class CentralFlowProcess(AbstractFlowProcess):
     options: FlowOptions
     name: ClassVar[str] = "central"
 
-    def field(self, num_critical: int) -> CentralFlow:
+    def field(self, num_critical: Count) -> CentralFlow:
         return CentralFlow(self.objective, self.optimizer, self.options.tau, num_critical)
 
     def plan(self, state, now, fired=None):
@@ -420,8 +463,8 @@ class CentralFlowProcess(AbstractFlowProcess):
         return state, k, (*events, self.track_event(state))
 
     def slots(self, num_critical):
-        ritz = ("ritz", "track")
-        return ("activate", "deactivate", *ritz) if num_critical >= 1 else ritz
+        del num_critical  # the rank slots are disarmed while nothing is critical
+        return ("activate", "deactivate", "ritz", "track")
 
     def ritz_index(self, num_critical):
         return num_critical  # the first Ritz value outside the critical set
@@ -433,7 +476,8 @@ class CentralFlowProcess(AbstractFlowProcess):
         if fired is not None and fired.kind.changes_rank:
             step = -1 if fired.kind is EventKind.deactivate else 1
             return min(max(fired.rank + step, 0), num_critical)
-        margins = self.rank_margins(state.y, self.basis(state, num_critical), num_critical)
+        basis = self.basis(state, num_critical)
+        margins = self.rank_margins(state.y, basis, critical_count(num_critical))
         return int(np.sum(np.asarray(margins) > 0))
 
     @eqx.filter_jit
@@ -441,7 +485,7 @@ class CentralFlowProcess(AbstractFlowProcess):
         self,
         y: FlowState,
         basis: Basis,
-        num_critical: int,
+        num_critical: Count,
         rank: int | Int[Array, ""] | None = None,
     ) -> Float[Array, " k"]:
         """`complementarity_margins` of the SDCP at `y`, on its branch of active rank
@@ -450,21 +494,23 @@ class CentralFlowProcess(AbstractFlowProcess):
         no longer solves the SDCP (the EOS onset)."""
         terms = self.field(num_critical).terms(y, basis)
         x = terms.X if rank is None else rank_branch(terms.alpha, terms.operator, rank, terms.X)
-        return complementarity_margins(x, terms.alpha, terms.operator)
+        critical = jnp.arange(len(basis)) < num_critical
+        return complementarity_margins(x, terms.alpha, terms.operator, critical)
 
     @eqx.filter_jit
     def point_record(self, y, basis, num_critical):
         terms = self.field(num_critical).terms(y, basis)
         record = self._base_record(y, terms.grad_norm_sq)
+        critical = jnp.arange(len(basis)) < num_critical
         record.update(
             predicted_loss=terms.predicted_loss,
             predicted_grad_norm_sq=terms.predicted_grad_norm_sq,
-            predicted_variances=jnp.linalg.eigvalsh(terms.X)[::-1],
+            predicted_variances=jnp.where(critical, jnp.linalg.eigvalsh(terms.X)[::-1], jnp.nan),
             sigma_trace=terms.sigma_trace,
             sdcp_residual=terms.sdcp.residual,
             num_critical=jnp.asarray(num_critical, y.w.dtype),
             # For the driver's deltas Uᵀ P (w_other − w_central); not logged as such.
-            _critical_vectors=terms.ritz.vectors[:num_critical],
+            _critical_vectors=jnp.where(critical[:, None], terms.ritz.vectors, jnp.nan),
             _p_diag=self.p_diag(y),
         )
         return record

@@ -5,12 +5,12 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
-from jaxtyping import Array, Float, PyTree, Scalar
+from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
-from ._eigen import preconditioner_diagonal
+from ._eigen import below, preconditioner_diagonal
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
-from ._sdcp import SDCPSolution, sdcp_solve
+from ._sdcp import SDCPSolution, pad_sdcp, sdcp_solve
 
 Vector = Float[Array, " n"]
 Basis = Float[Array, "m n"]
@@ -47,41 +47,69 @@ class StableFlow(eqx.Module):
 
 class RitzPairs(eqx.Module):
     """Rayleigh–Ritz pairs of `H u = λ P u` in a frozen basis: values descending,
-    vectors P-orthonormal, with their Hessian products."""
+    vectors P-orthonormal, with their Hessian products. As many rows as the basis; those
+    past its used rows hold NaN values and zero vectors."""
 
     values: Float[Array, " m"]
     vectors: Basis
     hessian_vectors: Basis
 
 
-def ritz_pairs(hessian_basis: Basis, basis: Basis, p_diag: Vector) -> RitzPairs:
-    """Rayleigh–Ritz for `H u = λ P u` in `span(basis)`, given `H · basis`.
+def used_rows(basis: Basis) -> Bool[Array, " m"]:
+    """The rows of a basis that are in use: a basis is padded to a fixed number of rows
+    (so that one compiled program serves every size) with zero rows, which cost no
+    products."""
+    return jnp.any(basis != 0, axis=1)
+
+
+def hessian_rows(objective: Objective, w: Vector, basis: Basis, used: Bool[Array, " m"]) -> Basis:
+    """`H(w) v` for the `used` rows `v` of `basis` (zero for the others, at no cost),
+    one row at a time from one linearisation of the gradient."""
+    _, hvp = jax.linearize(objective.grad, w)
+    row = lambda args: jax.lax.cond(args[1], hvp, jnp.zeros_like, args[0])
+    return jax.lax.map(row, (basis, used))
+
+
+def ritz_pairs(
+    hessian_basis: Basis, basis: Basis, p_diag: Vector, used: Bool[Array, " m"] | None = None
+) -> RitzPairs:
+    """Rayleigh–Ritz for `H u = λ P u` in the span of the `used` rows of `basis`, given
+    `H · basis` on them.
 
     **Arguments:**
 
-    - `hessian_basis`: rows `H v_a`.
-    - `basis`: rows `v_a` (linearly independent).
+    - `hessian_basis`: rows `H v_a` (any values in unused rows).
+    - `basis`: rows `v_a` (the used ones linearly independent).
     - `p_diag`: the diagonal of P.
+    - `used`: which rows to use (default: the nonzero ones, `used_rows`).
 
-    **Returns:** `RitzPairs` (values descending).
+    **Returns:** `RitzPairs` (values descending), the pairs of the used rows first.
     """
-    a = basis @ hessian_basis.T
+    used = used_rows(basis) if used is None else used
+    both = used[:, None] & used[None, :]
+    basis, hessian_basis = (jnp.where(used[:, None], x, 0) for x in (basis, hessian_basis))
+    a = jnp.where(both, basis @ hessian_basis.T, 0)
     a = (a + a.T) / 2
-    gram = (basis * p_diag) @ basis.T
+    gram = jnp.where(both, (basis * p_diag) @ basis.T, jnp.eye(len(used), dtype=a.dtype))
     chol = jnp.linalg.cholesky((gram + gram.T) / 2)
     inner = jax.scipy.linalg.solve_triangular(chol, a, lower=True)
     inner = jax.scipy.linalg.solve_triangular(chol, inner.T, lower=True)
-    values, z = jnp.linalg.eigh((inner + inner.T) / 2)
+    inner = (inner + inner.T) / 2
+    # Unused rows: a block of their own, shifted below every used Ritz value.
+    values, z = jnp.linalg.eigh(inner - jnp.diag(jnp.where(used, 0, below(inner))))
     coefficients = jax.scipy.linalg.solve_triangular(chol.T, z[:, ::-1], lower=False)
-    return RitzPairs(values[::-1], coefficients.T @ basis, coefficients.T @ hessian_basis)
+    values = jnp.where(jnp.arange(len(used)) < jnp.sum(used), values[::-1], jnp.nan)
+    return RitzPairs(values, coefficients.T @ basis, coefficients.T @ hessian_basis)
 
 
 def ritz_at(
     objective: Objective, optimizer: AbstractOptimizer, y: FlowState, basis: Basis
 ) -> RitzPairs:
-    """Rayleigh–Ritz pairs of the effective Hessian at `y` in `span(basis)`."""
+    """Rayleigh–Ritz pairs of the effective Hessian at `y` in the span of the used rows
+    of `basis`."""
     p_diag = preconditioner_diagonal(optimizer.preconditioner(y.opt_state, y.w))
-    return ritz_pairs(objective.hvps(y.w, basis), basis, p_diag)
+    used = used_rows(basis)
+    return ritz_pairs(hessian_rows(objective, y.w, basis, used), basis, p_diag, used)
 
 
 class CentralTerms(eqx.Module):
@@ -105,7 +133,8 @@ class CentralFlow(eqx.Module):
 
     Models the iterates as `w̄(t) + δ` with `E δδᵀ = Σ = U X Uᵀ` on the `num_critical`
     top eigenvectors `U` (Rayleigh–Ritz in a basis frozen for the segment, passed as
-    `args`), and averages the update to second order (paper eqs. 12, 24, 33):
+    `args`, padded with zero rows to a fixed size), and averages the update to second
+    order (paper eqs. 12, 24, 33):
 
     - `dw/dt = −P⁻¹[∇L + ½∇⟨H, Σ⟩]`,
     - `ds/dt = f(s, ∇L) + ½ ∇²_g f[HΣH]`,
@@ -128,23 +157,35 @@ class CentralFlow(eqx.Module):
     objective: Objective
     optimizer: AbstractOptimizer
     tau: float | Scalar
-    num_critical: int = eqx.field(static=True)
+    num_critical: int | Int[Array, ""]  # at most the basis's rows; may be traced
 
     def terms(self, y: FlowState, basis: Basis) -> CentralTerms:
-        """All terms of the central flow at `y`, with the critical space from `basis`."""
+        """All terms of the central flow at `y`, with the critical space from `basis`.
+
+        The matrices (`X`, `alpha`, `operator`) have as many rows as `basis`; those past
+        `num_critical` are padding (X zero there), and cost no products.
+        """
+        size = basis.shape[0]
         k = self.num_critical
+        critical = jnp.arange(size) < k
         w, s = y.w, y.opt_state
         loss, grad = self.objective.value_and_grad(w)
         p_fn = lambda state: preconditioner_diagonal(self.optimizer.preconditioner(state, w))
         p_diag = p_fn(s)
-        ritz = ritz_pairs(self.objective.hvps(w, basis), basis, p_diag)
-        u, hu, lam = ritz.vectors[:k], ritz.hessian_vectors[:k], ritz.values[:k]
+        used = used_rows(basis) & (k > 0)  # the Ritz pairs serve the critical space only
+        ritz = ritz_pairs(hessian_rows(self.objective, w, basis, used), basis, p_diag, used)
+        u, hu = (jnp.where(critical[:, None], x, 0) for x in (ritz.vectors, ritz.hessian_vectors))
+        lam = jnp.where(critical, ritz.values, 0)
 
         # G_ij = ∇_w(u_iᵀ H(w) u_j) with U held fixed, one third-order product per pair
-        # i ≤ j (paper eq. 33): the gradient of a Hessian-vector product contraction.
-        rows, cols = jnp.triu_indices(k)
-        pairs = jax.vmap(lambda a, b: self.objective.third_order(w, a, b))(u[rows], u[cols])
-        third = jnp.zeros((k, k, w.size), w.dtype).at[rows, cols].set(pairs)
+        # i ≤ j < k (paper eq. 33): the gradient of a Hessian-vector product contraction.
+        rows, cols = jnp.triu_indices(size)
+        zero = jnp.zeros_like(w)
+        pair = lambda i, j: jax.lax.cond(
+            j < k, lambda: self.objective.third_order(w, u[i], u[j]), lambda: zero
+        )
+        pairs = jax.lax.map(lambda ij: pair(*ij), (rows, cols))
+        third = jnp.zeros((size, size, w.size), w.dtype).at[rows, cols].set(pairs)
         third = third.at[cols, rows].set(pairs)
 
         drift = lambda g: self.optimizer.drift(s, g)
@@ -167,12 +208,12 @@ class CentralFlow(eqx.Module):
             dm = 2 * (u * dp) @ u.T - jnp.einsum("ijn,n->ij", third, dw)
             return dw, ds, dm
 
-        zero = jnp.zeros((k, k), w.dtype)
+        zero = jnp.zeros((size, size), w.dtype)
         a = rates(zero)[2]
         operator = jax.jacfwd(lambda x: rates(x)[2])(zero)
         operator = (operator + jnp.swapaxes(operator, 2, 3)) / 2
         m = jnp.diag(2 - lam)  # Uᵀ(2P − H)U with UᵀPU = I, UᵀHU = Λ
-        alpha = a + m / self.tau
+        alpha, operator = pad_sdcp(a + m / self.tau, operator, critical)
         sdcp = sdcp_solve(alpha, operator)
         x = sdcp.X
         dw, ds, _ = rates(x)

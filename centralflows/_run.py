@@ -251,6 +251,16 @@ def _warm_start(objective, optimizer, w, opt_state, steps: int):
     return w, opt_state
 
 
+@eqx.filter_jit
+def _initial_states(scanned, flows, key, w, opt_state) -> tuple[tuple, tuple]:
+    """The states at time 0 of the `scanned` and `flows` processes, each from its own
+    key split off `key`."""
+    keys = jr.split(key, len(scanned) + len(flows))
+    scanned_states = tuple(p.init(w, k, opt_state) for p, k in zip(scanned, keys))
+    flow_keys = keys[len(scanned) :]
+    return scanned_states, tuple(p.init(w, k, opt_state) for p, k in zip(flows, flow_keys))
+
+
 def _check_schedule_values(optimizer: AbstractOptimizer, last: int, dtype) -> None:
     """Reject a learning-rate schedule that is not positive and finite at every step
     `1 … last` (in the compiled steps an invalid value becomes NaN, see
@@ -269,33 +279,42 @@ def _check_schedule_values(optimizer: AbstractOptimizer, last: int, dtype) -> No
         )
 
 
+@eqx.filter_jit
+def _start_values(objective: Objective, optimizer: AbstractOptimizer, w: jax.Array):
+    """What `_check_start` checks, in one program: whether `w` is finite, the loss and
+    gradient at `w`, the optimizer's initial state there, and in how many coordinates
+    the preconditioner after the first step is not positive and finite."""
+    finite = jnp.all(jnp.isfinite(w))
+    loss, grad = objective.value_and_grad(w)
+    opt_state = optimizer.init(w, grad)
+    p_diag = preconditioner_diagonal(optimizer.preconditioner(optimizer.update(opt_state, grad), w))
+    return finite, loss, opt_state, jnp.sum(~(jnp.isfinite(p_diag) & (p_diag > 0)))
+
+
 def _check_start(
     objective: Objective, optimizer: AbstractOptimizer, w: jax.Array, last_step: int
-) -> Scalar:
+) -> tuple[Scalar, PyTree]:
     """Reject a start where the loss, the preconditioner or the learning-rate schedule
     (up to step `last_step`) is unusable, before any work.
 
-    **Returns:** the loss at `w`.
+    **Returns:** the loss and the optimizer's initial state at `w`.
     """
     _check_schedule_values(optimizer, last_step, w.dtype)
-    if not bool(jnp.all(jnp.isfinite(w))):
+    shape = eqx.filter_eval_shape(objective.value, w).shape
+    if shape != ():
+        raise ValueError(f"The loss must return a scalar; it returned shape {shape}.")
+    finite, loss, opt_state, bad = _start_values(objective, optimizer, w)
+    if not bool(finite):
         raise ValueError("The initial parameters `w0` contain non-finite values.")
-    loss = objective.value(w)
-    if loss.shape != ():
-        raise ValueError(f"The loss must return a scalar; it returned shape {loss.shape}.")
-    if not bool(jnp.isfinite(loss)):
+    if not np.isfinite(float(loss)):
         raise ValueError(f"The loss at `w0` is not finite ({float(loss)}).")
-    grad = objective.grad(w)
-    state = optimizer.update(optimizer.init(w, grad), grad)
-    p_diag = preconditioner_diagonal(optimizer.preconditioner(state, w))
-    bad = int(jnp.sum(~(jnp.isfinite(p_diag) & (p_diag > 0))))
-    if bad:
+    if int(bad):
         raise ValueError(
-            f"The preconditioner after the first step is singular in {bad} of {w.size} "
+            f"The preconditioner after the first step is singular in {int(bad)} of {w.size} "
             "coordinates (e.g. RMSProp with `eps=0` where the gradient is exactly zero); "
             "use `eps > 0`."
         )
-    return loss
+    return loss, opt_state
 
 
 def _is_int(value: Any, minimum: int) -> bool:
@@ -535,7 +554,7 @@ def run(
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, _ = jfu.ravel_pytree(w0)
     objective.check_params(w)
-    loss0 = _check_start(objective, optimizer, w, warm_start + (steps or 0) + 1)
+    loss0, opt_state = _check_start(objective, optimizer, w, warm_start + (steps or 0) + 1)
     key = jr.key(0) if key is None else key
     limit = np.inf if divergence_factor is None else divergence_factor * abs(float(loss0))
     limit = limit or np.inf  # no limit where L(w0) = 0
@@ -575,7 +594,6 @@ def run(
             "(`--overwrite` on the command line) to replace it."
         )
     assert steps is not None
-    opt_state = optimizer.init(w, objective.grad(w))
     if warm_start and not resume:
         w, opt_state = _warm_start(objective, optimizer, w, opt_state, warm_start)
 
@@ -586,19 +604,12 @@ def run(
         for n in names
         if n in FLOW_PROCESSES
     )
-    keys = list(jr.split(key, len(names)))  # one per process, split outside any trace
-
-    def initial_states(w, opt_state):
-        scanned_states = tuple(p.init(w, k, opt_state) for p, k in zip(scanned, keys))
-        flow_keys = keys[len(scanned) :]
-        flow_states = tuple(p.init(w, k, opt_state) for p, k in zip(flows, flow_keys))
-        return scanned_states, flow_states
-
     num_rows = steps + 1
     if checkpoint is None:
-        states, failed, warned, t = initial_states(w, opt_state), set(), set(), 0
+        states = _initial_states(scanned, flows, key, w, opt_state)
+        failed, warned, t = set(), set(), 0
     else:
-        template = eqx.filter_eval_shape(initial_states, w, opt_state)
+        template = eqx.filter_eval_shape(_initial_states, scanned, flows, key, w, opt_state)
         states, failed, warned = _restore(template, checkpoint, names, path)
         t = checkpoint.step
     scanned_states, flow_states = states
@@ -643,10 +654,9 @@ def run(
                     scanned_states, scan_records = _advance_chunk(
                         scanned,
                         scanned_states,
-                        jnp.asarray(t),
-                        jnp.asarray(end),
+                        *jax.device_put((t, end)),
                         chunk,
-                        jnp.asarray(limit, w.dtype),
+                        np.asarray(limit, w.dtype),
                     )
                     for name, fields in scan_records.items():
                         records[name] = {f: np.asarray(v)[:rows] for f, v in fields.items()}

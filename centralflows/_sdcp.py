@@ -4,7 +4,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optimistix as optx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
+
+from ._eigen import below
 
 Matrix = Float[Array, "k k"]
 Operator = Float[Array, "k k k k"]
@@ -142,12 +144,35 @@ def sdcp_solve(
     return SDCPSolution(x, residual, result)
 
 
-def complementarity_margins(x: Matrix, alpha: Matrix, operator: Operator) -> Float[Array, " k"]:
+def pad_sdcp(
+    alpha: Matrix, operator: Operator, critical: Bool[Array, " k"]
+) -> tuple[Matrix, Operator]:
+    """An SDCP padded past its `critical` rows to a fixed size: `α` is the identity and
+    `B` a multiple of it (of the size of the critical block's entries, which sets the
+    regularization) on every entry with a padding row or column (where `B` computed at
+    the padded size is zero), so the padding's block is decoupled and its solution zero."""
+    both = critical[:, None] & critical[None, :]
+    eye = jnp.eye(len(critical), dtype=alpha.dtype)
+    real = both[:, :, None, None] & both[None, None]
+    scale = jnp.max(jnp.where(real, jnp.abs(operator), 0), initial=0.0)
+    identity = jnp.where(scale > 0, scale, 1) * jnp.einsum("il,jm->ijlm", eye, eye)
+    operator = jnp.where(both[:, :, None, None], operator, identity)
+    return jnp.where(both, alpha, eye), operator
+
+
+def complementarity_margins(
+    x: Matrix, alpha: Matrix, operator: Operator, critical: Bool[Array, " k"] | None = None
+) -> Float[Array, " k"]:
     """The eigenvalues of `X − (α + B[X])`, descending. At a solution of the SDCP of rank
     r, the r first are X's positive eigenvalues and the rest are minus those of
-    `α + B[X]` on X's kernel: the active rank changes where one of them reaches 0."""
-    z = x - alpha - apply_operator(_regularized(operator), x)
-    return jnp.linalg.eigvalsh(_sym(z))[::-1]
+    `α + B[X]` on X's kernel: the active rank changes where one of them reaches 0. Of a
+    padded SDCP (`pad_sdcp`) only the `critical` rows count: the padding's come last."""
+    z = _sym(x - alpha - apply_operator(_regularized(operator), x))
+    if critical is not None:
+        both = critical[:, None] & critical[None, :]
+        z = jnp.where(both, z, 0)
+        z = z - jnp.diag(jnp.where(critical, 0, below(z)))
+    return jnp.linalg.eigvalsh(z)[::-1]
 
 
 def rank_branch(alpha: Matrix, operator: Operator, rank: Rank, x0: Matrix) -> Matrix:

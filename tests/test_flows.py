@@ -138,9 +138,11 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times(monk
     process = FLOW_PROCESSES["central"](
         objective, cf.GD(jnp.asarray(ETA)), cf.EigConfig(initial_neigs=2), OPTIONS
     )
-    traced = []  # the critical count of each segment program traced (compiled)
+    traced = []  # the basis of each segment program traced (compiled)
     integrate = _flow_processes.integrate_segment
-    counting = lambda field, *args: traced.append(field.num_critical) or integrate(field, *args)
+    counting = lambda field, y, t0, t1, dt, basis, *args: (
+        traced.append(basis.shape) or integrate(field, y, t0, t1, dt, basis, *args)
+    )
     monkeypatch.setattr(_flow_processes, "integrate_segment", counting)
     state, trace = process.init(jnp.zeros(4), jr.key(0)), []
     for t in range(200):
@@ -150,9 +152,10 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times(monk
         for s in trace
         if s.event is not None and s.event.kind.value != "track"
     ]
-    # Events are data: one segment program per critical count, whatever events it arms
-    # (here 3 counts, and 4 combinations of armed events at the counts 1 and 2).
-    assert sorted(traced) == [0, 1, 2]
+    # Events and the critical count are data: one segment program, whatever events it
+    # arms and however many directions are critical (here 0, 1 and 2, and 4 combinations
+    # of armed events at the counts 1 and 2).
+    assert traced == [(4, 4)]
     eps = ETA**2 * 0.15
     t1 = (1.5 - eps * TAU) / eps
     m, a2, rate = eps * TAU, 0.4 + eps * t1, 0.03 * ETA**2

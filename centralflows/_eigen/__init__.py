@@ -3,6 +3,7 @@ derivative."""
 
 from ._basis import eigenbasis as eigenbasis
 from ._lobpcg import TOL_FLOOR as TOL_FLOOR
+from ._lobpcg import below as below
 from ._lobpcg import lobpcg as lobpcg
 from ._solve import EigConfig as EigConfig
 from ._solve import EigenState as EigenState

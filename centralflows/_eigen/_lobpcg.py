@@ -34,13 +34,14 @@ def _rayleigh_ritz(
     no products."""
     gram = x.T @ ax
     gram = (gram + gram.T) / 2
-    theta, y = jnp.linalg.eigh(gram - jnp.diag(jnp.where(active, 0, _below(gram))))
+    theta, y = jnp.linalg.eigh(gram - jnp.diag(jnp.where(active, 0, below(gram))))
     theta, y = theta[::-1], y[:, ::-1]
     return jnp.where(active, theta, 0), x @ y, ax @ y
 
 
-def _below(matrix: Float[Array, "m m"]) -> Float[Array, ""]:
-    """A shift that moves an eigenvalue of `matrix` below all of its others."""
+def below(matrix: Float[Array, "m m"]) -> Float[Array, ""]:
+    """A shift that moves an eigenvalue of the symmetric `matrix` below all of its others
+    (subtracted from a diagonal entry whose row and column are otherwise zero)."""
     return 1 + 2 * jnp.max(jnp.abs(matrix))
 
 
@@ -175,7 +176,7 @@ def _lobpcg(matvec, x0, tol, max_iters, count, refresh_every) -> Solution:
         kt = w.T @ (s.T @ as_) @ w
         kt = (kt + kt.T) / 2
         dropped = jnp.all(w == 0, axis=0)
-        ritz, y = jnp.linalg.eigh(kt - jnp.diag(jnp.where(dropped, _below(kt), 0)))
+        ritz, y = jnp.linalg.eigh(kt - jnp.diag(jnp.where(dropped, below(kt), 0)))
         # The top `count` Ritz pairs; the inactive columns stay zero.
         theta = jnp.where(active, ritz[::-1][:k], 0)
         c = jnp.where(active, w @ y[:, ::-1][:, :k], 0)

@@ -106,7 +106,7 @@ def grow_tracking(tracking: Tracking, config: EigConfig) -> Tracking | None:
     """
     effective = tracking.effective
     count = int(effective.count)
-    smallest = float(effective.values[count - 1])
+    smallest = float(np.asarray(effective.values)[count - 1])
     if count >= most_tracked(tracking, config) or not (
         np.isfinite(smallest) and above_threshold(smallest, config.track_threshold)
     ):

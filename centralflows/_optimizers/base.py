@@ -41,7 +41,8 @@ def check_hyperparameter(name: str, value, bad, requirement: str):
     concrete = np.asarray(value)
     if np.any(bad(concrete)) or not np.all(np.isfinite(concrete)):
         raise ValueError(f"`{name}` must be {requirement} and finite, got {value!r}.")
-    return jnp.asarray(value)
+    # A Python number stays weakly typed, so it does not promote float32 parameters.
+    return jax.device_put(value if isinstance(value, (int, float)) else concrete)
 
 
 class AbstractOptimizer(eqx.Module, Generic[_State]):

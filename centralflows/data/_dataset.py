@@ -73,8 +73,10 @@ def split(
 
     A [`centralflows.data.Dataset`][]; without test split when there are no more rows.
     """
-    x = jnp.asarray(inputs, dtype=input_dtype)
-    y = jnp.asarray(labels, dtype=jnp.int32)
+    # Split on the host and `device_put`: slicing device arrays, and `jnp.asarray`,
+    # would compile a program per shape.
+    x = np.asarray(inputs, dtype=input_dtype)
+    y = np.asarray(labels, dtype=np.int32)
     if len(labels) == n:
-        return Dataset(x, y, None, None, **kwargs)
-    return Dataset(x[:n], y[:n], x[n:], y[n:], **kwargs)
+        return Dataset(jax.device_put(x), jax.device_put(y), None, None, **kwargs)
+    return Dataset(*jax.device_put((x[:n], y[:n], x[n:], y[n:])), **kwargs)
