@@ -21,7 +21,7 @@ from jaxtyping import Scalar
 from ._custom_types import Record
 from ._eigen import eigenbasis
 from ._events import Event
-from ._flow_processes import AbstractFlowProcess, PlannedSegment
+from ._flow_processes import AbstractFlowProcess, Count, PlannedSegment, critical_count
 from ._flows import Basis, FlowState, ritz_at
 
 _NEWTON_STEPS = 10
@@ -34,20 +34,57 @@ _NEWTON_STEPS = 10
 _EVENT_TOLERANCE = 1e-3
 
 
-def _check_map_limit(needed: int = 262144) -> None:
-    """Warn where Linux's per-process limit on memory maps is low. XLA's CPU backend
-    maps each compiled program's code, and a gradient through a long flow on the
-    digits MLP compiles enough programs, and allocates enough buffers, to pass the
-    default 65530: LLVM then aborts the process ("LLVM compilation error: Cannot
-    allocate memory") with most of the RAM free."""
+# Memory maps a replay adds per structure of segment it compiles (basis width, whether a
+# direction is critical, the event): measured 1,600 to 4,800 (`benchmarks/memory_maps.py`).
+_MAPS_PER_STRUCTURE = 5000
+
+
+def _map_limit() -> int | None:
+    """Linux's per-process limit on memory maps (`None` where there is none to read)."""
     path = pathlib.Path("/proc/sys/vm/max_map_count")
-    limit = int(path.read_text()) if path.is_file() else needed
-    if limit < needed:
+    return int(path.read_text()) if path.is_file() else None
+
+
+def _memory_maps() -> int:
+    """The memory maps this process holds now (0 where it cannot tell)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return 0
+
+
+def _structures(segments: list[PlannedSegment]) -> set:
+    """The structures of segment a replay compiles a program for: basis width, whether
+    a direction is critical, and the event's kind and rank."""
+    return {
+        (
+            segment.basis.shape[0],
+            segment.num_critical > 0,
+            None if segment.event is None else (segment.event.kind, segment.event.rank),
+        )
+        for segment in segments
+    }
+
+
+def _check_map_limit(segments: list[PlannedSegment]) -> None:
+    """Warn where replaying `segments` may pass Linux's per-process limit on memory maps.
+    XLA's CPU backend maps each compiled program's code, and past the limit LLVM aborts
+    the process ("LLVM compilation error: Cannot allocate memory") with most of the RAM
+    free. The estimate: the maps held now, and `_MAPS_PER_STRUCTURE` for each structure
+    of segment the replay compiles; the warning comes past 80% of the limit."""
+    limit = _map_limit()
+    if limit is None:
+        return
+    structures = _structures(segments)
+    estimate = _memory_maps() + _MAPS_PER_STRUCTURE * len(structures)
+    if estimate > 0.8 * limit:
         warnings.warn(
-            f"vm.max_map_count is {limit}: a long differentiated flow may "
-            "abort with 'LLVM compilation error: Cannot allocate memory' once the process "
-            f"holds that many memory maps. Raise it (as root: sysctl -w "
-            f"vm.max_map_count={needed}) before long gradient runs.",
+            f"vm.max_map_count is {limit}, and this differentiated flow may need about "
+            f"{estimate} memory maps ({len(structures)} structures of segment to compile); "
+            "past the limit the process aborts with 'LLVM compilation error: Cannot "
+            f"allocate memory'. Raise it (as root: sysctl -w vm.max_map_count="
+            f"{max(262144, 2 * estimate)}), or call `jax.clear_caches()` between gradients.",
             stacklevel=4,
         )
 
@@ -71,7 +108,7 @@ def _basis(process: AbstractFlowProcess, y: FlowState, basis: Basis) -> Basis:
 @eqx.filter_jit
 @eqx.filter_checkpoint
 def _observe(
-    process: AbstractFlowProcess, y: FlowState, tracked: Basis, num_critical: int
+    process: AbstractFlowProcess, y: FlowState, tracked: Basis, num_critical: Count
 ) -> Record:
     """What is logged at `y`, with `effective_sharpness`, differentiable in `y` and the
     tracked basis; recomputed in reverse mode rather than kept (third-order terms)."""
@@ -85,7 +122,7 @@ def _observe(
 @eqx.filter_jit
 @eqx.filter_checkpoint
 def _velocity(
-    process: AbstractFlowProcess, num_critical: int, y: FlowState, basis: Basis
+    process: AbstractFlowProcess, num_critical: Count, y: FlowState, basis: Basis
 ) -> FlowState:
     """The vector field at `y` (recomputed in reverse mode rather than kept)."""
     return process.field(num_critical)(None, y, basis)
@@ -96,7 +133,7 @@ def _velocity(
 def _condition_and_rate(
     process: AbstractFlowProcess,
     event: Event,
-    num_critical: int,
+    num_critical: Count,
     y: FlowState,
     basis: Basis,
 ) -> tuple[Scalar, Scalar, FlowState]:
@@ -138,7 +175,7 @@ def _through_event(
     from at its planned start (`None` basis if the flow stopped at the event), and the
     event time.
     """
-    k = segment.num_critical
+    k = critical_count(segment.num_critical)
 
     def integrate(t1):
         return process.segment(y, segment.dt, basis, jnp.asarray(segment.t0), t1, k, None).y
@@ -199,7 +236,7 @@ def _through_event(
     end = _axpy(delta, velocity, end)
     before = _velocity(process, k, end, basis)
     next_basis = _basis(process, end, following.basis)
-    after = _velocity(process, following.num_critical, end, next_basis)
+    after = _velocity(process, critical_count(following.num_critical), end, next_basis)
     # Zero, but its derivative moves the old field's share of the jump to the event:
     # `(f_before(y_e) − f_after(y_e)) dt_e`, right to O(δ²) rather than O(δ).
     at_event = jtu.tree_map(jnp.subtract, before, velocity)
@@ -212,15 +249,17 @@ def _unit(
     process: AbstractFlowProcess,
     y: FlowState,
     times: tuple[Scalar, Scalar, Scalar],
-    num_critical: int,
+    num_critical: Count,
     tracked: Basis,
     basis: Basis | None,
+    critical: bool,
 ) -> FlowState:
     """Integrate an event-free segment from `y` over `times = (t0, t1, dt)`, in `basis`
-    (default: the `tracked` basis, differentiated at `y` where the vector field uses it)."""
+    (default: the `tracked` basis, differentiated at `y` where the vector field uses it,
+    which is where some direction is `critical`)."""
     t0, t1, dt = times
     if basis is None:
-        basis = _basis(process, y, tracked) if num_critical > 0 else tracked
+        basis = _basis(process, y, tracked) if critical else tracked
     return process.segment(y, dt, basis, t0, t1, num_critical, None).y
 
 
@@ -240,15 +279,16 @@ def replay(
     (`"onset"`, `"activate"`, `"deactivate"`, `"eos"`, `"ceiling"`, `"enter"`,
     `"track"`), the last such event's time.
     """
-    _check_map_limit()
     segments = [item for item in trace if isinstance(item, PlannedSegment)]
+    _check_map_limit(segments)
     y, basis = y0, None  # `basis`: carried across an event into the next segment
     starts, times = [], {}
     for i, segment in enumerate(segments):
         starts.append(y)
         if segment.event is None:
             span = (jnp.asarray(segment.t0), jnp.asarray(segment.t1), segment.dt)
-            y = _unit(process, y, span, segment.num_critical, segment.basis, basis)
+            k = segment.num_critical
+            y = _unit(process, y, span, critical_count(k), segment.basis, basis, k > 0)
             basis = None
             continue
         if basis is None:
@@ -264,5 +304,5 @@ def replay(
             done += 1
             continue
         y = starts[done]
-        observed.append((y, _observe(process, y, item.basis, item.num_critical)))
+        observed.append((y, _observe(process, y, item.basis, critical_count(item.num_critical))))
     return observed, times

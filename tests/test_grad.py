@@ -1,6 +1,5 @@
 """Differentiating flows with respect to hyperparameters, the start and the loss."""
 
-import pathlib
 import warnings
 
 import diffrax as dfx
@@ -14,6 +13,7 @@ import centralflows as cf
 from centralflows import _replay
 from centralflows._eigen import eigenbasis
 from centralflows._events import EventKind
+from centralflows._flow_processes import PlannedSegment
 
 from .helpers import leaving_loss, small_mlp_objective
 
@@ -310,11 +310,40 @@ def test_a_flow_under_jit_says_it_needs_concrete_values():
         jax.jit(lambda lr: toy_outcomes(lr, TOY, jnp.array(0.0), 5))(ETA)
 
 
-@pytest.mark.skipif(not pathlib.Path("/proc/sys/vm/max_map_count").is_file(), reason="Linux only")
-def test_a_low_memory_map_limit_is_reported_before_a_replay():
-    limit = int(pathlib.Path("/proc/sys/vm/max_map_count").read_text())
-    with pytest.warns(UserWarning, match=f"vm.max_map_count is {limit}.*sysctl"):
-        _replay._check_map_limit(needed=limit + 1)
+def _segments(structures: int) -> list[PlannedSegment]:
+    """Planned segments of `structures` structures (one basis width each)."""
+    return [
+        PlannedSegment(0.0, 1.0, jnp.array(0.1), 1, jnp.zeros((m, 3)), None)
+        for m in range(1, structures + 1)
+    ]
+
+
+def test_the_memory_map_warning_comes_where_the_replay_may_reach_the_limit(monkeypatch):
+    monkeypatch.setattr(_replay, "_map_limit", lambda: 65530)  # Linux's default
+    monkeypatch.setattr(_replay, "_memory_maps", lambda: 2000)
+    assert len(_replay._structures(_segments(3) + _segments(2))) == 3
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _replay._check_map_limit(needed=limit)
+        _replay._check_map_limit(_segments(3))
+    with pytest.warns(UserWarning, match=r"vm.max_map_count is 65530.*\(12 structures.*sysctl"):
+        _replay._check_map_limit(_segments(12))
+    monkeypatch.setattr(_replay, "_map_limit", lambda: None)  # not Linux
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _replay._check_map_limit(_segments(50))
+
+
+def test_a_toy_gradient_does_not_warn_about_memory_maps(monkeypatch):
+    # The toy's replay compiles a few structures: far from Linux's default limit in a
+    # process that holds few maps (as a fresh one does).
+    monkeypatch.setattr(_replay, "_map_limit", lambda: 65530)
+    monkeypatch.setattr(_replay, "_memory_maps", lambda: 2000)
+    seen = []
+    check = _replay._check_map_limit
+    monkeypatch.setattr(
+        _replay, "_check_map_limit", lambda segments: (seen.append(segments), check(segments))
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="vm.max_map_count")
+        jax.grad(lambda lr: toy_outcomes(lr, TOY, jnp.array(-2.5), 12)[0])(ETA)
+    assert 1 <= len(_replay._structures(seen[0])) <= 4
