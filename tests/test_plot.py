@@ -213,6 +213,42 @@ def test_rmsprop_panels(rmsprop_files, optimizer, panel):
         _assert_draws(bound, 2 / run["discrete"]["hessian_eigs"][:, 0])
 
 
+def test_panels_drawn_into_given_axes(run, tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(layout="constrained")
+    fig.suptitle("two runs")
+    left, right = fig.subfigures(1, 2)
+    axes = right.subplots(3, 1)
+    assert cf.plot(run, panels=["sharpness", "loss"], axes=axes[1:]) is fig
+    assert [ax.get_label() for ax in axes] == ["", "sharpness", "loss"]
+    assert not axes[0].get_lines()  # the Axes not given are left alone
+    assert fig.get_suptitle() == "two runs"
+    lines = _lines(fig, "loss")
+    _assert_draws(lines["central/predicted_loss"], run["central"]["predicted_loss"])
+    np.testing.assert_allclose(_lines(fig, "sharpness")["threshold"].get_ydata(), 2 / LR)
+    fig.savefig(tmp_path / "two.png")
+    assert (tmp_path / "two.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "axes, match",
+    [
+        (
+            lambda fig: fig.subplots(1, 3),
+            r"holds 3 Axes for the 2 panel\(s\) \['loss', 'sharpness'\]",
+        ),
+        (lambda fig: fig.subplots(), "must be a sequence of matplotlib Axes"),
+        (lambda fig: ["loss", "sharpness"], "must be a sequence of matplotlib Axes"),
+    ],
+)
+def test_given_axes_must_match_the_panels(run, axes, match):
+    from matplotlib.figure import Figure
+
+    with pytest.raises(ValueError, match=match):
+        cf.plot(run, panels=["loss", "sharpness"], axes=axes(Figure()))
+
+
 def test_outputs_of_the_first_example(run):
     lines = _lines(cf.plot(run, panels=["outputs"]), "outputs")
     for p in ("discrete", "central"):
