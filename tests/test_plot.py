@@ -428,3 +428,59 @@ def test_cli_smooth_default_is_the_functions():
 
     default = inspect.signature(cf.plot).parameters["smooth"].default
     assert _parser().parse_args(["plot", "x.h5"]).smooth == default
+
+
+@pytest.fixture
+def common(tmp_path, monkeypatch):
+    """`scripts/figures/_common.py`, keeping its runs under `tmp_path`."""
+    monkeypatch.syspath_prepend(str(FIGURES))
+    import _common
+
+    monkeypatch.setattr(_common, "RUN_DIR", tmp_path / "runs")
+    return _common
+
+
+_TINY = """
+[opt]
+name = "gd"
+lr = 0.5
+[data]
+name = "moons"
+n = 16
+n_test = 8
+criterion = "mse"
+[model]
+name = "mlp"
+width = 4
+depth = 1
+[eig]
+max_neigs = 1
+[run]
+steps = 2
+processes = ["discrete"]
+"""
+
+
+def test_a_missing_run_is_made_in_a_subprocess(common, tmp_path, monkeypatch):
+    """Two steps of a tiny config, run by `python -m centralflows.cli` (with the test's
+    compilation cache: the subprocess inherits CENTRALFLOWS_CACHE_DIR)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(_TINY)
+    monkeypatch.setitem(common.RUNS, "tiny", {"small": (str(config), ("opt.lr=0.25",))})
+    path = common.find_or_make("tiny", "small")
+    assert path == common.RUN_DIR / "tiny-small.h5"
+    run = cf.load_run(path)
+    assert run.steps_done == 3 and set(run) == {"discrete"} and run.config["opt"]["lr"] == 0.25
+    assert [p.name for p in common.RUN_DIR.iterdir()] == ["tiny-small.h5"]  # no scratch left
+    assert common.find_or_make("tiny", "small") == path  # found, not run again
+
+
+def test_a_failed_run_names_its_config(common, monkeypatch, capfd):
+    monkeypatch.setitem(
+        common.RUNS, "bad", {"small": ("configs/gd-mlp-digits.toml", ("opt.lr=-1",))}
+    )
+    failed = r"the run of configs/gd-mlp-digits.toml for bad-small.h5 failed \(exit status 2;"
+    with pytest.raises(SystemExit, match=failed):
+        common.find_or_make("bad", "small")
+    assert "opt.lr" in capfd.readouterr().err  # the subprocess's own message
+    assert not any(common.RUN_DIR.iterdir())

@@ -7,14 +7,17 @@ one file.
 
 import argparse
 import pathlib
+import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 
 import centralflows as cf
-from centralflows.cli import main as centralflows
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+RUN_DIR = ROOT / "runs" / "figures"
+"""Where the runs the scripts draw are kept."""
 
 _DIGITS_200 = (
     "data.n=200",
@@ -66,25 +69,36 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def run_file(args: argparse.Namespace, run: str) -> pathlib.Path:
-    """The run file to draw: `--run`, or `runs/figures/<run>[-small].h5`, which is run
-    first (its config, as `centralflows run` does) when it does not exist."""
+    """The run file to draw: `--run`, or `runs/figures/<run>-<mode>.h5`, which is made first
+    (its config run by `centralflows run`) when it does not exist."""
     if args.run:
         return pathlib.Path(args.run)
-    mode = "small" if args.small else "full"
+    return find_or_make(run, "small" if args.small else "full")
+
+
+def find_or_make(run: str, mode: str) -> pathlib.Path:
+    """`RUN_DIR/<run>-<mode>.h5`, made first when it does not exist by running its config
+    (`RUNS[run][mode]`) in a subprocess, `python -m centralflows.cli run ...`: a process
+    that compiles the programs of many configs one after another can exhaust the kernel's
+    memory maps (vm.max_map_count), and LLVM then aborts it. Exits with a message naming
+    the config when the run fails."""
     config, overrides = RUNS[run][mode]
-    path = ROOT / "runs" / "figures" / f"{run}-{mode}.h5"
+    path = RUN_DIR / f"{run}-{mode}.h5"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         argv = ["run", str(ROOT / config), "--out", scratch, "--quiet"]
         argv += [arg for item in overrides for arg in ("--set", item)]
-        print(f"{path.name} is missing: centralflows {' '.join(argv)}", file=sys.stderr)
-        status = centralflows(argv)
-        if status:
-            sys.exit(f"the run of {config} failed (status {status})")
-        (made,) = pathlib.Path(scratch).glob("*.h5")
-        shutil.move(made, path)  # only a finished run gets the name
+        print(f"{path.name} is missing: centralflows {shlex.join(argv)}", file=sys.stderr)
+        status = subprocess.run([sys.executable, "-m", "centralflows.cli", *argv]).returncode
+        made = list(pathlib.Path(scratch).glob("*.h5"))
+        if status or len(made) != 1:
+            sys.exit(
+                f"the run of {config} for {path.name} failed (exit status {status}; "
+                f"its messages are above): centralflows {shlex.join(argv)}"
+            )
+        shutil.move(made[0], path)  # only a finished run gets the name
     return path
 
 
