@@ -19,12 +19,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / "runs" / "figures"
 """Where the runs the scripts draw are kept."""
 
-_DIGITS_200 = (
-    "data.n=200",
-    "data.n_test=100",
-    "run.steps=100",
-    'run.processes=["discrete", "midpoint", "central", "stable"]',
-)
 RUNS = {
     # GD on an MLP: the default job (small: 1000 digits images, 400 steps), or the paper's
     # CIFAR-10 subset (full: 1000 images of 4 classes, the CIFAR-10 archive needed).
@@ -32,14 +26,14 @@ RUNS = {
         "small": ("configs/gd-mlp-digits.toml", ()),
         "full": ("configs/gd-mlp-cifar10.toml", ()),
     },
-    # RMSProp and Scalar RMSProp: tanh MLPs on 200 digits images for 100 steps (small), or
-    # the paper's CIFAR-10 ResNet and CNN (full).
+    # RMSProp and Scalar RMSProp: tanh MLPs on 200 digits images, 100 steps after a warm-up,
+    # at the edge of stability (small), or the paper's CIFAR-10 ResNet and CNN (full).
     "rmsprop": {
-        "small": ("configs/rmsprop-mlp-digits.toml", _DIGITS_200),
+        "small": ("configs/rmsprop-mlp-digits-small.toml", ()),
         "full": ("configs/rmsprop-resnet-cifar10.toml", ()),
     },
     "scalar_rmsprop": {
-        "small": ("configs/scalar-rmsprop-mlp-digits.toml", _DIGITS_200),
+        "small": ("configs/scalar-rmsprop-mlp-digits-small.toml", ()),
         "full": ("configs/scalar-rmsprop-cnn-cifar10.toml", ()),
     },
 }
