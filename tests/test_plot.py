@@ -430,6 +430,32 @@ def test_cli_smooth_default_is_the_functions():
     assert _parser().parse_args(["plot", "x.h5"]).smooth == default
 
 
+def test_loss_across_architectures_draws_one_panel_per_run(
+    run_file, rmsprop_files, tmp_path, monkeypatch
+):
+    script = "loss_across_architectures.py"
+    paths = [str(run_file), str(rmsprop_files["RMSProp"]), str(run_file)]
+    monkeypatch.syspath_prepend(str(FIGURES))
+    for out in (tmp_path / "figure.png", tmp_path / "figure.svg"):
+        monkeypatch.setattr(sys, "argv", [script, "--run", *paths, "--out", str(out)])
+        runpy.run_path(str(FIGURES / script), run_name="__main__")
+    png = (tmp_path / "figure.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    svg = ElementTree.parse(tmp_path / "figure.svg").getroot()
+    ids = [e.get("id") for e in svg.iter()]
+    assert ids.count("discrete/train_loss") == ids.count("central/predicted_loss") == 3
+    assert ids.count("central/opt.nu_l1") == 0  # the loss panel only
+
+
+def test_the_figure_runs_name_shipped_configs(monkeypatch):
+    monkeypatch.syspath_prepend(str(FIGURES))
+    import _common
+
+    for name, modes in _common.RUNS.items():
+        for config, _ in modes.values():
+            assert (_common.ROOT / config).is_file(), (name, config)
+
+
 @pytest.fixture
 def common(tmp_path, monkeypatch):
     """`scripts/figures/_common.py`, keeping its runs under `tmp_path`."""

@@ -19,6 +19,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / "runs" / "figures"
 """Where the runs the scripts draw are kept."""
 
+
+def _gd(small: str, steps: int, full: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """A run of `loss_across_architectures.py`: GD, its central flow and its stable flow
+    (no midpoints) on the small config `small` for `steps` steps, or on `full`."""
+    processes = 'run.processes=["discrete", "central", "stable"]'
+    return {
+        "small": (f"configs/{small}.toml", (f"run.steps={steps}", processes)),
+        "full": (f"configs/{full}.toml", (processes,)),
+    }
+
+
 RUNS = {
     # GD on an MLP: the default job (small: 1000 digits images, 400 steps), or the paper's
     # CIFAR-10 subset (full: 1000 images of 4 classes, the CIFAR-10 archive needed).
@@ -36,12 +47,21 @@ RUNS = {
         "small": ("configs/scalar-rmsprop-mlp-digits-small.toml", ()),
         "full": ("configs/scalar-rmsprop-cnn-cifar10.toml", ()),
     },
+    # GD on six architectures (small: digits images or sorting sequences, long enough to
+    # reach the edge of stability where a few minutes on a CPU allow).
+    "gd-mlp": _gd("gd-mlp-digits-small", 200, "gd-mlp-cifar10"),
+    "gd-cnn": _gd("gd-cnn-digits-small", 200, "gd-cnn-cifar10"),
+    "gd-vit": _gd("gd-vit-digits-small", 100, "gd-vit-cifar10"),
+    "gd-lstm": _gd("gd-lstm-sorting-small", 100, "gd-lstm-sorting"),
+    "gd-transformer": _gd("gd-transformer-sorting-small", 100, "gd-transformer-sorting"),
+    "gd-mamba": _gd("gd-mamba-sorting-small", 30, "gd-mamba-sorting"),
 }
 """Each run's config and `--set` overrides, per mode."""
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
-    """The command line every figure script takes."""
+def parser(doc: str, *, several: bool = False) -> argparse.ArgumentParser:
+    """The command line every figure script takes (`several`: `--run` takes several
+    files, for a script drawing several runs)."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -54,7 +74,9 @@ def parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--run",
         metavar="RUN.h5",
-        help="draw this run file (default: runs/figures/<run>.h5, made first if missing)",
+        nargs="+" if several else None,
+        help=f"draw {'these run files, one panel each' if several else 'this run file'} "
+        "(default: runs/figures/<run>.h5, made first if missing)",
     )
     parser.add_argument(
         "--out", metavar="FILE", help="the image (default: docs/figures/<script>[-small].png)"
