@@ -392,6 +392,23 @@ def _select_rows(run: Run, steps: tuple[int | None, int | None] | None) -> tuple
     return done, slice(lo, hi)
 
 
+def _given_axes(axes: Any, names: Sequence[str]) -> "list[Axes]":
+    """`axes` as a list, checked to hold one matplotlib `Axes` per panel of `names`."""
+    _figure_class()  # matplotlib is installed
+    from matplotlib.axes import Axes
+
+    if isinstance(axes, np.ndarray):  # e.g. from `subplots`
+        axes = axes.ravel().tolist()
+    if not isinstance(axes, Sequence) or not all(isinstance(ax, Axes) for ax in axes):
+        raise ValueError(f"`axes` must be a sequence of matplotlib Axes, got {axes!r}.")
+    if len(axes) != len(names):
+        raise ValueError(
+            f"`axes` holds {len(axes)} Axes for the {len(names)} panel(s) {names}: give one "
+            "per panel."
+        )
+    return list(axes)
+
+
 def _figure_class() -> "type[Figure]":
     try:
         from matplotlib.figure import Figure
@@ -406,6 +423,7 @@ def plot(
     panels: Sequence[str] | None = None,
     steps: tuple[int | None, int | None] | None = None,
     smooth: int = 11,
+    axes: "Sequence[Axes] | None" = None,
 ) -> "Figure":
     """The standard multi-panel figure of a run, finished or still being written.
 
@@ -428,10 +446,14 @@ def plot(
     - `smooth`: the window, in steps, of the centred moving averages drawn for the
         discrete run's loss and gradient norm and for the squared deltas (an even one is
         widened by one step; narrower near the ends, so that it stays centred; 1: none).
+    - `axes`: matplotlib `Axes` to draw into, one per panel in the order of `panels`
+        (e.g. a row of a figure holding several runs); default: a new figure. With
+        `axes`, no figure title is set (each panel's title names the panel).
 
     **Returns:**
 
-    A `matplotlib.figure.Figure` (not registered with pyplot; save it with `savefig`).
+    A `matplotlib.figure.Figure` (not registered with pyplot; save it with `savefig`); with
+    `axes`, the figure they belong to.
     Each panel's axes has the panel's name as its label, and each line the name of the
     series it draws as its gid (`"discrete/train_loss"`, `"central/hessian_eigs:0"`).
     """
@@ -445,13 +467,18 @@ def plot(
     offset = _offset(run)
     view = _View(run, optimizer, done, rows, offset, smooth)
 
-    figure = _figure_class()
-    ncols = 1 if len(names) == 1 else 2
-    nrows = math.ceil(len(names) / ncols)
-    fig = figure(figsize=(6.0 * ncols, 3.6 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[len(names) :]:
-        ax.remove()
+    given = axes is not None
+    if axes is None:
+        figure = _figure_class()
+        ncols = 1 if len(names) == 1 else 2
+        nrows = math.ceil(len(names) / ncols)
+        fig = figure(figsize=(6.0 * ncols, 3.6 * nrows), layout="constrained")
+        axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+        for ax in axes[len(names) :]:
+            ax.remove()
+    else:
+        axes = _given_axes(axes, names)
+        fig = axes[0].figure.figure  # the root figure, also for an Axes in a SubFigure
     first, last = offset + rows.start, offset + rows.stop - 1
     for ax, name in zip(axes, names):
         panel = PANELS[name]
@@ -469,6 +496,8 @@ def plot(
             ax.legend(fontsize=7)
         ax.set_xlabel("step")
         ax.set_xlim(first, max(last, first + 1))
+    if given:  # the caller's figure keeps its own title
+        return fig
     progress = "" if done == run.num_rows else f", {done} of {run.num_rows} rows written"
     fig.suptitle(f"{run.path.name}: {optimizer or 'optimizer unknown'}{progress}", fontsize=10)
     return fig

@@ -213,6 +213,42 @@ def test_rmsprop_panels(rmsprop_files, optimizer, panel):
         _assert_draws(bound, 2 / run["discrete"]["hessian_eigs"][:, 0])
 
 
+def test_panels_drawn_into_given_axes(run, tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(layout="constrained")
+    fig.suptitle("two runs")
+    left, right = fig.subfigures(1, 2)
+    axes = right.subplots(3, 1)
+    assert cf.plot(run, panels=["sharpness", "loss"], axes=axes[1:]) is fig
+    assert [ax.get_label() for ax in axes] == ["", "sharpness", "loss"]
+    assert not axes[0].get_lines()  # the Axes not given are left alone
+    assert fig.get_suptitle() == "two runs"
+    lines = _lines(fig, "loss")
+    _assert_draws(lines["central/predicted_loss"], run["central"]["predicted_loss"])
+    np.testing.assert_allclose(_lines(fig, "sharpness")["threshold"].get_ydata(), 2 / LR)
+    fig.savefig(tmp_path / "two.png")
+    assert (tmp_path / "two.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "axes, match",
+    [
+        (
+            lambda fig: fig.subplots(1, 3),
+            r"holds 3 Axes for the 2 panel\(s\) \['loss', 'sharpness'\]",
+        ),
+        (lambda fig: fig.subplots(), "must be a sequence of matplotlib Axes"),
+        (lambda fig: ["loss", "sharpness"], "must be a sequence of matplotlib Axes"),
+    ],
+)
+def test_given_axes_must_match_the_panels(run, axes, match):
+    from matplotlib.figure import Figure
+
+    with pytest.raises(ValueError, match=match):
+        cf.plot(run, panels=["loss", "sharpness"], axes=axes(Figure()))
+
+
 def test_outputs_of_the_first_example(run):
     lines = _lines(cf.plot(run, panels=["outputs"]), "outputs")
     for p in ("discrete", "central"):
@@ -392,3 +428,85 @@ def test_cli_smooth_default_is_the_functions():
 
     default = inspect.signature(cf.plot).parameters["smooth"].default
     assert _parser().parse_args(["plot", "x.h5"]).smooth == default
+
+
+def test_loss_across_architectures_draws_one_panel_per_run(
+    run_file, rmsprop_files, tmp_path, monkeypatch
+):
+    script = "loss_across_architectures.py"
+    paths = [str(run_file), str(rmsprop_files["RMSProp"]), str(run_file)]
+    monkeypatch.syspath_prepend(str(FIGURES))
+    for out in (tmp_path / "figure.png", tmp_path / "figure.svg"):
+        monkeypatch.setattr(sys, "argv", [script, "--run", *paths, "--out", str(out)])
+        runpy.run_path(str(FIGURES / script), run_name="__main__")
+    png = (tmp_path / "figure.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    svg = ElementTree.parse(tmp_path / "figure.svg").getroot()
+    ids = [e.get("id") for e in svg.iter()]
+    assert ids.count("discrete/train_loss") == ids.count("central/predicted_loss") == 3
+    assert ids.count("central/opt.nu_l1") == 0  # the loss panel only
+
+
+def test_the_figure_runs_name_shipped_configs(monkeypatch):
+    monkeypatch.syspath_prepend(str(FIGURES))
+    import _common
+
+    for name, modes in _common.RUNS.items():
+        for config, _ in modes.values():
+            assert (_common.ROOT / config).is_file(), (name, config)
+
+
+@pytest.fixture
+def common(tmp_path, monkeypatch):
+    """`scripts/figures/_common.py`, keeping its runs under `tmp_path`."""
+    monkeypatch.syspath_prepend(str(FIGURES))
+    import _common
+
+    monkeypatch.setattr(_common, "RUN_DIR", tmp_path / "runs")
+    return _common
+
+
+_TINY = """
+[opt]
+name = "gd"
+lr = 0.5
+[data]
+name = "moons"
+n = 16
+n_test = 8
+criterion = "mse"
+[model]
+name = "mlp"
+width = 4
+depth = 1
+[eig]
+max_neigs = 1
+[run]
+steps = 2
+processes = ["discrete"]
+"""
+
+
+def test_a_missing_run_is_made_in_a_subprocess(common, tmp_path, monkeypatch):
+    """Two steps of a tiny config, run by `python -m centralflows.cli` (with the test's
+    compilation cache: the subprocess inherits CENTRALFLOWS_CACHE_DIR)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(_TINY)
+    monkeypatch.setitem(common.RUNS, "tiny", {"small": (str(config), ("opt.lr=0.25",))})
+    path = common.find_or_make("tiny", "small")
+    assert path == common.RUN_DIR / "tiny-small.h5"
+    run = cf.load_run(path)
+    assert run.steps_done == 3 and set(run) == {"discrete"} and run.config["opt"]["lr"] == 0.25
+    assert [p.name for p in common.RUN_DIR.iterdir()] == ["tiny-small.h5"]  # no scratch left
+    assert common.find_or_make("tiny", "small") == path  # found, not run again
+
+
+def test_a_failed_run_names_its_config(common, monkeypatch, capfd):
+    monkeypatch.setitem(
+        common.RUNS, "bad", {"small": ("configs/gd-mlp-digits.toml", ("opt.lr=-1",))}
+    )
+    failed = r"the run of configs/gd-mlp-digits.toml for bad-small.h5 failed \(exit status 2;"
+    with pytest.raises(SystemExit, match=failed):
+        common.find_or_make("bad", "small")
+    assert "opt.lr" in capfd.readouterr().err  # the subprocess's own message
+    assert not any(common.RUN_DIR.iterdir())
