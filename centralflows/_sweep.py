@@ -548,7 +548,12 @@ def table(directory: str | os.PathLike) -> str:
         state = run_state(directory, name)
         attempts = entry.get("attempts") or [None]
         status = _status(state, attempts[-1])
-        if state == "missing" and entry.get("status") in ("submitted", "interrupted", "failed"):
+        if state == "missing" and entry.get("status") in (
+            "running",  # started, its file not yet created
+            "submitted",
+            "interrupted",
+            "failed",
+        ):
             status = entry["status"]
         if state == "broken" and status == "unfinished":
             try:
