@@ -160,8 +160,9 @@ def _unknown(kind: str, name: str, valid: Sequence[str], prefix: str = "") -> st
     return f"unknown {kind} {prefix + name!r}; valid {kind}s are {names}"
 
 
-def _check(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Fills in defaults and collects every problem with `raw`."""
+def check_config(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """`raw` with its defaults filled in, and every problem with it, one line each (the
+    work of `validate_config`, which raises where there are problems)."""
     problems = [
         _unknown("section", section, list(_SCHEMA)) for section in raw if section not in _SCHEMA
     ]
@@ -215,7 +216,8 @@ def _check(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
     return cfg, problems
 
 
-def _error(problems: Sequence[str], source: str) -> ConfigError:
+def config_error(problems: Sequence[str], source: str) -> ConfigError:
+    """One `ConfigError` listing `problems`, in the configuration `source`."""
     plural = "s" if len(problems) > 1 else ""
     header = f"{len(problems)} problem{plural} in the configuration {source}:"
     return ConfigError("\n".join([header, *(f"  - {p}" for p in problems)]))
@@ -237,9 +239,9 @@ def validate_config(raw: Mapping) -> dict[str, dict[str, Any]]:
     Raises a `ConfigError` listing every unknown section or key (with the closest
     valid name), wrong type, out-of-range value and missing required key.
     """
-    cfg, problems = _check(raw)
+    cfg, problems = check_config(raw)
     if problems:
-        raise _error(problems, "given")
+        raise config_error(problems, "given")
     return cfg
 
 
@@ -268,6 +270,52 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a TOML config file as it is, unvalidated.
+
+    Raises a `ConfigError` for a missing file, a binary one (a run file, say) and
+    malformed TOML.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with path.open("rb") as f:
+        data = f.read()
+    if data.startswith(b"\x89HDF"):
+        raise ConfigError(
+            f"{path} is an HDF5 file (a run file?), not a TOML config; to continue a "
+            f"run, use `centralflows run --resume {path}`"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path} is not a TOML config: it is not UTF-8 text (byte "
+            f"{data[e.start]:#04x} at offset {e.start}); is it a binary file?"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"malformed TOML in {path}: {e}") from e
+
+
+def apply_overrides(raw: Mapping, overrides: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """`raw` (unvalidated) with the overrides `section.key=value` applied in order, and
+    the malformed overrides, described."""
+    merged = {s: dict(t) if isinstance(t, Mapping) else t for s, t in raw.items()}
+    problems = []
+    for text in overrides:
+        try:
+            section, key, value = parse_override(text)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        table = merged.setdefault(section, {})
+        if isinstance(table, dict):
+            table[key] = value
+    return merged, problems
+
+
 def load_config(
     path: str | os.PathLike | None, overrides: Sequence[str] = ()
 ) -> dict[str, dict[str, Any]]:
@@ -286,45 +334,13 @@ def load_config(
     Raises a `ConfigError` for a missing or malformed file, and for every problem
     with the overrides or the merged configuration, all reported together.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = pathlib.Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        with path.open("rb") as f:
-            data = f.read()
-        if data.startswith(b"\x89HDF"):
-            raise ConfigError(
-                f"{path} is an HDF5 file (a run file?), not a TOML config; to continue a "
-                f"run, use `centralflows run --resume {path}`"
-            )
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(
-                f"{path} is not a TOML config: it is not UTF-8 text (byte "
-                f"{data[e.start]:#04x} at offset {e.start}); is it a binary file?"
-            ) from None
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"malformed TOML in {path}: {e}") from e
-    merged = {s: dict(t) if isinstance(t, Mapping) else t for s, t in raw.items()}
-    problems = []
-    for text in overrides:
-        try:
-            section, key, value = parse_override(text)
-        except ConfigError as e:
-            problems.append(str(e))
-            continue
-        table = merged.setdefault(section, {})
-        if isinstance(table, dict):
-            table[key] = value
-    cfg, invalid = _check(merged)
+    raw = {} if path is None else read_toml(path)
+    merged, problems = apply_overrides(raw, overrides)
+    cfg, invalid = check_config(merged)
     problems += invalid
     if problems:
         source = "from defaults" if path is None else f"from {path}"
-        raise _error(problems, source + (" and overrides" if overrides else ""))
+        raise config_error(problems, source + (" and overrides" if overrides else ""))
     return cfg
 
 

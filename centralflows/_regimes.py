@@ -63,3 +63,56 @@ def classify(
     hover = float(np.median(after[after.size // 2 :]))
     kind = "edge of stability" if abs(hover - 2) <= 2 * band else "unsettled"
     return Regime(kind, onset, hover)
+
+
+_FINAL = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+class ProcessSummary(NamedTuple):
+    """What one process of a run did, as [`summarize`][] reads it from the run file.
+
+    - `process`: the group name (`"discrete"`, `"central"`, ...).
+    - `regime`: its [`Regime`][], with `regime.step` counted in rows of the file.
+    - `onset`: the optimizer step of the EOS onset (warm-start steps included): a flow's
+        recorded `eos_time` where it has one, else the first row whose effective sharpness
+        reached 2; `None` if it never did (or diverged first).
+    - `final`: the last finite `train_loss`, `train_acc`, `test_loss`, `test_acc` (those
+        logged) and `sharpness`, the top effective eigenvalue (NaN where never finite).
+    """
+
+    process: str
+    regime: Regime
+    onset: float | None
+    final: dict[str, float]
+
+
+def summarize(run) -> list[ProcessSummary]:
+    """The regime, EOS onset and final metrics of each process of a run.
+
+    **Arguments:**
+
+    - `run`: a [`centralflows.Run`][] (finished, in progress or killed: rows not yet
+        written are ignored).
+
+    **Returns:** a [`ProcessSummary`][] for each group that logs a `train_loss`, in the
+    file's order.
+    """
+    offset = int(run.attrs.get("warm_start", 0))
+    summaries = []
+    for group in run:
+        series = run[group]
+        if "train_loss" not in series:
+            continue
+        sharpness = series["effective_hessian_eigs"][:, 0]
+        regime = classify(series["train_loss"], sharpness)
+        recorded = last_finite(series["eos_time"]) if "eos_time" in series else float("nan")
+        if np.isfinite(recorded):
+            onset = offset + recorded
+        elif regime.kind in ("edge of stability", "unsettled"):
+            onset = float(offset + regime.step)
+        else:
+            onset = None
+        final = {name: last_finite(series[name]) for name in _FINAL if name in series}
+        final["sharpness"] = last_finite(sharpness)
+        summaries.append(ProcessSummary(group, regime, onset, final))
+    return summaries

@@ -1006,6 +1006,24 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
     )
 
 
+def run_progress(path: str | os.PathLike[str]) -> tuple[int, int, int | None]:
+    """How far a run file is, cheaply (no series, no checkpoint arrays are read):
+    `(rows_done, num_rows, checkpoint_step)`, the last `None` where there is no checkpoint.
+    The run is complete when all three are equal: every row is written and the final
+    checkpoint too.
+
+    Raises as [`centralflows.load_run`][] does.
+    """
+    path = pathlib.Path(path)
+    with _open_run(path) as (file, _):
+        try:
+            step = file["step"][()]
+            _, checkpoint = _current(file)
+        except _H5_ERRORS as error:
+            raise _damaged(path) from error
+    return _rows_done(step), len(step), None if checkpoint < 0 else checkpoint
+
+
 def check_writable(path: str | os.PathLike[str]) -> None:
     """Raise now, before any computation, if a run file cannot be written at `path`: its
     directory cannot be made or written, `path` is a directory, or another live process

@@ -7,6 +7,7 @@ where they are needed, and `tests/test_cli_fast.py` checks that jax is not.
 
 import argparse
 import datetime
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ _EPILOG = """examples:
   centralflows run configs/gd-vit-cifar10.toml --dry-run
   centralflows run --resume runs/gd-mlp-digits-20261123-120000.h5 --steps 800
   centralflows info runs/gd-mlp-digits-20261123-120000.h5
+  centralflows sweep configs/gd-mlp-digits.toml --grid opt.lr=0.3,0.4,0.5 --grid model.width=32,64
+  centralflows info sweeps/gd-mlp-digits
   centralflows plot runs/gd-mlp-digits-20261123-120000.h5 --steps 100:300
 """
 _FIGURE_FORMATS = (".png", ".pdf", ".svg")
@@ -61,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
         "--warm-start", type=int, metavar="N", help="take N unlogged optimizer steps first"
     )
     run.add_argument("--out", help="output directory (default: runs)")
+    run.add_argument(
+        "--name",
+        help="the run file's name in --out, without .h5 (default: the config's name and the time)",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace an existing run file")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument(
@@ -85,8 +92,65 @@ def _parser() -> argparse.ArgumentParser:
         help="keep compiled programs in DIR ('off': nowhere; default: "
         "$CENTRALFLOWS_CACHE_DIR, else ~/.cache/centralflows/jax)",
     )
-    info = commands.add_parser("info", help="summarise a run file")
-    info.add_argument("run_file", help="a run file written by `centralflows run`")
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a grid of configs, one run file each, in one sweep folder",
+        description="Run the cartesian product of the --grid values on top of CONFIG (and "
+        "the --set overrides), one run file each, in one sweep folder with an index "
+        "(sweep.json). Run again, it skips the finished runs and resumes the others.",
+    )
+    sweep.add_argument("config", help="the base TOML config, e.g. configs/gd-mlp-digits.toml")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=V1,V2,...",
+        help="a grid axis (repeatable; the runs are the cartesian product of the axes), "
+        "e.g. --grid opt.lr=0.3,0.4,0.5",
+    )
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value in every run (repeatable), e.g. --set run.steps=300",
+    )
+    sweep.add_argument(
+        "--out",
+        metavar="DIR",
+        help="the sweep folder (default: sweeps/<config name>); an existing one is extended "
+        "and its unfinished runs are resumed",
+    )
+    sweep.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="runs at a time (default: locally one per CPU core, at most the runs to do; "
+        "with --slurm, the job array's parallelism)",
+    )
+    sweep.add_argument(
+        "--slurm",
+        action="append",
+        metavar="KEY=VALUE",
+        help="submit the runs to SLURM as one job array through submitit (needs the "
+        "`cluster` extra), with these sbatch parameters (repeatable; may be none: "
+        "--slurm with no value), e.g. --slurm partition=gpu --slurm time=120 "
+        "--slurm gpus_per_node=1",
+        nargs="?",
+        const="",
+    )
+    sweep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the grid and print the runs and what each needs; write nothing",
+    )
+    info = commands.add_parser("info", help="summarise a run file or a sweep folder")
+    info.add_argument(
+        "run_file",
+        metavar="RUN_FILE|SWEEP_DIR",
+        help="a run file written by `centralflows run`, or a sweep folder (a table of its runs)",
+    )
     plot = commands.add_parser(
         "plot",
         help="draw a run file's standard figure (needs the `figures` extra)",
@@ -149,6 +213,7 @@ def _resumed_config(args: argparse.Namespace) -> dict:
         "--runs": args.runs,
         "--warm-start": args.warm_start,
         "--out": args.out,
+        "--name": args.name,
         "--overwrite": args.overwrite or None,
     }
     refused = [name for name, value in given.items() if value is not None]
@@ -182,8 +247,13 @@ def _run_file_path(args: argparse.Namespace) -> pathlib.Path:
     time, in `--out`."""
     if args.resume is not None:
         return pathlib.Path(args.resume)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return pathlib.Path(args.out or "runs") / f"{pathlib.Path(args.config).stem}-{stamp}.h5"
+    name = args.name
+    if name is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"{pathlib.Path(args.config).stem}-{stamp}"
+    elif not name or name.startswith(".") or "/" in name or os.sep in name:
+        raise ConfigError(f"--name {name!r} must be a file name: not empty, no '/', no leading '.'")
+    return pathlib.Path(args.out or "runs") / f"{name}.h5"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -264,6 +334,103 @@ def _run(args: argparse.Namespace) -> int:
     return 3 if failed else 0
 
 
+def _slurm_parameters(texts: Sequence[str]) -> dict:
+    """The `--slurm KEY=VALUE` parameters, each value read as TOML (else a string)."""
+    parameters = {}
+    for text in texts:
+        if not text:  # a bare --slurm
+            continue
+        key, eq, value = text.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"malformed --slurm {text!r}; expected KEY=VALUE, e.g. time=60")
+        _, _, parameters[key.strip()] = parse_override(f"slurm.{key.strip()}={value}")
+    return parameters
+
+
+def _slurm_executor(folder: pathlib.Path, parameters: dict, jobs: int | None):
+    """A submitit `SlurmExecutor` writing its files in `folder`, with `parameters`."""
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("--slurm needs submitit: pip install 'centralflows[cluster]'") from None
+    try:
+        executor = submitit.SlurmExecutor(folder=folder)
+    except RuntimeError as error:  # no srun: not on a SLURM cluster
+        raise ConfigError(f"--slurm: {error}") from None
+    parameters = {"job_name": "centralflows-sweep", **parameters}
+    if jobs is not None:
+        parameters["array_parallelism"] = jobs
+    try:
+        executor.update_parameters(**parameters)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"--slurm: {error}") from None
+    return executor
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from . import _sweep as sweep
+
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    slurm = None if args.slurm is None else _slurm_parameters(args.slurm)
+    runs = sweep.expand(args.config, args.grid, args.overrides)
+    directory = pathlib.Path(args.out or pathlib.Path("sweeps") / pathlib.Path(args.config).stem)
+    if args.dry_run:
+        where = "SLURM, as one job array" if slurm is not None else "locally"
+        print(f"sweep folder: {directory}; {len(runs)} runs, to run {where}:")
+        for run in runs:
+            state = sweep.run_state(directory, run.name)
+            need = {
+                "missing": "start",
+                "broken": "restart",
+                "resumable": "resume",
+                "complete": "skip (finished)",
+                "running": "skip (running)",
+            }[state]
+            print(f"  {run.name}: {need}")
+        return 0
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--out {str(directory)!r} is a file, not a folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    grid = dict(sweep.parse_grid(text) for text in args.grid)
+    executor = None
+    if slurm is not None:  # before anything is written: the parameters are checked
+        executor = _slurm_executor(directory / "slurm", slurm, args.jobs)
+    sweep.prepare(directory, runs, config=args.config, grid=grid, overrides=args.overrides)
+    names = [run.name for run in runs]
+    left = sweep.todo(directory, names)
+    print(
+        f"sweep {directory}: {len(runs)} runs, {len(runs) - len(left)} finished or running, "
+        f"{len(left)} to run",
+        file=sys.stderr,
+    )
+    if not left:
+        print(sweep.table(directory))
+        return 0
+    if executor is not None:
+        jobs = sweep.submit(directory, left, executor)
+        for name, job in zip(left, jobs):
+            print(f"{name}: submitted as SLURM job {job.job_id}")
+        return 0
+    jobs = args.jobs or min(len(left), os.cpu_count() or 1)
+    try:
+        results = sweep.run_local(
+            directory, left, jobs=jobs, report=lambda line: print(line, file=sys.stderr)
+        )
+    except KeyboardInterrupt:
+        print(
+            f"centralflows: interrupted; run the same command again to resume {directory}",
+            file=sys.stderr,
+        )
+        return 130
+    print(sweep.table(directory))
+    codes = {attempt["exit_status"] for attempt in results.values()}
+    index = sweep.load_index(directory)
+    if any(entry["status"] != "done" for entry in index["runs"] if entry["name"] in results):
+        return 1
+    return 3 if 3 in codes else 0
+
+
 def _dry_run(cfg: dict) -> str:
     """What a run of `cfg` would be, from its problem built abstractly: the data is read
     (so a missing file is reported) and the model traced, but nothing is computed."""
@@ -321,7 +488,7 @@ def _failures(result: "Run") -> list[str]:
 
 
 def _summary(result: "Run") -> str:
-    from ._regimes import classify, last_finite
+    from ._regimes import summarize
     from ._stop import describe_stop
 
     offset = int(result.attrs.get("warm_start", 0))
@@ -334,24 +501,18 @@ def _summary(result: "Run") -> str:
     opt = result.config.get("opt")
     if opt:
         lines.append("optimizer: " + ", ".join(f"{k}={v}" for k, v in opt.items()))
-    for group in result:
-        series = result[group]
-        if "train_loss" not in series:
-            continue
-        sharpness = series["effective_hessian_eigs"][:, 0]
-        regime = classify(series["train_loss"], sharpness)
+    for summary in summarize(result):
+        regime = summary.regime
         where = "" if regime.step is None else f" (step {offset + regime.step})"
         hover = "" if regime.hover is None else f", hovering at {regime.hover:.3f}"
-        metrics = ", ".join(
-            f"{name}={last_finite(series[name]):.4g}"
-            for name in ("train_loss", "train_acc", "test_loss", "test_acc")
-            if name in series
-        )
-        lines.append(f"{group}: {regime.kind}{where}{hover}")
-        stop = _stop(result, group)
+        final = dict(summary.final)
+        sharpness = final.pop("sharpness")
+        metrics = ", ".join(f"{name}={value:.4g}" for name, value in final.items())
+        lines.append(f"{summary.process}: {regime.kind}{where}{hover}")
+        stop = _stop(result, summary.process)
         if stop is not None:
             lines.append(f"  {describe_stop(stop[1], stop[0])}")
-        lines.append(f"  final {metrics}, effective sharpness={last_finite(sharpness):.4g}")
+        lines.append(f"  final {metrics}, effective sharpness={sharpness:.4g}")
     return "\n".join(lines)
 
 
@@ -409,6 +570,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if pathlib.Path(args.run_file).is_dir():
+            from ._sweep import table
+
+            print(table(args.run_file))
+            return 0
         from ._runfile import load_run
 
         print(_summary(load_run(args.run_file)))

@@ -74,7 +74,9 @@ def _imports_jax(code: str) -> bool:
     return proc.stdout.split()[-1] == "True"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["plot", "--help"], []])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["run", "--help"], ["plot", "--help"], ["sweep", "--help"], []]
+)
 def test_help_and_usage_errors_do_not_import_jax(argv):
     result = _probe(argv)
     assert result["status"] == (0 if argv else 2)
@@ -98,6 +100,9 @@ def test_help_and_usage_errors_do_not_import_jax(argv):
         (["run", "configs/nope.toml"], "config file not found"),
         (["run"], "a CONFIG file is required"),
         (["run", "--resume", "x.h5", "--set", "opt.lr=1"], "takes no --set opt.lr"),
+        (["sweep", DEFAULT, "--grid", "opt.lr=0.3,-1"], "opt.lr = -1 is invalid"),
+        (["sweep", DEFAULT, "--grid", "model.widht=8,16"], "did you mean 'model.width'"),
+        (["sweep", DEFAULT, "--grid", "opt.lr=0.3", "--slurm", "x"], "malformed --slurm"),
     ],
 )
 def test_config_errors_do_not_import_jax(argv, message):
