@@ -223,11 +223,13 @@ class AbstractFlowProcess(eqx.Module):
 
     @abc.abstractmethod
     def point_record(self, y: FlowState, basis: Basis, num_critical: Count) -> Record:
-        """What is logged about the point `y` (compiled once per critical-set size)."""
+        """What is logged about the point `y` (compiled once per basis width: the
+        critical-set size is data)."""
 
     def observe(self, state: FlowProcessState, num_critical: int) -> dict[str, np.ndarray]:
-        """Everything logged at the current time (compiled per critical-set size only:
-        the tracked set's size enters outside the compiled part)."""
+        """Everything logged at the current time (compiled per basis width only: the
+        critical-set size is data, and the tracked set's size enters outside the
+        compiled part)."""
         basis = self.basis(state, num_critical)
         record = self.point_record(state.y, basis, critical_count(num_critical))
         record.update(_state_record(state, self.p_diag(state.y)))
