@@ -530,6 +530,9 @@ class RunWriter:
                     padded[tuple(slice(0, n) for n in array.shape)] = array
                     array = padded
                 dataset[start:stop] = array
+            # The rows reach the file before `/step` marks them: a flush writes chunks in
+            # no set order, and a writer killed inside one flush must not mark unwritten rows.
+            self._file.flush()
             self._file["step"][start:stop] = np.arange(start, stop)
             self._file.flush()
         except OSError as error:
