@@ -7,14 +7,23 @@ import tempfile
 import jax
 import pytest
 
+# The suite is bound by XLA's compiler (its problems are small): LLVM at -O0 compiles a
+# central flow's segment program in 20 s where -O2 takes 25 s, with results equal to rounding.
+# Set before the first computation creates the CPU backend; CLI subprocesses inherit it.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
 jax.config.update("jax_enable_x64", True)
 
-# One persistent compilation cache per test process (each xdist worker has its own), in a
-# temporary directory (never the user's): the CLI's subprocesses and later modules (after
-# `jax.clear_caches`) read back the programs compiled before instead of compiling them again.
-_CACHE = tempfile.mkdtemp(prefix="centralflows-test-cache-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ["CENTRALFLOWS_CACHE_DIR"] = _CACHE
+# One persistent compilation cache for the whole test session, in a temporary directory
+# (never the user's), made by the first process that loads this file (pytest-xdist's
+# controller, before it starts its workers, which inherit the variable): the workers, the
+# CLI's subprocesses and later modules (after `jax.clear_caches`) read back the programs
+# compiled before instead of compiling them again. (JAX falls back to compiling where an
+# entry cannot be read, such as one another worker is still writing.)
+_SESSION_CACHE = "CENTRALFLOWS_TEST_SESSION_CACHE"
+if _SESSION_CACHE not in os.environ:
+    os.environ[_SESSION_CACHE] = tempfile.mkdtemp(prefix="centralflows-test-cache-")
+    atexit.register(shutil.rmtree, os.environ[_SESSION_CACHE], ignore_errors=True)
+os.environ["CENTRALFLOWS_CACHE_DIR"] = os.environ[_SESSION_CACHE]
 
 
 @pytest.fixture
@@ -54,8 +63,16 @@ def _free_compiled_programs_near_the_map_limit():
         _free()
 
 
+# The longest files first (seconds in a full run on 2 cores), so that no worker is left
+# with a long file at the end while the other idles.
+_LONGEST_FIRST = ["test_flows.py", "test_docs.py", "test_run.py", "test_cli.py", "test_eigen.py",
+                  "test_zoo.py", "test_resume.py", "test_cache.py"]  # fmt: skip
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Run tests/test_grad.py first, in a process that has compiled nothing else yet:
     late in two full runs XLA's compiler crashed (segfault) compiling its eigenvector
-    derivative's CG, in a test that passes in a fresh process."""
-    items.sort(key=lambda item: item.path.name != "test_grad.py")
+    derivative's CG, in a test that passes in a fresh process. Then the longest files."""
+    order = ["test_grad.py", *_LONGEST_FIRST]
+    rank = lambda name: order.index(name) if name in order else len(order)
+    items.sort(key=lambda item: rank(item.path.name))

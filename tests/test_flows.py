@@ -214,6 +214,7 @@ def test_the_oscillation_deactivates_at_the_closed_form_time():
     assert np.all(np.nan_to_num(np.asarray(record["predicted_variances"])) == 0)
 
 
+@pytest.mark.slow  # 30 s; tests/test_cli.py::test_flows_from_the_command_line checks it too
 def test_below_threshold_central_equals_stable():
     objective, w0 = small_mlp_objective()
     optimizer = cf.GD(lr=0.05)  # effective sharpness stays far below 2

@@ -99,7 +99,15 @@ def tiny_objective(name, key):
 
 # Measured 2026-12-02 on the shared 2-core CPU at a load of 4: at most 14 s each (vit, resnet;
 # transformer 11 s, mamba 10 s); 20 to 26 s with another job's compile beside them.
-@pytest.mark.parametrize("name", list(TINY))
+# In the default run: one architecture of each kind of layer stack (dense, recurrent, scan);
+# `pytest -m slow` adds the convolutional and attention ones (35 s).
+_THIRD_ORDER_SLOW = ("vit", "resnet", "transformer")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in _THIRD_ORDER_SLOW else n for n in TINY],
+)
 def test_third_order_matches_finite_differences_of_hvps(name, getkey):
     objective, w0 = tiny_objective(name, getkey())
     # A generic point: away from the zero-initialised scales of the norms and heads.
