@@ -61,7 +61,7 @@ def _as_array(value, dtype) -> Array | np.ndarray:
 
 
 @eqx.filter_jit
-def _padded_rows(vectors: Basis, size: int, used: int) -> Basis:
+def _padded_rows(vectors: Basis, size: int, used: Count) -> Basis:
     """The first `size` rows of `vectors`, those past the first `used` zero."""
     return jnp.where(jnp.arange(size)[:, None] < used, vectors[:size], 0)
 
@@ -152,7 +152,8 @@ class AbstractFlowProcess(eqx.Module):
         effective = state.tracking.effective
         used = min(num_critical + self.options.guard, int(effective.count))
         bucket = max(self.options.guard + 2, 1 << (used - 1).bit_length())
-        return _padded_rows(effective.vectors, min(bucket, most_tracked(state.tracking, self.eig)), used)
+        size = min(bucket, most_tracked(state.tracking, self.eig))
+        return _padded_rows(effective.vectors, size, critical_count(used))
 
     @abc.abstractmethod
     def field(self, num_critical: Count) -> CentralFlow | StableFlow:
