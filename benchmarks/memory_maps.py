@@ -4,8 +4,9 @@ XLA's CPU backend maps the code of each compiled program, and past Linux's
 `vm.max_map_count` LLVM aborts the process. A replay warns where its estimate (the maps
 held now, plus a constant per structure of segment: basis width, whether a direction is
 critical, the event) passes 80% of the limit; this measures that constant. Each problem's
-gradient runs in this one process from a cleared cache: maps before and after, the
-structures its replay met, and their ratio.
+gradient runs in this one process from a cleared cache: maps before it, where its replay
+starts (after the planning solve, as the warning sees them) and after it, the structures
+its replay met, and the maps the replay added per structure.
 
     python benchmarks/memory_maps.py --units 40
 Writes benchmarks/results/memory_maps.json.
@@ -52,11 +53,12 @@ def digits(units):
 
 
 def measure(name, loss_at_end, lr):
-    structures = []
+    structures, at_replay = [], []
     check = _replay._check_map_limit
 
-    def counting(segments):
+    def counting(segments):  # called where the replay starts, after the planning solve
         structures.append(len(_replay._structures(segments)))
+        at_replay.append(_replay._memory_maps())
         check(segments)
 
     _replay._check_map_limit = counting
@@ -70,9 +72,10 @@ def measure(name, loss_at_end, lr):
     return {
         "problem": name,
         "maps_before": before,
+        "maps_at_replay": at_replay[0],
         "maps_after": after,
         "structures": structures[0],
-        "maps_per_structure": (after - before) / structures[0],
+        "maps_per_structure": (after - at_replay[0]) / structures[0],
     }
 
 

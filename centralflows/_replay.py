@@ -35,8 +35,9 @@ _EVENT_TOLERANCE = 1e-3
 
 
 # Memory maps a replay adds per structure of segment it compiles (basis width, whether a
-# direction is critical, the event): measured 1,600 to 4,800 (`benchmarks/memory_maps.py`).
-_MAPS_PER_STRUCTURE = 5000
+# direction is critical, the event): measured 3,700 (toy) and 5,800 (digits MLP) from the
+# replay's start (`benchmarks/memory_maps.py`, benchmarks/results/memory_maps.json).
+_MAPS_PER_STRUCTURE = 6000
 
 
 def _map_limit() -> int | None:
