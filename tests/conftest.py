@@ -25,6 +25,8 @@ if _SESSION_CACHE not in os.environ:
     atexit.register(shutil.rmtree, os.environ[_SESSION_CACHE], ignore_errors=True)
 os.environ["CENTRALFLOWS_CACHE_DIR"] = os.environ[_SESSION_CACHE]
 
+from centralflows._replay import _memory_maps  # noqa: E402 (after the environment above)
+
 
 @pytest.fixture
 def getkey():
@@ -36,14 +38,6 @@ def getkey():
 def _free():
     jax.clear_caches()
     gc.collect()  # and free the executables themselves now
-
-
-def _memory_maps() -> int:
-    try:
-        with open("/proc/self/maps") as maps:
-            return sum(1 for _ in maps)
-    except OSError:  # not Linux
-        return 0
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,7 +57,7 @@ def _free_compiled_programs_near_the_map_limit():
         _free()
 
 
-# The longest files first (seconds in a full run on 2 cores), so that no worker is left
+# The longest files first (by their time in a full run on 2 cores), so that no worker is left
 # with a long file at the end while the other idles.
 _LONGEST_FIRST = ["test_flows.py", "test_docs.py", "test_run.py", "test_cli.py", "test_eigen.py",
                   "test_zoo.py", "test_resume.py", "test_cache.py"]  # fmt: skip
