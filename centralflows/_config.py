@@ -9,6 +9,7 @@ from typing import Any
 from ._options import Option as _Key
 from .data._declared import DECLARED as DATASETS  # plain data: no jax is imported
 from .models._declared import DECLARED as ARCHITECTURES
+from .problems._declared import DECLARED as PROBLEMS
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,16 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "model": {
         "name": _one_of(*ARCHITECTURES),
+    },
+    # A built-in problem, in place of `data` and `model`; it also takes the options its
+    # `name` declares.
+    "problem": {
+        "name": _Key(
+            str,
+            None,
+            f"one of {', '.join(map(_format, PROBLEMS))}",
+            PROBLEMS.__contains__,
+        ),
     },
     "eig": {
         "frequency": _Key(int, 1, "an integer >= 1", lambda v: v >= 1),
@@ -126,6 +137,12 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
 
 
 _NAMED = {"data": DATASETS, "model": ARCHITECTURES}
+_OPTIONS = {
+    "data": {name: spec.options for name, spec in DATASETS.items()},
+    "model": {name: spec.options for name, spec in ARCHITECTURES.items()},
+    "problem": PROBLEMS,
+}
+_PROBLEM_REPLACES = ("data", "model")
 
 
 def _named(section: str, name: Any):
@@ -134,13 +151,27 @@ def _named(section: str, name: Any):
 
 
 def _keys(section: str, table: Mapping) -> dict[str, _Key]:
-    """The keys of `section`: for `data` and `model`, the common ones and the options
-    declared by the dataset or architecture that `table` names."""
+    """The keys of `section`: for `data`, `model` and `problem`, the common ones and the
+    options declared by the dataset, architecture or problem that `table` names."""
     keys = _SCHEMA[section]
-    if section not in _NAMED:
+    if section not in _OPTIONS:
         return keys
-    spec = _named(section, table.get("name", keys["name"].default))
-    return keys if spec is None else {**keys, **spec.options}
+    name = table.get("name", keys["name"].default)
+    options = _OPTIONS[section].get(name) if isinstance(name, str) else None
+    return keys if options is None else {**keys, **options}
+
+
+def _sections(raw: Mapping) -> tuple[list[str], list[str]]:
+    """The sections a config holds, and its problems with them: a `[problem]` replaces
+    `[data]` and `[model]`, which are otherwise filled in."""
+    if "problem" not in raw:
+        return [s for s in _SCHEMA if s != "problem"], []
+    problems = [
+        f"[problem] replaces [data] and [model]: remove [{section}] (or [problem])"
+        for section in _PROBLEM_REPLACES
+        if section in raw
+    ]
+    return [s for s in _SCHEMA if s not in _PROBLEM_REPLACES], problems
 
 
 def _has_type(value: Any, type_: type) -> bool:
@@ -166,8 +197,10 @@ def check_config(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
     problems = [
         _unknown("section", section, list(_SCHEMA)) for section in raw if section not in _SCHEMA
     ]
+    sections, conflicts = _sections(raw)
+    problems += conflicts
     cfg = {}
-    for section in _SCHEMA:
+    for section in sections:
         table = raw.get(section, {})
         if not isinstance(table, Mapping):
             problems.append(f"{section} = {_format(table)} must be a table [{section}]")
@@ -197,7 +230,9 @@ def check_config(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
             elif spec.kind is list:
                 value = list(value)
             cfg[section][key] = value
-    model, data = (_named(section, cfg[section].get("name")) for section in ("model", "data"))
+    model, data = (
+        _named(section, cfg.get(section, {}).get("name")) for section in ("model", "data")
+    )
     accepted = {"vectors": ("vectors", "images"), "images": ("images",), "tokens": ("tokens",)}
     if model and data and data.inputs not in accepted[model.inputs]:
         problems.append(
@@ -229,12 +264,13 @@ def validate_config(raw: Mapping) -> dict[str, dict[str, Any]]:
     **Arguments:**
 
     - `raw`: a mapping from section name to a mapping from key to value, as read from
-        TOML; missing sections and keys take their defaults.
+        TOML; missing sections and keys take their defaults. A `[problem]` section
+        replaces `[data]` and `[model]`, which it must then be without.
 
     **Returns:**
 
-    A new nested dict holding every section and key; an integer given for a float
-    key is converted to `float`.
+    A new nested dict holding every section and key (`problem` or else `data` and
+    `model`); an integer given for a float key is converted to `float`.
 
     Raises a `ConfigError` listing every unknown section or key (with the closest
     valid name), wrong type, out-of-range value and missing required key.

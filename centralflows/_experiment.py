@@ -17,6 +17,7 @@ from ._optimizers import GD, AbstractOptimizer, RMSProp, ScalarRMSProp
 from .data import DATASETS
 from .data._dataset import float_dtype
 from .models import ARCHITECTURES, MSE, CrossEntropy
+from .problems import PROBLEMS
 
 
 def make_optimizer(opt: Mapping[str, Any]) -> AbstractOptimizer:
@@ -68,11 +69,17 @@ def make_problem(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[Objective, Float
 
     - `cfg`: a complete config, as returned by `load_config`.
 
-    **Returns:** `(objective, w0)`: the full-batch training loss of the `[model]` on the
-    `[data]` (with the test split for logging) and the model's initial parameters,
-    drawn from `run.seed`. The dataset is loaded first, so a missing file is reported
-    before anything is computed.
+    **Returns:** `(objective, w0)`: the built-in `[problem]`'s loss and start (its
+    random draws from `run.seed`), or else the full-batch training loss of the `[model]`
+    on the `[data]` (with the test split for logging) and the model's initial
+    parameters, drawn from `run.seed`. The dataset is loaded first, so a missing file is
+    reported before anything is computed.
     """
+    if "problem" in cfg:
+        options = dict(cfg["problem"])
+        spec = PROBLEMS[options.pop("name")]
+        problem = spec.make(**options, key=jr.key(cfg["run"]["seed"]))
+        return Objective.from_function(problem, problem.w0), jfu.ravel_pytree(problem.w0)[0]
     data_cfg, model_cfg = dict(cfg["data"]), dict(cfg["model"])
     seed = cfg["run"]["seed"]
     spec = DATASETS[data_cfg.pop("name")]

@@ -445,12 +445,17 @@ def _dry_run(cfg: dict) -> str:
     objective, w0 = eqx.filter_eval_shape(make_problem, cfg)
     eqx.filter_eval_shape(lambda o, w: o.value(w), objective, w0)  # the loss traces
     examples = lambda split: 0 if split is None else jax.tree.leaves(split)[0].shape[0]
-    data, model = cfg["data"]["name"], cfg["model"]["name"]
+    if "problem" in cfg:
+        problem = [f"problem: {cfg['problem']['name']}, {w0.shape[0]} parameters"]
+    else:
+        problem = [
+            f"model: {cfg['model']['name']}, {w0.shape[0]} parameters",
+            f"data: {cfg['data']['name']}, {examples(objective.train)} train and "
+            f"{examples(objective.test)} test examples",
+        ]
     return "\n".join(
         [
-            f"model: {model}, {w0.shape[0]} parameters",
-            f"data: {data}, {examples(objective.train)} train and "
-            f"{examples(objective.test)} test examples",
+            *problem,
             f"would run: {', '.join(cfg['run']['processes'])} for {cfg['run']['steps']} steps "
             f"(opt.name={cfg['opt']['name']}, opt.lr={cfg['opt']['lr']})",
         ]
