@@ -97,6 +97,8 @@ def test_help_and_usage_errors_do_not_import_jax(argv):
         (["run", DEFAULT, "--steps", "0"], "run.steps = 0 is invalid"),
         (["run", DEFAULT, "--runs", "sideways"], "run.processes"),
         (["run", DEFAULT, "--set", "opt.lr=-1", "--dry-run"], "opt.lr = -1 is invalid"),
+        (["run", "configs/gd-toy.toml", "--set", "problem.b=0"], "problem.b = 0 is invalid"),
+        (["run", DEFAULT, "--set", "problem.name=toy"], "[problem] replaces [data] and [model]"),
         (["run", "configs/nope.toml"], "config file not found"),
         (["run"], "a CONFIG file is required"),
         (["run", "--resume", "x.h5", "--set", "opt.lr=1"], "takes no --set opt.lr"),
@@ -128,13 +130,20 @@ def test_the_probe_sees_jax():
 
 def test_importing_the_packages_does_not_import_jax():
     code = "import centralflows, centralflows.cli, centralflows.models, centralflows.data"
+    code += ", centralflows.problems"
     assert not _imports_jax(code + ", centralflows.internal, centralflows._config")
     assert not _imports_jax("import centralflows as cf\ncf.__version__, dir(cf)")
 
 
 # --- the lazy namespaces -----------------------------------------------------------------
 
-_PACKAGES = ["centralflows", "centralflows.models", "centralflows.data", "centralflows.internal"]
+_PACKAGES = [
+    "centralflows",
+    "centralflows.models",
+    "centralflows.data",
+    "centralflows.problems",
+    "centralflows.internal",
+]
 
 
 def _type_checking_imports(module) -> dict[str, str]:
@@ -207,6 +216,17 @@ def test_declarations_agree_with_the_signatures():
     assert set(loaders) == set(data_declared.DECLARED)
     for name, declared in data_declared.DECLARED.items():
         assert signature_mismatches(declared.options, *loaders[name]) == [], name
+
+
+def test_problem_declarations_agree_with_the_signatures():
+    from centralflows.problems import LeastSquares, Quartic, Toy
+    from centralflows.problems import _declared as problem_declared
+    from centralflows.problems._zoo import _MAKERS
+
+    classes = {"toy": Toy, "least_squares": LeastSquares, "quartic": Quartic}
+    assert list(problem_declared.DECLARED) == list(_MAKERS) == list(classes)
+    for name, options in problem_declared.DECLARED.items():
+        assert signature_mismatches(options, classes[name]) == [], name
 
 
 def test_declared_choices_are_those_the_code_accepts():
