@@ -14,8 +14,10 @@ class Toy(AbstractProblem):
     down at speed ηb, so the sharpness rises until $η a(y) = 2$ at
     $y^* = (s_0 - 2/η)/c$, reached at [`onset_time`][centralflows.problems.Toy.onset_time].
     From then on the GD central flow rests at $(0, y^*)$ with oscillation variance
-    $σ^2 = \mathbb{E} x^2 = 2b/c$ and predicted time-averaged loss $b y^* + 2b/(ηc)$;
-    GD itself settles into $x = \pm\sqrt{2b/c}$. The parameters are `{"x": x, "y": y}`.
+    $σ^2 = \mathbb{E} x^2 = 2b/c$ and predicted time-averaged loss $b y^* + 2b/(ηc)$.
+    GD itself does not settle: its period-2 orbit $x = \pm\sqrt{2b/c}$ is weakly
+    unstable, and it cycles through sharpening and catapults around the central flow's
+    rest point (see docs/problems.md). The parameters are `{"x": x, "y": y}`.
     """
 
     s0: float = 1.0
