@@ -76,7 +76,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "track_threshold": _Key(float, 1.5, "a float > 0", lambda v: v > 0),
         "initial_neigs": _Key(int, 1, "an integer >= 1", lambda v: v >= 1),
         "max_neigs": _Key(int, 8, "an integer >= 1", lambda v: v >= 1),
-        "tol": _Key(float, 1e-5, "a float > 0", lambda v: v > 0),
+        "tol": _Key(float, 1e-3, "a float > 0", lambda v: v > 0),
         "max_iters": _Key(int, 100, "an integer >= 1", lambda v: v >= 1),
     },
     "run": {
@@ -114,7 +114,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "rtol": _Key(float, 1e-6, "a float > 0", lambda v: v > 0),
         "atol": _Key(float, 1e-8, "a float > 0", lambda v: v > 0),
         "nsubsteps": _Key(int, 4, "an integer >= 1", lambda v: v >= 1),
-        "solver": _one_of("tsit5", "euler"),
+        "solver": _one_of("bosh3", "tsit5", "euler"),
         "sdcp_threshold": _Key(float, 1.95, "a float > 0", lambda v: v > 0),
         "guard": _Key(
             int, 2, "an integer >= 1 (tracked vectors beyond the critical ones)", lambda v: v >= 1

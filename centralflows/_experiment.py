@@ -39,7 +39,8 @@ def make_flow_options(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[FlowOptions
     """The central and stable flows' integration settings (`[central]`, `[stable]`).
 
     `solver = "euler"` is the reference scheme: Euler with `dt = τ = 1/nsubsteps` (so
-    `tau` is ignored); `"tsit5"` is adaptive with `rtol`/`atol` and relaxation `tau`.
+    `tau` is ignored); `"bosh3"` and `"tsit5"` are adaptive with `rtol`/`atol` and
+    relaxation `tau`.
     The stable flow uses the same solver.
     """
     central = cfg["central"]
@@ -52,7 +53,8 @@ def make_flow_options(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[FlowOptions
         options = FlowOptions.euler(central["nsubsteps"], **limits)
         return options, options
     controller = dfx.PIDController(rtol=central["rtol"], atol=central["atol"])
-    options = FlowOptions(dfx.Tsit5(), controller, tau=central["tau"], **limits)
+    solver = {"bosh3": dfx.Bosh3, "tsit5": dfx.Tsit5}[central["solver"]]()
+    options = FlowOptions(solver, controller, tau=central["tau"], **limits)
     return options, options
 
 

@@ -21,7 +21,11 @@ class FlowOptions(eqx.Module):
 
     **Arguments:**
 
-    - `solver`: a diffrax solver (default `Tsit5()`; `Euler()` for the reference scheme).
+    - `solver`: a diffrax solver (default `Bosh3()`; `Euler()` for the reference scheme).
+      The step size at the edge of stability is bounded by the relaxation rate 1/τ, not by
+      the tolerances, so a low-order solver with few stages costs least: on the digits
+      MLP Bosh3 takes the same steps as `Tsit5()` with half the evaluations. At tight
+      tolerances (rtol below about 1e-7), where accuracy bounds the step, `Tsit5()` is cheaper.
     - `stepsize_controller`: e.g. `PIDController(rtol, atol)` or `ConstantStepSize()`.
     - `dt0`: the first step size (every step's, for `ConstantStepSize`).
     - `tau`: the relaxation time of the stability constraint (central flow).
@@ -35,7 +39,7 @@ class FlowOptions(eqx.Module):
       `central_flow` switches to `ForwardMode()` by itself under `jax.jvp`/`jacfwd`).
     """
 
-    solver: dfx.AbstractSolver = dfx.Tsit5()
+    solver: dfx.AbstractSolver = dfx.Bosh3()
     stepsize_controller: dfx.AbstractStepSizeController = dfx.PIDController(rtol=1e-6, atol=1e-8)
     dt0: float = 0.1
     tau: float = 0.25

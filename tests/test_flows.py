@@ -26,7 +26,9 @@ def toy_loss(w):
 
 
 TOY_W0 = {"x": jnp.array(0.0), "y": jnp.array(0.0)}
-OPTIONS = cf.FlowOptions(tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10))
+OPTIONS = cf.FlowOptions(
+    dfx.Tsit5(), tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10)
+)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +188,9 @@ def test_the_oscillation_deactivates_at_the_closed_form_time():
     # sensitive as z: at rtol 1e-8 it is 1.6e-3 late, at 1e-10 3e-5.
     k = 0.02
     objective = cf.Objective.from_function(leaving_loss, jnp.zeros(3))
-    options = cf.FlowOptions(tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12))
+    options = cf.FlowOptions(
+        dfx.Tsit5(), tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12)
+    )
     process = FLOW_PROCESSES["central"](
         objective, cf.GD(jnp.asarray(1.0)), cf.EigConfig(initial_neigs=1), options
     )
@@ -258,7 +262,9 @@ def test_euler_parity_mode_converges_to_the_adaptive_flow():
             "w"
         ][40]
     )
-    fine = cf.FlowOptions(tau=1 / 32, stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10))
+    fine = cf.FlowOptions(
+        dfx.Tsit5(), tau=1 / 32, stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10)
+    )
     reference = cf.central_flow(objective, start, optimizer, 15, options=fine)
     assert float(reference.eos_onset) < 15  # the comparison covers the EOS phase
     errors = [

@@ -20,7 +20,9 @@ from .helpers import leaving_loss, small_mlp_objective
 # The analytic toy of DESIGN §6, with its constants as leaves of the loss.
 S0, C, B, ETA, TAU = 1.0, 1.0, 0.1, 0.5, 0.25
 TOY = {"s0": S0, "c": C, "b": B}
-OPTIONS = cf.FlowOptions(tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10))
+OPTIONS = cf.FlowOptions(
+    dfx.Tsit5(), tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10)
+)
 
 
 def toy_loss(w, s0, c, b):
@@ -133,7 +135,9 @@ def test_gradient_through_a_deactivation_matches_finite_differences(bracketed, m
     # Unbracketed, the event is held at its planned time: the vector field is continuous
     # there (it does not depend on X's rank), so the jump that drops is small (measured:
     # η's derivative 1.6e-4 off).
-    options = cf.FlowOptions(tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12))
+    options = cf.FlowOptions(
+        dfx.Tsit5(), tau=TAU, stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12)
+    )
     eig = cf.EigConfig(initial_neigs=1)
 
     def solve(lr, k):
@@ -184,7 +188,9 @@ def test_gradient_through_a_track_event(bracketed, monkeypatch):
     # (1.1e-6 off when bracketed; 2.8e-3 while the jump took f_before δ before the event).
     # Unbracketed (a track event whose condition creeps through the threshold), the
     # event's planned time is held fixed, with a warning, and there is no jump.
-    options = cf.FlowOptions(stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12))
+    options = cf.FlowOptions(
+        dfx.Tsit5(), stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12)
+    )
     w0 = jnp.array([0.1, 0.1, 0.0])
 
     def final(lr):
@@ -211,7 +217,9 @@ def test_mlp_gradient_through_eos_matches_finite_differences():
     # From the gradient-flow point at t = 34, through the EOS onset (≈ 4.8 units later),
     # with respect to η and to the start along a random direction.
     objective, w0 = small_mlp_objective()
-    options = cf.FlowOptions(stepsize_controller=dfx.PIDController(rtol=1e-9, atol=1e-11))
+    options = cf.FlowOptions(
+        dfx.Tsit5(), stepsize_controller=dfx.PIDController(rtol=1e-9, atol=1e-11)
+    )
     eig = cf.EigConfig(tol=1e-10, max_iters=500)
     lr = 0.9
     start = cf.stable_flow(objective, w0, cf.GD(lr), 34, options=options).w[-1]
@@ -236,7 +244,9 @@ def test_rmsprop_gradient_through_eos_matches_finite_differences():
     # ν as `opt_state0`), through the EOS onset: the predicted loss 12 units later w.r.t.
     # η, β₂, ε (P and its derivative enter the eigenvectors' and the SDCP's) and the start.
     objective, w0 = small_mlp_objective()
-    options = cf.FlowOptions(stepsize_controller=dfx.PIDController(rtol=1e-9, atol=1e-11))
+    options = cf.FlowOptions(
+        dfx.Tsit5(), stepsize_controller=dfx.PIDController(rtol=1e-9, atol=1e-11)
+    )
     eig = cf.EigConfig(tol=1e-10, max_iters=500)
     hyper = (0.003, 0.9, 1e-4)
     warm = cf.stable_flow(objective, w0, cf.RMSProp(hyper[0], beta2=hyper[1], eps=hyper[2]), 62)

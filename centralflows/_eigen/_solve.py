@@ -33,7 +33,7 @@ class EigConfig(eqx.Module):
     track_threshold: float = 1.5
     initial_neigs: int = 1
     max_neigs: int = 8
-    tol: float = 1e-5
+    tol: float = 1e-3
     max_iters: int = 100
 
     def __check_init__(self):
