@@ -40,7 +40,7 @@ def _one_of(*options: str) -> _Key:
     )
 
 
-_PROCESSES = ("discrete", "midpoint", "central", "stable")
+_PROCESSES = ("discrete", "midpoint", "central", "central_no_penalty", "stable")
 
 _SCHEMA: dict[str, dict[str, _Key]] = {
     "opt": {
@@ -238,6 +238,15 @@ def check_config(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
         problems.append(
             f"model.name = {_format(cfg['model']['name'])} takes {model.inputs}, but "
             f"data.name = {_format(cfg['data']['name'])} gives {data.inputs}"
+        )
+    processes = cfg["run"]["processes"]
+    ablated = isinstance(processes, list) and "central_no_penalty" in processes
+    if ablated and cfg["opt"]["name"] == "gd":
+        problems.append(
+            'run.processes lists "central_no_penalty", which is undefined for opt.name = "gd": '
+            "GD's preconditioner does not adapt, so without the curvature penalty nothing "
+            'holds S_eff at 2 (GD without the penalty is the "stable" process); use '
+            '"scalar_rmsprop" or "rmsprop"'
         )
     eig = cfg["eig"]
     if (

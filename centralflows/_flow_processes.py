@@ -23,7 +23,16 @@ from ._eigen import (
     refresh_tracking,
 )
 from ._events import ArmedEvents, Event, EventKind
-from ._flows import Basis, CentralFlow, FlowState, StableFlow, hessian_rows, ritz_pairs, used_rows
+from ._flows import (
+    Basis,
+    CentralFlow,
+    FlowState,
+    StableFlow,
+    check_penalty_free,
+    hessian_rows,
+    ritz_pairs,
+    used_rows,
+)
 from ._integrate import FlowOptions, Segment, integrate_segment
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
@@ -127,6 +136,13 @@ class AbstractFlowProcess(eqx.Module):
 
     def p_diag(self, y: FlowState) -> Vector:
         return _p_diag(self.optimizer, y)
+
+    @classmethod
+    def check_optimizer(cls, optimizer: AbstractOptimizer) -> None:
+        """Raise `ValueError` where this flow is undefined for `optimizer` (called by
+        `cf.run` before any computation); every flow is defined for every optimizer
+        unless it says otherwise."""
+        del optimizer
 
     def refresh(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
         """Recompute `tracking` at the current point by warm-started LOBPCG."""
@@ -528,7 +544,28 @@ class CentralFlowProcess(AbstractFlowProcess):
         return record
 
 
+class CentralNoPenaltyFlowProcess(CentralFlowProcess):
+    """The central flow without its implicit curvature penalty (`CentralFlow` with
+    `penalty=False`): Σ still holds the stability constraint, through the optimizer
+    state alone. Refused for GD (see `check_penalty_free`)."""
+
+    name: ClassVar[str] = "central_no_penalty"
+
+    def __check_init__(self):
+        self.check_optimizer(self.optimizer)
+
+    @classmethod
+    def check_optimizer(cls, optimizer: AbstractOptimizer) -> None:
+        check_penalty_free(optimizer)
+
+    def field(self, num_critical: Count) -> CentralFlow:
+        return CentralFlow(
+            self.objective, self.optimizer, self.options.tau, num_critical, penalty=False
+        )
+
+
 FLOW_PROCESSES: dict[str, type[AbstractFlowProcess]] = {
     "central": CentralFlowProcess,
+    "central_no_penalty": CentralNoPenaltyFlowProcess,
     "stable": StableFlowProcess,
 }

@@ -9,7 +9,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
 from ._eigen import below, preconditioner_diagonal
 from ._objective import Objective
-from ._optimizers import AbstractOptimizer
+from ._optimizers import GD, AbstractOptimizer
 from ._sdcp import SDCPSolution, pad_sdcp, sdcp_solve
 
 Vector = Float[Array, " n"]
@@ -112,6 +112,21 @@ def ritz_at(
     return ritz_pairs(hessian_rows(objective, y.w, basis, used), basis, p_diag, used)
 
 
+def check_penalty_free(optimizer: AbstractOptimizer) -> None:
+    """Refuse the central flow without its curvature penalty for `optimizer` where it
+    is undefined: with GD's fixed preconditioner, X reaches `dM/dt` only through the
+    penalty, so without it `B = 0` and the stability constraint cannot be held."""
+    if isinstance(optimizer, GD):
+        raise ValueError(
+            "The central flow without its curvature penalty (`central_no_penalty`) is "
+            "undefined for GD: GD's preconditioner I/η does not depend on the gradient, "
+            "so without the penalty ½∇⟨H, Σ⟩ the oscillation cannot lower the effective "
+            "sharpness (B = 0) and S_eff cannot be held at 2. Without the penalty GD "
+            "follows gradient flow: run the `stable` process. The ablation needs an "
+            "adaptive optimizer (ScalarRMSProp, RMSProp)."
+        )
+
+
 class CentralTerms(eqx.Module):
     """Everything the central flow computes at one point (for logging and predictions)."""
 
@@ -143,6 +158,15 @@ class CentralFlow(eqx.Module):
     `⟨X, α + B[X]⟩ = 0`, where `dM/dt = a + B[X]` for `M = Uᵀ(2P − H)U` and
     `α = a + M/τ` (Baumgarte relaxation with time constant `tau`).
 
+    With `penalty=False` the implicit curvature penalty `½∇⟨H, Σ⟩` is left out of
+    `dw/dt` (the paper's ablation of "acceleration via regularization") while `X` still
+    solves the SDCP: `X` then reaches `dM/dt` only through `ds/dt`, i.e. through the
+    preconditioner, `B[X] = 2 Uᵀ (∂P/∂s)[½∇²_g f[HΣH]] U`. An adaptive preconditioner
+    (Scalar RMSProp, RMSProp) still holds `S_eff ≤ 2` by growing ν ("implicit step size
+    selection" without the regularization); for GD `B = 0` and the constraint cannot be
+    held, so `penalty=False` with `GD` is refused (its penalty-free flow is the stable
+    flow).
+
     ??? cite "Reference"
         ```bibtex
         @inproceedings{cohen2025central,
@@ -158,6 +182,11 @@ class CentralFlow(eqx.Module):
     optimizer: AbstractOptimizer
     tau: float | Scalar
     num_critical: int | Int[Array, ""]  # at most the basis's rows; may be traced
+    penalty: bool = eqx.field(default=True, static=True)
+
+    def __check_init__(self):
+        if not self.penalty:
+            check_penalty_free(self.optimizer)
 
     def terms(self, y: FlowState, basis: Basis) -> CentralTerms:
         """All terms of the central flow at `y`, with the critical space from `basis`.
@@ -200,7 +229,8 @@ class CentralFlow(eqx.Module):
 
         def rates(x):
             """(dw/dt, ds/dt, dM/dt) for a given X: affine in X."""
-            dw = -(grad + 0.5 * jnp.einsum("ij,ijn->n", x, third)) / p_diag
+            penalty = 0.5 * jnp.einsum("ij,ijn->n", x, third) if self.penalty else 0
+            dw = -(grad + penalty) / p_diag
             ds = jtu.tree_map(
                 lambda d0, d2: d0 + jnp.einsum("ij,ij...->...", x, d2), base_drift, drift_pairs
             )

@@ -22,12 +22,19 @@ if TYPE_CHECKING:
 
 _THRESHOLD = "threshold"  # the gid of the stability threshold's line
 _CLIP = 2.5  # the sharpness panel's y axis ends at most this many thresholds up
-_PROCESSES = ("discrete", "midpoint", "central", "stable")
-_COLORS = {"discrete": "0.15", "midpoint": "tab:green", "central": "tab:blue", "stable": "tab:red"}
+_PROCESSES = ("discrete", "midpoint", "central", "central_no_penalty", "stable")
+_COLORS = {
+    "discrete": "0.15",
+    "midpoint": "tab:green",
+    "central": "tab:blue",
+    "central_no_penalty": "tab:purple",
+    "stable": "tab:red",
+}
 _NAMES = {
     "discrete": "discrete",
     "midpoint": "midpoint",
     "central": "central flow",
+    "central_no_penalty": "central flow, no penalty",
     "stable": "stable flow",
 }
 _INSTALL = "pip install 'centralflows[figures]'"
@@ -219,7 +226,13 @@ def _step_size(ax: "Axes", view: _View) -> None:
 
 def _outputs(ax: "Axes", view: _View) -> None:
     """The network's outputs on the first training example, one colour per output."""
-    styles = {"discrete": "-", "midpoint": "-.", "central": "--", "stable": ":"}
+    styles = {
+        "discrete": "-",
+        "midpoint": "-.",
+        "central": "--",
+        "central_no_penalty": (0, (5, 1, 1, 1)),
+        "stable": ":",
+    }
     for p in view.processes("train_outputs"):
         outputs = view.values(p, "train_outputs")[:, 0]
         for j in range(outputs.shape[1]):

@@ -45,7 +45,7 @@ from ._stop import StopReason, describe_stop, is_failure, stop_code, stop_messag
 
 _PACKAGES = ("centralflows", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix")
 _PACKAGES += ("numpy", "h5py")
-_ALL_PROCESSES = ("discrete", "midpoint", "central", "stable")
+_ALL_PROCESSES = ("discrete", "midpoint", "central", "central_no_penalty", "stable")
 
 
 def package_versions() -> dict[str, str]:
@@ -220,6 +220,9 @@ def _cross_process(records: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[
         }
         if not out["deltas"]:
             del out["deltas"]
+    for record in records.values():  # another flow's (`central_no_penalty`): unused
+        for field in [field for field in record if field.startswith("_")]:
+            del record[field]
     return out
 
 
@@ -487,10 +490,13 @@ def run(
     - `w0`: initial parameters (any pytree).
     - `optimizer`: e.g. `GD(lr=0.1)`, `RMSProp(lr=1e-3, beta2=0.99)`.
     - `steps`: number of optimizer steps (when resuming, default: the file's).
-    - `processes`: any of `"discrete"`, `"midpoint"`, `"central"`, `"stable"`.
+    - `processes`: any of `"discrete"`, `"midpoint"`, `"central"`,
+      `"central_no_penalty"` (the central flow without its curvature penalty; not for
+      GD), `"stable"`.
     - `eig`: eigen-tracking settings.
     - `save_w_every`: also store the (flat) parameters every this many steps.
-    - `central`, `stable`: how the central and stable flows are integrated.
+    - `central`, `stable`: how the central (and `central_no_penalty`) and stable flows
+      are integrated.
     - `out`: the run file to write (`None`: a temporary file, read back and deleted).
     - `overwrite`: replace an existing `out`.
     - `chunk`: steps per compiled chunk.
@@ -548,6 +554,9 @@ def run(
             f"`divergence_factor` must be a number > 1 or None, got {divergence_factor!r}."
         )
     names = _check_processes(processes)
+    for name in names:
+        if name in FLOW_PROCESSES:
+            FLOW_PROCESSES[name].check_optimizer(optimizer)
     if out is not None:
         check_writable(out)  # before any computation
     enable_compilation_cache(compilation_cache)
@@ -564,7 +573,7 @@ def run(
             "processes": list(names),
             "optimizer": repr(optimizer),
             "eig": dataclasses.asdict(eig),
-            "central": repr(central) if "central" in names else None,
+            "central": repr(central) if {"central", "central_no_penalty"} & set(names) else None,
             "stable": repr(stable) if "stable" in names else None,
             "dtype": str(w.dtype),
             "num_params": int(w.size),
@@ -598,7 +607,7 @@ def run(
         w, opt_state = _warm_start(objective, optimizer, w, opt_state, warm_start)
 
     scanned = tuple(PROCESSES[n](objective, optimizer, eig) for n in names if n in PROCESSES)
-    options = {"central": central, "stable": stable}
+    options = {"central": central, "central_no_penalty": central, "stable": stable}
     flows = tuple(
         FLOW_PROCESSES[n](objective, optimizer, eig, options[n])
         for n in names

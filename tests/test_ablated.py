@@ -1,0 +1,107 @@
+"""The central flow without its curvature penalty, and RMSProp's stationary ν."""
+
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+import pytest
+import scipy.optimize
+
+import centralflows as cf
+from centralflows._config import ConfigError, load_config
+from centralflows._flows import CentralFlow, FlowState
+from centralflows._stationary import stationary_nu
+
+from .helpers import small_mlp_objective
+
+# The toy L = ½ a(y) x² + b y, a(y) = s0 − c y, at x = 0 under Scalar RMSProp (eps = 0),
+# where H = diag(a, 0), ∇L = (0, b), P = √ν/η and the effective sharpness is λ = a q,
+# q = η/√ν. With u = √q eₓ (uᵀPu = 1), Σ = X u uᵀ and c₂ = (1 − β₂)/β₂:
+#   dν/dt = c₂(b² + a² q X − ν),  dy/dt = −q(b − ½ c q X)  (no penalty: −q b),
+#   dM/dt = dν/ν + c q dy/dt  (M = 2 − λ),
+# so α = c₂(b² − ν)/ν − c q² b + (2 − λ)/τ and B = c₂ a² q/ν + ½ c² q³ (no penalty:
+# c₂ a² q/ν), X = max(0, −α/B).
+S0, C, B, ETA, BETA2, TAU = 1.0, 1.0, 0.1, 0.05, 0.9, 0.25
+C2 = (1 - BETA2) / BETA2
+
+
+def toy_loss(w):
+    return 0.5 * (S0 - C * w[1]) * w[0] ** 2 + B * w[1]
+
+
+def toy_closed_form(y, nu, penalty):
+    a, q = S0 - C * y, ETA / np.sqrt(nu)
+    alpha = C2 * (B**2 - nu) / nu - C * q**2 * B + (2 - a * q) / TAU
+    operator = C2 * a**2 * q / nu + (0.5 * C**2 * q**3 if penalty else 0)
+    x = max(0.0, -alpha / operator)
+    dy = -q * (B - (0.5 * C * q * x if penalty else 0))
+    return x, dy, C2 * (B**2 + a**2 * q * x - nu)
+
+
+def toy_point(y, nu):
+    objective = cf.Objective.from_function(toy_loss, jnp.zeros(2))
+    optimizer = cf.ScalarRMSProp(lr=ETA, beta2=BETA2)
+    w = jnp.array([0.0, y])
+    state = optimizer.init(w, objective.grad(w))
+    state = type(state)(state.count, jnp.asarray(nu))
+    return objective, optimizer, FlowState(w, state)
+
+
+@pytest.mark.parametrize("penalty", [True, False])
+def test_toy_vector_field_is_the_closed_form(penalty):
+    # λ = η a/√ν = 0.05 · 2.5/0.06 ≈ 2.08: past the edge, X > 0.
+    objective, optimizer, y = toy_point(-1.5, 0.0036)
+    flow = CentralFlow(objective, optimizer, TAU, 1, penalty=penalty)
+    terms = flow.terms(y, jnp.array([[1.0, 0.0], [0.0, 0.0]]))
+    x, dy, dnu = toy_closed_form(-1.5, 0.0036, penalty)
+    assert x > 0
+    # B is regularized by 1e-10 relative (sdcp_solve): agreement to ~1e-9.
+    np.testing.assert_allclose(terms.X[0, 0], x, rtol=1e-8)
+    np.testing.assert_allclose(terms.derivative.w, [0.0, dy], rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(terms.derivative.opt_state.nu, dnu, rtol=1e-8)
+
+
+@pytest.mark.parametrize("penalty", [True, False])
+def test_toy_stationary_nu_is_the_root_of_the_closed_form(penalty):
+    objective, optimizer, y = toy_point(-1.5, 0.0036)
+    flow = CentralFlow(objective, optimizer, TAU, 1, penalty=penalty)
+    solution = stationary_nu(flow, y, jnp.array([[1.0, 0.0], [0.0, 0.0]]))
+    assert solution.result == optx.RESULTS.successful
+    assert float(solution.residual) < 1e-10
+    # dν/dt = 0 in the closed form: an independent scalar root (brentq).
+    root = scipy.optimize.brentq(lambda nu: toy_closed_form(-1.5, nu, penalty)[2], B**2, 1.0)
+    np.testing.assert_allclose(solution.nu, root, rtol=1e-8)
+    # And the flow's own ν drift vanishes there.
+    y_bar = FlowState(y.w, type(y.opt_state)(y.opt_state.count, solution.nu))
+    drift = flow.terms(y_bar, jnp.array([[1.0, 0.0], [0.0, 0.0]])).derivative.opt_state.nu
+    assert abs(float(drift)) < 1e-10 * C2 * float(solution.nu)
+
+
+def test_the_ablated_flow_is_refused_for_gd_before_any_computation(monkeypatch, tmp_path):
+    objective = cf.Objective.from_function(toy_loss, jnp.zeros(2))
+    with pytest.raises(ValueError, match="undefined for GD.*`stable`"):
+        CentralFlow(objective, cf.GD(0.1), TAU, 1, penalty=False)
+    monkeypatch.setattr(
+        "centralflows._run._check_start", lambda *a: pytest.fail("computed before refusing")
+    )
+    with pytest.raises(ValueError, match="undefined for GD"):
+        cf.run(toy_loss, jnp.zeros(2), cf.GD(0.1), steps=5, processes=["central_no_penalty"])
+    config = tmp_path / "gd.toml"
+    config.write_text('[opt]\nname = "gd"\nlr = 0.1\n[problem]\nname = "toy"\n')
+    with pytest.raises(ConfigError, match='"central_no_penalty", which is undefined'):
+        load_config(config, ['run.processes=["central_no_penalty"]'])
+
+
+def test_the_ablated_rmsprop_flow_holds_the_edge_of_stability():
+    objective, w0 = small_mlp_objective()
+    optimizer = cf.RMSProp(lr=0.003, beta2=0.9, eps=1e-8)
+    run = cf.run(
+        objective, w0, optimizer, steps=80, processes=["central_no_penalty"], progress=False
+    )
+    flow = run["central_no_penalty"]
+    onset = float(flow["eos_time"][-1])
+    assert np.isfinite(onset) and onset < 70
+    # Without the penalty, ν alone holds the constraint: S_eff stays at 2.
+    after = flow["effective_hessian_eigs"][int(onset) + 5 :, 0]
+    assert np.median(np.abs(after - 2)) < 0.01
+    assert np.all(flow["sdcp_residual"][np.isfinite(flow["sdcp_residual"])] < 1e-8)
+    assert np.all(np.isfinite(flow["train_loss"]))
