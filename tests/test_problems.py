@@ -34,6 +34,9 @@ def test_toy_is_the_toy_of_the_flow_tests(getkey):
 FAST_TOY = Toy(s0=3.0, b=0.1, c=1.0)
 
 
+# 26 s. test_flows.py's toy tests check the same onset, rest point, variance and predicted
+# loss on the same loss, which test_toy_is_the_toy_of_the_flow_tests ties to `Toy`.
+@pytest.mark.slow
 def test_toy_central_flow_onset_and_rest():
     toy = FAST_TOY
     t_star = toy.onset_time(ETA)
