@@ -37,6 +37,7 @@ from centralflows._processes import Discrete, grow  # noqa: E402
 from centralflows._run import _advance_chunk  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+NO_LIMIT = jnp.asarray(jnp.inf)  # no loss limit: only a non-finite loss stops a process
 
 
 def main():
@@ -71,15 +72,23 @@ def main():
     discrete = (Discrete(objective, optimizer, eig),)
     states = (discrete[0].init(w_start, jr.key(1)),)
     for _ in range(3):  # let the tracked set grow to its EOS size
-        states, _ = _advance_chunk(discrete, states, jnp.asarray(0), jnp.asarray(10**6), 10)
+        states, _ = _advance_chunk(
+            discrete, states, jnp.asarray(0), jnp.asarray(10**6), 10, NO_LIMIT
+        )
         states = (grow(discrete[0], states[0]),)
     (_, _), compile_discrete = timed(
-        _advance_chunk, discrete, states, jnp.asarray(0), jnp.asarray(10**6), 10
+        _advance_chunk, discrete, states, jnp.asarray(0), jnp.asarray(10**6), 10, NO_LIMIT
     )
     times, hvp_counts = [], []
     for i in range(args.units // 10 + 1):
         (states, records), dt = timed(
-            _advance_chunk, discrete, states, jnp.asarray(10 * i), jnp.asarray(10**6), 10
+            _advance_chunk,
+            discrete,
+            states,
+            jnp.asarray(10 * i),
+            jnp.asarray(10**6),
+            10,
+            NO_LIMIT,
         )
         times.append(dt / 10)
         hvp_counts.append(float(np.nanmean(records["discrete"]["eig_hvps"])))
