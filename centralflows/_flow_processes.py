@@ -26,6 +26,7 @@ from ._events import ArmedEvents, Event, EventKind
 from ._flows import (
     Basis,
     CentralFlow,
+    CentralTerms,
     FlowState,
     StableFlow,
     check_penalty_free,
@@ -275,19 +276,45 @@ class AbstractFlowProcess(eqx.Module):
         self, events: ArmedEvents, num_critical: Count
     ) -> Callable[[FlowState, Basis], Float[Array, " s"]]:
         """`(y, basis) -> c`, entry i rising through 0 where the event in slot i
-        (`slots`) happens, and -inf where that slot is disarmed. The Ritz and track slots
-        come from one batch of Hessian-vector products, the rank slots from one SDCP
-        branch."""
+        (`slots`) happens, and -inf where that slot is disarmed. While a rank slot is
+        armed, the flow's terms give the Ritz values and one SDCP branch the rank margins
+        (one more product gives the track slot's); otherwise one batch of Hessian-vector
+        products gives the Ritz and track values."""
         slots = self.slots(num_critical)
 
         def values(y, basis):
-            spans = jnp.concatenate([basis, events.track_vectors])
-            used = used_rows(spans)
-            products = hessian_rows(self.objective, y.w, spans, used)
             p_diag, m = self.p_diag(y), len(basis)
-            ritz = ritz_pairs(products[:m], basis, p_diag, used[:m]).values
-            track = ritz_pairs(products[m:], events.track_vectors, p_diag).values[0]
-            index = jnp.minimum(self.ritz_index(num_critical), jnp.sum(used[:m]) - 1)
+
+            def track_value(vectors_products):
+                return ritz_pairs(vectors_products, events.track_vectors, p_diag).values[0]
+
+            def from_products():
+                """Ritz and track values from one batch of products, no rank margins."""
+                spans = jnp.concatenate([basis, events.track_vectors])
+                used = used_rows(spans)
+                products = hessian_rows(self.objective, y.w, spans, used)
+                ritz = ritz_pairs(products[:m], basis, p_diag, used[:m]).values
+                return ritz, track_value(products[m:]), jnp.full(m, -jnp.inf, y.w.dtype)
+
+            if "activate" not in slots:
+                ritz, track, _ = from_products()
+            else:
+
+                def from_terms():
+                    """The rank margins, and the Ritz values the terms computed anyway."""
+                    terms = self.field(num_critical).terms(y, basis)
+                    margins = self._margins(terms, basis, num_critical, events.rank)
+                    track_used = used_rows(events.track_vectors)
+                    products = hessian_rows(self.objective, y.w, events.track_vectors, track_used)
+                    return terms.ritz.values, track_value(products), margins
+
+                # The rank slots are armed only while something is critical, when the
+                # terms' Ritz pairs span the whole basis.
+                rank_armed = (
+                    events.armed[slots.index("activate")] | events.armed[slots.index("deactivate")]
+                )
+                ritz, track, margins = jax.lax.cond(rank_armed, from_terms, from_products)
+            index = jnp.minimum(self.ritz_index(num_critical), jnp.sum(used_rows(basis)) - 1)
             out = {
                 "ritz": ritz[index] - events.threshold,
                 "track": track - events.track_threshold,
@@ -295,12 +322,6 @@ class AbstractFlowProcess(eqx.Module):
             if "activate" in slots:
                 # z_{r+1} rises through 0 as X gains a direction, z_r falls as it loses one.
                 rank = events.rank
-                armed = events.armed[slots.index("activate")]
-                margins = jax.lax.cond(
-                    armed | events.armed[slots.index("deactivate")],
-                    lambda: self.rank_margins(y, basis, num_critical, rank),
-                    lambda: jnp.full(m, -jnp.inf, y.w.dtype),
-                )
                 out["activate"] = margins[jnp.minimum(rank, num_critical - 1)]
                 out["deactivate"] = -margins[jnp.maximum(rank - 1, 0)]
             value = jnp.stack([out[slot] for slot in slots])
@@ -511,7 +532,13 @@ class CentralFlowProcess(AbstractFlowProcess):
         `rank` (default: at its solution): while X has rank r, the r first are positive
         and the rest negative. With r = 0 the first is `−λ_min(α)`, positive once X = 0
         no longer solves the SDCP (the EOS onset)."""
-        terms = self.field(num_critical).terms(y, basis)
+        return self._margins(self.field(num_critical).terms(y, basis), basis, num_critical, rank)
+
+    @staticmethod
+    def _margins(
+        terms: CentralTerms, basis: Basis, num_critical: Count, rank: int | Int[Array, ""] | None
+    ) -> Float[Array, " k"]:
+        """`rank_margins` from the terms at `y`."""
         x = terms.X if rank is None else rank_branch(terms.alpha, terms.operator, rank, terms.X)
         critical = jnp.arange(len(basis)) < num_critical
         return complementarity_margins(x, terms.alpha, terms.operator, critical)
