@@ -112,6 +112,13 @@ def ritz_at(
     return ritz_pairs(hessian_rows(objective, y.w, basis, used), basis, p_diag, used)
 
 
+def half_mixed_derivative(f, x: Vector, h_a: Vector, h_b: Vector) -> PyTree:
+    """`½ ∂²/∂a∂b f(x + a h_a + b h_b)` at `a = b = 0`, by forward mode: summed against
+    `E[δ_a δ_b]`, the second-order mean of `f(x + δ)` beyond `f(x)`."""
+    inner = lambda a: jax.jvp(lambda b: f(x + a * h_a + b * h_b), (0.0,), (1.0,))[1]
+    return jtu.tree_map(lambda v: v / 2, jax.jvp(inner, (0.0,), (1.0,))[1])
+
+
 def check_penalty_free(optimizer: AbstractOptimizer) -> None:
     """Refuse the central flow without its curvature penalty for `optimizer` where it
     is undefined: with GD's fixed preconditioner, X reaches `dM/dt` only through the
@@ -218,12 +225,8 @@ class CentralFlow(eqx.Module):
         third = third.at[cols, rows].set(pairs)
 
         drift = lambda g: self.optimizer.drift(s, g)
-
-        def second_order_drift(h_i, h_j):
-            # ½ ∂²/∂a∂b f(s, g + a h_i + b h_j): the E_δ correction for g → g + Hδ.
-            inner = lambda a: jax.jvp(lambda b: drift(grad + a * h_i + b * h_j), (0.0,), (1.0,))[1]
-            return jtu.tree_map(lambda x: x / 2, jax.jvp(inner, (0.0,), (1.0,))[1])
-
+        # ½ ∂²/∂a∂b f(s, g + a h_i + b h_j): the E_δ correction for g → g + Hδ.
+        second_order_drift = lambda h_i, h_j: half_mixed_derivative(drift, grad, h_i, h_j)
         drift_pairs = jax.vmap(jax.vmap(second_order_drift, (None, 0)), (0, None))(hu, hu)
         base_drift = drift(grad)
 

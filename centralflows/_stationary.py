@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Float, Scalar
 
-from ._flows import Basis, CentralFlow, FlowState, hessian_rows
+from ._flows import Basis, CentralFlow, FlowState, half_mixed_derivative, hessian_rows
 from ._optimizers import AbstractOptimizer, RMSProp, ScalarRMSProp
 
 Vector = Float[Array, " n"]
@@ -32,11 +32,7 @@ def _mean_square(optimizer, grad: Vector, hessian_basis: Float[Array, "m n"], y:
     """`E[g²]` for `g = ∇L + Hδ`, `E δδᵀ = Bᵀ Y B` with `B` the basis: `g²` (Scalar
     RMSProp: `‖g‖²`) plus `½∇²(g²)[HΣH] = Σ_ab Y_ab ½∂_a∂_b (g²)` along `H b_a, H b_b`."""
     square = optimizer._square  # the quantity ν averages
-
-    def second(h_a, h_b):
-        inner = lambda a: jax.jvp(lambda b: square(grad + a * h_a + b * h_b), (0.0,), (1.0,))[1]
-        return jax.jvp(inner, (0.0,), (1.0,))[1] / 2
-
+    second = lambda h_a, h_b: half_mixed_derivative(square, grad, h_a, h_b)
     pairs = jax.vmap(jax.vmap(second, (None, 0)), (0, None))(hessian_basis, hessian_basis)
     return square(grad) + jnp.einsum("ab,ab...->...", y, pairs)
 
