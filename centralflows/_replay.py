@@ -251,16 +251,10 @@ def _unit(
     y: FlowState,
     times: tuple[Scalar, Scalar, Scalar],
     num_critical: Count,
-    tracked: Basis,
-    basis: Basis | None,
-    critical: bool,
+    basis: Basis,
 ) -> FlowState:
-    """Integrate an event-free segment from `y` over `times = (t0, t1, dt)`, in `basis`
-    (default: the `tracked` basis, differentiated at `y` where the vector field uses it,
-    which is where some direction is `critical`)."""
+    """Integrate an event-free segment from `y` over `times = (t0, t1, dt)` in `basis`."""
     t0, t1, dt = times
-    if basis is None:
-        basis = _basis(process, y, tracked) if critical else tracked
     return process.segment(y, dt, basis, t0, t1, num_critical, None).y
 
 
@@ -289,7 +283,12 @@ def replay(
         if segment.event is None:
             span = (jnp.asarray(segment.t0), jnp.asarray(segment.t1), segment.dt)
             k = segment.num_critical
-            y = _unit(process, y, span, critical_count(k), segment.basis, basis, k > 0)
+            if basis is None:
+                # Differentiated at `y` where the vector field uses it (something is
+                # critical); either way computed here, so that one program serves both a
+                # basis carried across an event and one made at the segment's start.
+                basis = _basis(process, y, segment.basis) if k > 0 else segment.basis
+            y = _unit(process, y, span, critical_count(k), basis)
             basis = None
             continue
         if basis is None:

@@ -562,6 +562,7 @@ def run(
     enable_compilation_cache(compilation_cache)
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, _ = jfu.ravel_pytree(w0)
+    w = w.astype(w.dtype)  # not weak-typed (`jnp.array(0.0)`), or each program compiles twice
     objective.check_params(w)
     loss0, opt_state = _check_start(objective, optimizer, w, warm_start + (steps or 0) + 1)
     key = jr.key(0) if key is None else key

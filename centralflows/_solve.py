@@ -131,6 +131,7 @@ def prepare(
     unravelling, checked against each other (parameter count, dtype, `opt_state0`)."""
     objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
     w, unravel = jfu.ravel_pytree(w0)
+    w = w.astype(w.dtype)  # not weak-typed (`jnp.array(0.0)`), or each program compiles twice
     objective.check_params(w)
     objective, optimizer = _scalars_as_arrays((objective, optimizer), w.dtype)
     if opt_state0 is not None:
