@@ -81,8 +81,14 @@ def _pairs(names: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def _nan_like(f: Callable, *args) -> PyTree:
-    """NaN arrays shaped like what `f(*args)` returns, without computing it."""
-    return jtu.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), jax.eval_shape(f, *args))
+    """Arrays shaped like what `f(*args)` returns, without computing it: NaN, or zero
+    where the dtype has no NaN (counts of work, such as eigensolver iterations, done by
+    a step that was skipped)."""
+
+    def fill(s):
+        return jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0, s.dtype)
+
+    return jtu.tree_map(fill, jax.eval_shape(f, *args))
 
 
 @eqx.filter_jit

@@ -228,6 +228,7 @@ def test_a_diverging_process_stops_and_the_others_go_on():
     assert np.all(np.isfinite(discrete["train_loss"][:stop]))
     assert not np.isfinite(discrete["train_loss"][stop])  # the step that diverged, as is
     assert np.all(np.isnan(discrete["train_loss"][stop + 1 :]))
+    assert np.all(np.isnan(discrete["eig_hvps"][stop + 1 :]))  # no work, and no cast garbage
     assert np.all(np.isnan(result["distances"]["discrete-stable"][stop + 1 :]))
     # The stable flow goes on to the end: dw/dt = −w³, so w(t) = w0 / √(1 + 2 w0² t).
     assert np.all(np.isnan(stable["stop_reason"]))
