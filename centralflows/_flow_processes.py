@@ -176,14 +176,24 @@ class AbstractFlowProcess(eqx.Module):
     def field(self, num_critical: Count) -> CentralFlow | StableFlow:
         """The vector field with `num_critical` critical directions."""
 
+    def critical_size(self, state: FlowProcessState) -> int:
+        """How many tracked directions are critical (from concrete eigenvalues)."""
+        del state
+        return 0
+
     @abc.abstractmethod
     def plan(
-        self, state: FlowProcessState, now: float, fired: Event | None = None
+        self,
+        state: FlowProcessState,
+        now: float,
+        fired: Event | None = None,
+        margins: Float[Array, " k"] | None = None,
     ) -> tuple[FlowProcessState, int, tuple[Event, ...]]:
         """From concrete eigenvalues at time `now`, just after the event `fired` (if
         any): `(state, num_critical, events)`, where `state` may record an onset that is
         already under way, and `events` are the events armed for the next segment, which
-        ends at the first of them (at most one per slot of `slots`)."""
+        ends at the first of them (at most one per slot of `slots`). `margins`: the
+        SDCP's rank margins at `state` where `point_terms` gave them."""
 
     @abc.abstractmethod
     def slots(self, num_critical: int) -> tuple[str, ...]:
@@ -244,13 +254,23 @@ class AbstractFlowProcess(eqx.Module):
         """What is logged about the point `y` (compiled once per basis width: the
         critical-set size is data)."""
 
-    def observe(self, state: FlowProcessState, num_critical: int) -> dict[str, np.ndarray]:
+    def point_terms(
+        self, y: FlowState, basis: Basis, num_critical: Count
+    ) -> tuple[Record, Float[Array, " k"] | None]:
+        """`point_record` at `y`, and what `plan` needs from the same terms (the central
+        flow's rank margins; `None` here)."""
+        return self.point_record(y, basis, num_critical), None
+
+    def observe(
+        self, state: FlowProcessState, num_critical: int, point: Record | None = None
+    ) -> dict[str, np.ndarray]:
         """Everything logged at the current time (compiled per basis width only: the
         critical-set size is data, and the tracked set's size enters outside the
-        compiled part)."""
-        basis = self.basis(state, num_critical)
-        record = self.point_record(state.y, basis, critical_count(num_critical))
-        record.update(_state_record(state, self.p_diag(state.y)))
+        compiled part), from `point` (the `point_record` at `state`) where given."""
+        if point is None:
+            basis = self.basis(state, num_critical)
+            point = self.point_record(state.y, basis, critical_count(num_critical))
+        record = {**point, **_state_record(state, self.p_diag(state.y))}
         return {name: np.asarray(value) for name, value in record.items()}
 
     @eqx.filter_jit
@@ -348,8 +368,10 @@ class AbstractFlowProcess(eqx.Module):
         **Returns:** `(state, num_critical, events, record)`.
         """
         state = grow(self, self.refresh(state, state.tracking))
-        state, k, events = self.plan(state, t)
-        return state, k, events, self.observe(state, k)
+        k = self.critical_size(state)
+        point, margins = self.point_terms(state.y, self.basis(state, k), critical_count(k))
+        state, k, events = self.plan(state, t, margins=margins)
+        return state, k, events, self.observe(state, k, point)
 
     def advance_unit(
         self,
@@ -357,9 +379,10 @@ class AbstractFlowProcess(eqx.Module):
         t: float,
         trace: list | None = None,
         end: float | None = None,
+        observed: tuple[FlowProcessState, int, tuple[Event, ...], Record] | None = None,
     ) -> tuple[FlowProcessState, Vector, Record]:
         """Log time `t` and integrate to `end` (default `t + 1`), re-planning at every
-        event.
+        event; `observed` is `observe_now(state, t)` where the caller has it already.
 
         With a list `trace`, every integrated segment is appended to it as a
         `PlannedSegment` (what a replay needs to retrace the unit differentiably).
@@ -373,7 +396,7 @@ class AbstractFlowProcess(eqx.Module):
             record = {n: v if n in kept else np.full_like(v, np.nan) for n, v in record.items()}
             record.update({n: np.asarray(np.nan) for n in _SOLVER_STATS})
             return state, jnp.full_like(state.y.w, jnp.nan), record
-        state, k, events, record = self.observe_now(state, t)
+        state, k, events, record = observed or self.observe_now(state, t)
         position = state.y.w
         steps = rejected = segments = 0
         now, end = float(t), float(t + 1 if end is None else end)
@@ -437,8 +460,8 @@ class StableFlowProcess(AbstractFlowProcess):
         del num_critical
         return StableFlow(self.objective, self.optimizer)
 
-    def plan(self, state, now, fired=None):
-        del fired
+    def plan(self, state, now, fired=None, margins=None):
+        del fired, margins
         # A crossing already past when planned is recorded now: an event cannot fire on a
         # segment's first step.
         sharpness = float(np.asarray(state.tracking.effective.values)[0])
@@ -475,10 +498,14 @@ class CentralFlowProcess(AbstractFlowProcess):
     def field(self, num_critical: Count) -> CentralFlow:
         return CentralFlow(self.objective, self.optimizer, self.options.tau, num_critical)
 
-    def plan(self, state, now, fired=None):
+    def critical_size(self, state):
         values = np.asarray(state.tracking.effective.values)  # NaN past the tracked count
+        return int(np.sum(above_threshold(values, self.options.sdcp_threshold)))
+
+    def plan(self, state, now, fired=None, margins=None):
+        values = np.asarray(state.tracking.effective.values)
         count = int(state.tracking.effective.count)
-        k = int(np.sum(above_threshold(values, self.options.sdcp_threshold)))
+        k = self.critical_size(state)
         if k == count >= self.eig.max_neigs:
             warnings.warn(
                 f"All eig.max_neigs = {self.eig.max_neigs} tracked eigenvalues are critical "
@@ -489,7 +516,7 @@ class CentralFlowProcess(AbstractFlowProcess):
             )
         events = []
         if k >= 1:
-            rank = self.active_rank(state, k, fired)
+            rank = self.active_rank(state, k, fired, margins)
             if rank >= 1 and np.isnan(float(state.eos_time)):
                 # Already active (an event cannot fire on a segment's first step): onset now.
                 state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(now, values.dtype))
@@ -509,43 +536,51 @@ class CentralFlowProcess(AbstractFlowProcess):
     def ritz_index(self, num_critical):
         return num_critical  # the first Ritz value outside the critical set
 
-    def active_rank(self, state: FlowProcessState, num_critical: int, fired: Event | None) -> int:
+    def active_rank(
+        self,
+        state: FlowProcessState,
+        num_critical: int,
+        fired: Event | None,
+        margins: Float[Array, " k"] | None = None,
+    ) -> int:
         """The SDCP's active rank (the rank of X) for the next segment: one more or less
         than before a rank event that just `fired` (X's new direction is at 0 there, on
-        either side as rounding goes), else the count of positive margins."""
+        either side as rounding goes), else the count of positive `margins` (computed
+        here unless given)."""
         if fired is not None and fired.kind.changes_rank:
             step = -1 if fired.kind is EventKind.deactivate else 1
             return min(max(fired.rank + step, 0), num_critical)
-        basis = self.basis(state, num_critical)
-        margins = self.rank_margins(state.y, basis, critical_count(num_critical))
+        if margins is None:  # the observation's program, so that no other one compiles
+            basis = self.basis(state, num_critical)
+            _, margins = self.point_terms(state.y, basis, critical_count(num_critical))
         return int(np.sum(np.asarray(margins) > 0))
-
-    @eqx.filter_jit
-    def rank_margins(
-        self,
-        y: FlowState,
-        basis: Basis,
-        num_critical: Count,
-        rank: int | Int[Array, ""] | None = None,
-    ) -> Float[Array, " k"]:
-        """`complementarity_margins` of the SDCP at `y`, on its branch of active rank
-        `rank` (default: at its solution): while X has rank r, the r first are positive
-        and the rest negative. With r = 0 the first is `−λ_min(α)`, positive once X = 0
-        no longer solves the SDCP (the EOS onset)."""
-        return self._margins(self.field(num_critical).terms(y, basis), basis, num_critical, rank)
 
     @staticmethod
     def _margins(
         terms: CentralTerms, basis: Basis, num_critical: Count, rank: int | Int[Array, ""] | None
     ) -> Float[Array, " k"]:
-        """`rank_margins` from the terms at `y`."""
+        """`complementarity_margins` of the SDCP in `terms`, on its branch of active rank
+        `rank` (default: at its solution): while X has rank r, the r first are positive
+        and the rest negative. With r = 0 the first is `−λ_min(α)`, positive once X = 0
+        no longer solves the SDCP (the EOS onset)."""
         x = terms.X if rank is None else rank_branch(terms.alpha, terms.operator, rank, terms.X)
         critical = jnp.arange(len(basis)) < num_critical
         return complementarity_margins(x, terms.alpha, terms.operator, critical)
 
     @eqx.filter_jit
     def point_record(self, y, basis, num_critical):
+        return self._record(y, self.field(num_critical).terms(y, basis), basis, num_critical)
+
+    @eqx.filter_jit
+    def point_terms(self, y, basis, num_critical):
+        """`point_record` and the SDCP's rank margins (`_margins`) at `y`, from one
+        evaluation of the terms."""
         terms = self.field(num_critical).terms(y, basis)
+        margins = self._margins(terms, basis, num_critical, None)
+        return self._record(y, terms, basis, num_critical), margins
+
+    def _record(self, y: FlowState, terms: CentralTerms, basis: Basis, num_critical: Count):
+        """`point_record` from the terms at `y`."""
         record = self._base_record(y, terms.grad_norm_sq)
         critical = jnp.arange(len(basis)) < num_critical
         record.update(
@@ -561,8 +596,8 @@ class CentralFlowProcess(AbstractFlowProcess):
         )
         return record
 
-    def observe(self, state, num_critical):
-        record = super().observe(state, num_critical)
+    def observe(self, state, num_critical, point=None):
+        record = super().observe(state, num_critical, point)
         m = state.tracking.effective.capacity  # both padded with NaN to eig.max_neigs
         for name in ("predicted_variances", "_critical_vectors"):
             value = record[name]

@@ -168,14 +168,16 @@ def _solve(
     # split at the save times.
     stops = sorted({*range(math.ceil(t1)), *ts, t1})
     for t, end in zip(stops, [*stops[1:], None]):
+        observed = None  # the unit starting at a save time starts from its observation
         if t in ts:
-            state, k, _, record = process.observe_now(state, t)
+            observed = process.observe_now(state, t)
+            state, k, _, record = observed
             saved.append(state.y)
             records.append(record)
             if traced:
                 trace.append(Observation(k, process.basis(state, k)))
         if end is not None:
-            state, _, record = process.advance_unit(state, t, trace, end)
+            state, _, record = process.advance_unit(state, t, trace, end, observed)
             stats.append(record)
     width = max(r.get("predicted_variances", jnp.zeros(1)).size for r in records)
     eos_onset, stop_time = state.eos_time, state.stop_time
