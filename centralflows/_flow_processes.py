@@ -349,16 +349,6 @@ class AbstractFlowProcess(eqx.Module):
 
         return values
 
-    def condition(self, event: Event, num_critical: Count) -> Callable[[FlowState, Basis], Scalar]:
-        """`(y, basis) -> c`, rising through 0 where `event` happens."""
-        slot = self.slots(num_critical).index(event.kind.slot)
-
-        def value(y, basis):
-            events = self.arm((event,), num_critical, y.w)
-            return self.conditions(events, num_critical)(y, basis)[slot]
-
-        return value
-
     def observe_now(
         self, state: FlowProcessState, t: float
     ) -> tuple[FlowProcessState, int, tuple[tuple, ...], Record]:

@@ -20,7 +20,7 @@ from jaxtyping import Scalar
 
 from ._custom_types import Record
 from ._eigen import eigenbasis
-from ._events import Event
+from ._events import ArmedEvents, Event
 from ._flow_processes import AbstractFlowProcess, Count, PlannedSegment, critical_count
 from ._flows import Basis, FlowState, ritz_at
 
@@ -133,16 +133,17 @@ def _velocity(
 @eqx.filter_checkpoint
 def _condition_and_rate(
     process: AbstractFlowProcess,
-    event: Event,
+    events: ArmedEvents,
     num_critical: Count,
     y: FlowState,
     basis: Basis,
 ) -> tuple[Scalar, Scalar, FlowState]:
-    """An event's condition at `y`, its rate of change along the flow, and the flow's
-    velocity there."""
-    condition = process.condition(event, num_critical)
+    """The condition of the one event armed in `events` at `y`, its rate of change along
+    the flow, and the flow's velocity there. The event is data, so that one program
+    serves every event."""
+    conditions = process.conditions(events, num_critical)
     velocity = _velocity(process, num_critical, y, basis)
-    value, rate = jax.jvp(lambda x: condition(x, basis), (y,), (velocity,))
+    value, rate = jax.jvp(lambda x: jnp.max(conditions(x, basis)), (y,), (velocity,))
     return value, rate, velocity
 
 
@@ -177,6 +178,7 @@ def _through_event(
     event time.
     """
     k = critical_count(segment.num_critical)
+    armed = process.arm((segment.event,), k, y.w)
 
     def integrate(t1):
         return process.segment(y, segment.dt, basis, jnp.asarray(segment.t0), t1, k, None).y
@@ -192,7 +194,7 @@ def _through_event(
     for i in range(_NEWTON_STEPS):
         window = _EVENT_TOLERANCE * 2.0 ** max(0, i - 2)
         end = integrate(jnp.asarray(t_end))
-        value, rate, velocity = _condition_and_rate(process, segment.event, k, end, basis)
+        value, rate, velocity = _condition_and_rate(process, armed, k, end, basis)
         gap = float(jax.lax.stop_gradient(value / rate))
         if -window < gap <= 0:
             break
