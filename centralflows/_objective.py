@@ -55,9 +55,9 @@ def _chunked_sum(
     def _split(x):
         return _pad(x, num + pad).reshape((num_chunks, chunk_size) + x.shape[1:])
 
-    mask = jnp.arange(num_chunks * chunk_size) < num
+    mask = jnp.arange(num + pad) < num
     if valid is not None:
-        mask = mask & _split(valid).reshape(-1)
+        mask = mask & _pad(valid, num + pad)
     mask = mask.reshape(num_chunks, chunk_size)
     chunks = jtu.tree_map(_split, data)
 

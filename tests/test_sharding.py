@@ -17,6 +17,7 @@ import pytest
 import centralflows as cf
 from centralflows._config import ConfigError, validate_config
 from centralflows._experiment import make_problem
+from centralflows.cli import main
 
 from .helpers import small_mlp_objective
 
@@ -86,3 +87,12 @@ def test_more_devices_than_available_is_a_clear_error():
         validate_config({"opt": {"lr": 0.1}, "run": {"devices": 0}})
     with pytest.raises(ConfigError, match=r"\[problem\] has no dataset"):
         validate_config({"opt": {"lr": 0.1}, "problem": {"name": "toy"}, "run": {"devices": 2}})
+
+
+def test_the_command_line_refuses_more_devices_than_available(capsys):
+    available = jax.device_count()
+    config = str(ROOT / "configs/gd-mlp-digits-small.toml")
+    assert main(["run", config, "--set", f"run.devices={available + 1}", "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert f"run.devices = {available + 1} exceeds the {available} cpu device" in error
+    assert f"--xla_force_host_platform_device_count={available + 1}" in error
