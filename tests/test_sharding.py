@@ -17,6 +17,7 @@ import pytest
 import centralflows as cf
 from centralflows._config import ConfigError, validate_config
 from centralflows._experiment import make_problem
+from centralflows._run import _check_compatible
 from centralflows.cli import main
 
 from .helpers import small_mlp_objective
@@ -56,7 +57,8 @@ def test_derivatives_and_discrete_run_on_four_devices():
     # eigen tracking, checkpointed and resumed on four devices (bit-identical to the
     # uninterrupted four-device run; a resume on one device is refused).
     differences = _on_four_devices("derivatives", "discrete", timeout=600)
-    assert {"value", "grad", "hvps", "third_order", "test_loss"} <= differences["derivatives"].keys()
+    derivatives = differences["derivatives"]
+    assert {"value", "grad", "hvps", "third_order", "test_loss"} <= derivatives.keys()
     assert {"discrete/w", "discrete/effective_hessian_eigs"} <= differences["discrete"].keys()
     _assert_round_off(differences)
 
@@ -67,9 +69,8 @@ def test_central_flow_and_its_gradient_on_four_devices():
     # The central flow through its EOS onset event (checkpointed and resumed), and
     # `jax.grad` of its loss past the onset with respect to the learning rate.
     differences = _on_four_devices("central", "flow_gradient", timeout=3600)
-    assert {"central/w", "central/eos_time", "central/predicted_loss"} <= differences[
-        "central"
-    ].keys()
+    central = differences["central"]
+    assert {"central/w", "central/eos_time", "central/predicted_loss"} <= central.keys()
     _assert_round_off(differences)
 
 
@@ -82,7 +83,8 @@ def test_more_devices_than_available_is_a_clear_error():
         cf.Objective.from_function(lambda w: w @ w, jax.numpy.ones(3)).sharded(jax.devices())
     assert objective.sharded(1) is objective
     cfg = validate_config({"opt": {"lr": 0.1}, "run": {"devices": available + 1}})
-    with pytest.raises(ConfigError, match=rf"run.devices = {available + 1} exceeds the {available}"):
+    message = rf"run.devices = {available + 1} exceeds the {available}"
+    with pytest.raises(ConfigError, match=message):
         make_problem(cfg)
     with pytest.raises(ConfigError, match="run.devices = 0 is invalid"):
         validate_config({"opt": {"lr": 0.1}, "run": {"devices": 0}})
@@ -97,3 +99,10 @@ def test_the_command_line_refuses_more_devices_than_available(capsys):
     error = capsys.readouterr().err
     assert f"run.devices = {available + 1} exceeds the {available} cpu device" in error
     assert f"--xla_force_host_platform_device_count={available + 1}" in error
+
+
+def test_a_run_file_from_before_the_device_count_resumes_on_one_device(tmp_path):
+    path = tmp_path / "run.h5"
+    _check_compatible(path, {"chunk": 2}, {"chunk": 2, "devices": 1})
+    with pytest.raises(ValueError, match=r"devices: the file has 1, this call gives 4 \(the"):
+        _check_compatible(path, {"chunk": 2}, {"chunk": 2, "devices": 4})
