@@ -108,6 +108,12 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
             "an integer >= 0 (train and test examples whose network outputs are logged)",
             lambda v: v >= 0,
         ),
+        "devices": _Key(
+            int,
+            1,
+            "an integer >= 1 (devices to split the examples over, at most as many as JAX sees)",
+            lambda v: v >= 1,
+        ),
     },
     "central": {
         "tau": _Key(float, 0.25, "a float > 0", lambda v: v > 0),
@@ -247,6 +253,12 @@ def check_config(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
             "GD's preconditioner does not adapt, so without the curvature penalty nothing "
             'holds S_eff at 2 (GD without the penalty is the "stable" process); use '
             '"scalar_rmsprop" or "rmsprop"'
+        )
+    devices = cfg["run"]["devices"]
+    if "problem" in cfg and _has_type(devices, int) and devices > 1:
+        problems.append(
+            f"run.devices = {devices} splits a dataset's examples over devices, but a "
+            "[problem] has no dataset; use 1"
         )
     eig = cfg["eig"]
     if (

@@ -6,10 +6,12 @@ from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
+import jax
 import jax.flatten_util as jfu
 import jax.random as jr
 from jaxtyping import Array, Float
 
+from ._config import config_error
 from ._eigen import EigConfig
 from ._integrate import FlowOptions
 from ._objective import Objective
@@ -58,6 +60,26 @@ def make_flow_options(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[FlowOptions
     return options, options
 
 
+_CPU_DEVICES_HINT = (
+    " (or split the CPU into {} devices: set XLA_FLAGS=--xla_force_host_platform_device_count={}"
+    " before JAX starts)"
+)
+
+
+def _check_devices(devices: int) -> None:
+    """Raise a `ConfigError` naming `run.devices` where it exceeds the devices JAX sees."""
+    available, backend = jax.device_count(), jax.default_backend()
+    if devices > available:
+        raise config_error(
+            [
+                f"run.devices = {devices} exceeds the {available} {backend} "
+                f"device{'s' if available > 1 else ''} that JAX sees; use at most {available}"
+                + (_CPU_DEVICES_HINT.format(devices, devices) if backend == "cpu" else "")
+            ],
+            "given",
+        )
+
+
 @eqx.filter_jit
 def _init_model(make: Callable[..., eqx.Module], sizes: tuple, options: dict, seed) -> eqx.Module:
     """`make(*sizes, **options)` with its parameters drawn from `seed`, in one program."""
@@ -74,9 +96,11 @@ def make_problem(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[Objective, Float
     **Returns:** `(objective, w0)`: the built-in `[problem]`'s loss and start (its
     random draws from `run.seed`), or else the full-batch training loss of the `[model]`
     on the `[data]` (with the test split for logging) and the model's initial
-    parameters, drawn from `run.seed`. The dataset is loaded first, so a missing file is
-    reported before anything is computed.
+    parameters, drawn from `run.seed`, with the examples split over `run.devices`
+    devices. The device count is checked first, then the dataset loaded, so a missing
+    file is reported before anything is computed.
     """
+    _check_devices(cfg["run"]["devices"])
     if "problem" in cfg:
         options = dict(cfg["problem"])
         spec = PROBLEMS[options.pop("name")]
@@ -115,4 +139,4 @@ def make_problem(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[Objective, Float
         example_outputs=lambda p, x: eqx.combine(p, static)(x),
         num_outputs=cfg["run"]["outputs"],
     )
-    return objective, jfu.ravel_pytree(params)[0]
+    return objective.sharded(cfg["run"]["devices"]), jfu.ravel_pytree(params)[0]

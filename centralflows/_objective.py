@@ -1,6 +1,7 @@
 """The training objective: a full-batch loss over a flat parameter vector."""
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -8,51 +9,98 @@ import jax
 import jax.flatten_util as jfu
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, Float, PyTree, Scalar
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxtyping import Array, Bool, Float, PyTree, Scalar
 
 Vector = Float[Array, " n"]
 Vectors = Float[Array, "k n"]
 
 
-def _chunked_mean(
+_AXIS = "examples"  # the mesh axis that the examples are split over
+
+
+def _pad(x: Array, rows: int) -> Array:
+    """`x` extended to `rows` rows with copies of its last (a real input, so that nothing
+    computed on it is NaN; the caller masks these rows out)."""
+    return jnp.concatenate([x, jnp.repeat(x[-1:], rows - x.shape[0], axis=0)])
+
+
+def _chunked_sum(
     per_example: Callable[..., Any],
     data: PyTree[Array],
     chunk_size: int | None,
+    valid: Bool[Array, " rows"] | None = None,
 ) -> Any:
-    """Mean over the leading axis of `data` of `per_example(example)`, summed chunk by chunk.
+    """Sum over the leading axis of `data` of `per_example(example)`, chunk by chunk.
 
-    Padding rows (when the chunk size does not divide the data) are masked out.
+    Rows where `valid` is False (padding) are left out, as are the rows padding the last
+    chunk when the chunk size does not divide the data.
     """
     num = jtu.tree_leaves(data)[0].shape[0]
     batched = jax.vmap(per_example)
+
+    def masked_sum(values, mask):
+        expand = lambda v: mask.reshape((-1,) + (1,) * (v.ndim - 1))
+        return jtu.tree_map(lambda v: jnp.sum(jnp.where(expand(v), v, 0), axis=0), values)
+
     if chunk_size is None or chunk_size >= num:
-        return jtu.tree_map(lambda x: jnp.mean(x, axis=0), batched(data))
+        values = batched(data)
+        if valid is None:
+            return jtu.tree_map(lambda x: jnp.sum(x, axis=0), values)
+        return masked_sum(values, valid)
     num_chunks = -(-num // chunk_size)
     pad = num_chunks * chunk_size - num
 
     def _split(x):
-        # Pad with copies of the last example (a real input), masked out below.
-        x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
-        return x.reshape((num_chunks, chunk_size) + x.shape[1:])
+        return _pad(x, num + pad).reshape((num_chunks, chunk_size) + x.shape[1:])
 
-    mask = (jnp.arange(num_chunks * chunk_size) < num).reshape(num_chunks, chunk_size)
+    mask = jnp.arange(num + pad) < num
+    if valid is not None:
+        mask = mask & _pad(valid, num + pad)
+    mask = mask.reshape(num_chunks, chunk_size)
     chunks = jtu.tree_map(_split, data)
 
     def _body(total, chunk):
         chunk_data, chunk_mask = chunk
-        values = batched(chunk_data)
-        partial = jtu.tree_map(
-            lambda v: jnp.sum(
-                jnp.where(chunk_mask.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0), axis=0
-            ),
-            values,
-        )
-        return jtu.tree_map(jnp.add, total, partial), None
+        return jtu.tree_map(jnp.add, total, masked_sum(batched(chunk_data), chunk_mask)), None
 
-    first = jtu.tree_map(lambda x: x[0], chunks)
-    shapes = jax.eval_shape(batched, first)
-    zero = jtu.tree_map(lambda s: jnp.zeros(s.shape[1:], s.dtype), shapes)
-    total, _ = jax.lax.scan(_body, zero, (chunks, mask))
+    # Start from the first chunk's sum (not from zeros, which would not vary over the
+    # devices that a sum inside `jax.shard_map` runs on).
+    first = masked_sum(batched(jtu.tree_map(lambda x: x[0], chunks)), mask[0])
+    rest = jtu.tree_map(lambda x: x[1:], (chunks, mask))
+    total, _ = jax.lax.scan(_body, first, rest)
+    return total
+
+
+def _mean(
+    per_example: Callable[..., Any],
+    params: PyTree,
+    data: PyTree[Array],
+    num: int,
+    chunk_size: int | None,
+    mesh: Mesh | None,
+) -> Any:
+    """Mean of `per_example(params, *example)` over the first `num` examples of `data`.
+
+    Without a `mesh`, `data` holds exactly `num` examples. With one, `data` is split over
+    its devices (padded to a multiple of their number): each device sums over its own
+    examples, chunk by chunk, and the sums are added across devices (an all-reduce);
+    `params` are replicated.
+    """
+    if mesh is None:
+        total = _chunked_sum(lambda xy: per_example(params, *xy), data, chunk_size)
+    else:
+
+        def local(params, data):
+            rows = jtu.tree_leaves(data)[0].shape[0]
+            valid = jax.lax.axis_index(_AXIS) * rows + jnp.arange(rows) < num
+            fn = lambda xy: per_example(params, *xy)
+            return jax.lax.psum(_chunked_sum(fn, data, chunk_size, valid), _AXIS)
+
+        total = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(_AXIS)), out_specs=P())(
+            params, data
+        )
     return jtu.tree_map(lambda t: t / num, total)
 
 
@@ -63,7 +111,8 @@ class Objective(eqx.Module):
     `w` of length `n` and `unravel` maps back. For a supervised loss the data is held
     as fields (so it lives on the device and can be differentiated), and the mean over
     examples is accumulated in chunks of `chunk_size` examples (memory is bounded by
-    one chunk; results do not depend on the chunk size beyond round-off).
+    one chunk; results do not depend on the chunk size beyond round-off). The examples
+    may be split over several devices (see `sharded`).
 
     All derivatives are matrix-free: Hessian-vector products by forward-over-reverse,
     third-order terms $\nabla_w(u^\top H(w) v)$ by reverse over that.
@@ -79,6 +128,9 @@ class Objective(eqx.Module):
     num_params: int = eqx.field(static=True)
     example_outputs: Callable[[PyTree, Array], Array] | None = None
     num_outputs: int = eqx.field(default=0, static=True)
+    num_train: int = eqx.field(default=0, static=True)
+    num_test: int = eqx.field(default=0, static=True)
+    mesh: Mesh | None = eqx.field(default=None, static=True)
 
     @classmethod
     def from_function(cls, loss: Callable[[PyTree], Scalar], params: PyTree) -> "Objective":
@@ -153,7 +205,61 @@ class Objective(eqx.Module):
             flat.size,
             example_outputs,
             num_outputs if example_outputs is not None else 0,
+            num,
+            0 if test is None else jtu.tree_leaves(test)[0].shape[0],
         )
+
+    @property
+    def num_devices(self) -> int:
+        """How many devices the examples are split over (1: not split)."""
+        return 1 if self.mesh is None else self.mesh.size
+
+    def sharded(self, devices: int | Sequence[jax.Device]) -> "Objective":
+        """This objective with its examples split over several devices (data parallel).
+
+        Each split is padded to a multiple of the number of devices with copies of its
+        last example (masked out: no example is dropped or counted twice) and placed with
+        its leading axis sharded over a one-dimensional `jax.sharding.Mesh`. Each device
+        then sums over its own examples, in chunks of `chunk_size`, and the sums are added
+        across devices; parameters, and every vector computed from them, are replicated.
+        Values and derivatives equal those on one device up to round-off.
+
+        **Arguments:**
+
+        - `devices`: how many devices (the first of `jax.devices()`), or which ones. One
+          device (an integer 1) returns the objective unchanged.
+
+        **Returns:** an `Objective`.
+        """
+        if isinstance(devices, int) and not isinstance(devices, bool):
+            available = jax.device_count()
+            if not 1 <= devices <= available:
+                raise ValueError(
+                    f"Cannot split the examples over {devices} devices: JAX sees "
+                    f"{available} ({jax.default_backend()}); give between 1 and {available}."
+                )
+            if devices == 1 and self.mesh is None:
+                return self
+            devices = jax.devices()[:devices]
+        devices = list(devices)
+        if self.function is not None:
+            raise ValueError(
+                "This objective is a plain function of the parameters, without examples to "
+                "split over devices; build it with `Objective.supervised`."
+            )
+        if self.mesh is not None:
+            raise ValueError(f"The examples are already split over {self.mesh.size} devices.")
+        mesh = Mesh(np.array(devices), (_AXIS,))
+        sharding = NamedSharding(mesh, P(_AXIS))
+
+        def place(split, num):
+            if split is None:
+                return None
+            rows = -(-num // mesh.size) * mesh.size
+            return jtu.tree_map(lambda x: jax.device_put(_pad(x, rows), sharding), split)
+
+        train, test = place(self.train, self.num_train), place(self.test, self.num_test)
+        return dataclasses.replace(self, train=train, test=test, mesh=mesh)
 
     def check_params(self, w: Vector) -> None:
         """Raise `ValueError` unless `w` is a flat parameter vector for this objective:
@@ -176,15 +282,14 @@ class Objective(eqx.Module):
                 "`jax_enable_x64` setting)."
             )
 
-    def _mean(self, fn: Callable, w: Vector, data: PyTree[Array]) -> Any:
-        params = self.unravel(w)
-        return _chunked_mean(lambda xy: fn(params, *xy), data, self.chunk_size)
+    def _mean(self, fn: Callable, w: Vector, data: PyTree[Array], num: int) -> Any:
+        return _mean(fn, self.unravel(w), data, num, self.chunk_size, self.mesh)
 
     def value(self, w: Vector) -> Scalar:
         """The training loss $L(w)$."""
         if self.function is not None:
             return self.function(self.unravel(w))
-        return self._mean(self.example_loss, w, self.train)
+        return self._mean(self.example_loss, w, self.train, self.num_train)
 
     def value_and_grad(self, w: Vector) -> tuple[Scalar, Vector]:
         """$L(w)$ and $\\nabla L(w)$."""
@@ -214,19 +319,20 @@ class Objective(eqx.Module):
         if self.function is not None:
             out["train_loss"] = self.value(w)
             return out
-        for name, split in (("train", self.train), ("test", self.test)):
+        splits = (("train", self.train, self.num_train), ("test", self.test, self.num_test))
+        for name, split, num in splits:
             if split is None:
                 continue
             if self.example_accuracy is None:
-                out[f"{name}_loss"] = self._mean(self.example_loss, w, split)
+                out[f"{name}_loss"] = self._mean(self.example_loss, w, split, num)
             else:
                 both = lambda p, x, y: (
                     self.example_loss(p, x, y),
                     self.example_accuracy(p, x, y),
                 )
-                out[f"{name}_loss"], out[f"{name}_acc"] = self._mean(both, w, split)
+                out[f"{name}_loss"], out[f"{name}_acc"] = self._mean(both, w, split, num)
             if self.num_outputs:
-                inputs = jtu.tree_map(lambda x: x[: self.num_outputs], split[0])
+                inputs = jtu.tree_map(lambda x: x[: min(self.num_outputs, num)], split[0])
                 params = self.unravel(w)
                 out[f"{name}_outputs"] = jax.vmap(lambda x: self.example_outputs(params, x))(inputs)
         return out

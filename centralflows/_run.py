@@ -369,10 +369,22 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+# Items of a run's setup added after run files were first written, with the value that
+# a file written before holds implicitly.
+_SETUP_DEFAULTS = {"devices": 1}
+_SETUP_HINTS = {
+    "devices": " (the devices the examples are split over: `Objective.sharded`, "
+    "`[run] devices`; sums split otherwise differ in round-off, so the continuation would "
+    "not be the same run)",
+}
+
+
 def _check_compatible(path: pathlib.Path, stored: Mapping[str, Any], given: Mapping[str, Any]):
     """Raise naming every item of `given` that differs from the run file's `stored`."""
+    stored = {**_SETUP_DEFAULTS, **stored}
     differences = [
         f"  - {name}: the file has {stored.get(name)!r}, this call gives {value!r}"
+        + _SETUP_HINTS.get(name, "")
         for name, value in given.items()
         if stored.get(name) != value
     ]
@@ -584,6 +596,7 @@ def run(
             "stable": repr(stable) if "stable" in names else None,
             "dtype": str(w.dtype),
             "num_params": int(w.size),
+            "devices": objective.num_devices,
             "warm_start": warm_start,
             "chunk": chunk,
             "save_w_every": save_w_every,

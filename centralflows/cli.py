@@ -444,15 +444,24 @@ def _dry_run(cfg: dict) -> str:
     make_flow_options(cfg)
     objective, w0 = eqx.filter_eval_shape(make_problem, cfg)
     eqx.filter_eval_shape(lambda o, w: o.value(w), objective, w0)  # the loss traces
-    examples = lambda split: 0 if split is None else jax.tree.leaves(split)[0].shape[0]
     if "problem" in cfg:
         problem = [f"problem: {cfg['problem']['name']}, {w0.shape[0]} parameters"]
     else:
         problem = [
             f"model: {cfg['model']['name']}, {w0.shape[0]} parameters",
-            f"data: {cfg['data']['name']}, {examples(objective.train)} train and "
-            f"{examples(objective.test)} test examples",
+            f"data: {cfg['data']['name']}, {objective.num_train} train and "
+            f"{objective.num_test} test examples",
         ]
+    devices = objective.num_devices
+    if devices > 1:
+        per_device = lambda num: -(-num // devices)
+        problem.append(
+            f"devices: {devices} ({jax.default_backend()}), the examples split over them: "
+            f"{per_device(objective.num_train)} train and {per_device(objective.num_test)} "
+            "test per device"
+        )
+    else:
+        problem.append(f"devices: 1 ({jax.default_backend()})")
     return "\n".join(
         [
             *problem,

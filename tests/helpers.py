@@ -9,17 +9,21 @@ import centralflows as cf
 from centralflows.models import MLP, accuracy, mse
 
 
-def small_mlp_objective(*, num=40, width=8, depth=1, in_size=5, classes=3, seed=0, chunk_size=None):
-    """A tanh MLP with the squared loss on random data: a few hundred parameters."""
+def small_mlp_objective(
+    *, num=40, width=8, depth=1, in_size=5, classes=3, seed=0, chunk_size=None, num_test=0
+):
+    """A tanh MLP with the squared loss on random data: a few hundred parameters (and
+    `num_test` held-out examples, if any)."""
     kx, ky, km = jr.split(jr.key(seed), 3)
-    x = jr.normal(kx, (num, in_size))
-    y = jax.nn.one_hot(jr.randint(ky, (num,), 0, classes), classes)
+    x = jr.normal(kx, (num + num_test, in_size))
+    y = jax.nn.one_hot(jr.randint(ky, (num + num_test,), 0, classes), classes)
     model = MLP(in_size, classes, width=width, depth=depth, activation="tanh", key=km)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     objective = cf.Objective.supervised(
         lambda p, x, y: mse(eqx.combine(p, static)(x), y),
         params,
-        (x, y),
+        (x[:num], y[:num]),
+        test=(x[num:], y[num:]) if num_test else None,
         example_accuracy=lambda p, x, y: accuracy(eqx.combine(p, static)(x), y),
         chunk_size=chunk_size,
     )

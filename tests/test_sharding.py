@@ -1,0 +1,108 @@
+"""Data-parallel objectives: the examples split over four CPU devices give what one device
+gives, to round-off.
+
+The checks run in one subprocess (tests/sharded_check.py): this process created its CPU
+backend with one device, and the device count cannot change afterwards.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+
+import centralflows as cf
+from centralflows._config import ConfigError, validate_config
+from centralflows._experiment import make_problem
+from centralflows._run import _check_compatible
+from centralflows.cli import main
+
+from .helpers import small_mlp_objective
+
+ROOT = pathlib.Path(__file__).parent.parent
+ROUND_OFF = 1e-10  # float64; measured: at most 5.9e-13 (docs/performance.md#several-devices)
+
+
+def _on_four_devices(*checks: str, timeout: float) -> dict[str, dict[str, float]]:
+    """The relative differences, one device against four, of `tests.sharded_check`'s
+    `checks`, computed in a subprocess with four CPU devices (and the suite's XLA flags)."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.sharded_check", *checks],
+        cwd=ROOT,
+        env={**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _assert_round_off(differences: dict[str, dict[str, float]]) -> None:
+    far = {
+        f"{check}: {name}": difference
+        for check, quantities in differences.items()
+        for name, difference in quantities.items()
+        if not difference <= ROUND_OFF  # NaN: finite on one device only
+    }
+    assert not far, far
+
+
+def test_derivatives_and_discrete_run_on_four_devices():
+    # Loss, gradient, Hessian-vector products, third-order terms and metrics; GD steps with
+    # eigen tracking, checkpointed and resumed on four devices (bit-identical to the
+    # uninterrupted four-device run; a resume on one device is refused).
+    differences = _on_four_devices("derivatives", "discrete", timeout=600)
+    derivatives = differences["derivatives"]
+    assert {"value", "grad", "hvps", "third_order", "test_loss"} <= derivatives.keys()
+    assert {"discrete/w", "discrete/effective_hessian_eigs"} <= differences["discrete"].keys()
+    _assert_round_off(differences)
+
+
+@pytest.mark.slow  # 17 min on 2 busy cores: every program twice, and four CPU devices
+# synchronise at each sum (the gradient's replay: 13 min)
+def test_central_flow_and_its_gradient_on_four_devices():
+    # The central flow through its EOS onset event (checkpointed and resumed), and
+    # `jax.grad` of its loss past the onset with respect to the learning rate.
+    differences = _on_four_devices("central", "flow_gradient", timeout=3600)
+    central = differences["central"]
+    assert {"central/w", "central/eos_time", "central/predicted_loss"} <= central.keys()
+    _assert_round_off(differences)
+
+
+def test_more_devices_than_available_is_a_clear_error():
+    objective, _ = small_mlp_objective()
+    available = jax.device_count()
+    with pytest.raises(ValueError, match=f"over {available + 1} devices: JAX sees {available}"):
+        objective.sharded(available + 1)
+    with pytest.raises(ValueError, match="plain function of the parameters"):
+        cf.Objective.from_function(lambda w: w @ w, jax.numpy.ones(3)).sharded(jax.devices())
+    assert objective.sharded(1) is objective
+    cfg = validate_config({"opt": {"lr": 0.1}, "run": {"devices": available + 1}})
+    message = rf"run.devices = {available + 1} exceeds the {available}"
+    with pytest.raises(ConfigError, match=message):
+        make_problem(cfg)
+    with pytest.raises(ConfigError, match="run.devices = 0 is invalid"):
+        validate_config({"opt": {"lr": 0.1}, "run": {"devices": 0}})
+    with pytest.raises(ConfigError, match=r"\[problem\] has no dataset"):
+        validate_config({"opt": {"lr": 0.1}, "problem": {"name": "toy"}, "run": {"devices": 2}})
+
+
+def test_the_command_line_refuses_more_devices_than_available(capsys):
+    available = jax.device_count()
+    config = str(ROOT / "configs/gd-mlp-digits-small.toml")
+    assert main(["run", config, "--set", f"run.devices={available + 1}", "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert f"run.devices = {available + 1} exceeds the {available} cpu device" in error
+    assert f"--xla_force_host_platform_device_count={available + 1}" in error
+
+
+def test_a_run_file_from_before_the_device_count_resumes_on_one_device(tmp_path):
+    path = tmp_path / "run.h5"
+    _check_compatible(path, {"chunk": 2}, {"chunk": 2, "devices": 1})
+    with pytest.raises(ValueError, match=r"devices: the file has 1, this call gives 4 \(the"):
+        _check_compatible(path, {"chunk": 2}, {"chunk": 2, "devices": 4})
