@@ -1,10 +1,12 @@
 """The semidefinite complementarity problem that pins down the oscillation covariance."""
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optimistix as optx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._eigen import below
 
@@ -66,6 +68,53 @@ def _rank_projection_jvp(primals, tangents):
     d, q = jnp.linalg.eigh(_sym(y))
     kept = _kept(d, rank)
     return _spectral_map(d, q, jnp.where(kept, d, 0), kept.astype(d.dtype), dy)
+
+
+def _implicit_root(
+    residual: Callable[[Matrix, PyTree], Matrix], root: Matrix, params: PyTree
+) -> Matrix:
+    """`root`, a zero of `residual(·, params)` found without derivatives, with the
+    implicit function theorem's derivative in `params`: `dX = −(∂F/∂X)⁺ (∂F/∂p) dp`,
+    the pseudo-inverse of the k²×k² Jacobian by SVD. (optimistix's implicit adjoint
+    would do the same through lineax, whose checks call back to the host: such programs
+    cannot be kept in the persistent compilation cache.) `residual` must close over no
+    traced values: pass them in `params`."""
+
+    @jax.custom_jvp
+    def solution(root, params):
+        del params
+        return root
+
+    @solution.defjvp
+    def _solution_jvp(primals, tangents):
+        (root, params), (_, dparams) = primals, tangents
+        _, rhs = jax.jvp(lambda p: residual(root, p), (params,), (dparams,))
+        jacobian = jax.jacfwd(lambda x: residual(x, params))(root).reshape(root.size, -1)
+        dx = -jnp.linalg.pinv(jacobian) @ rhs.reshape(-1)
+        return root, dx.reshape(root.shape)
+
+    return solution(jax.lax.stop_gradient(root), params)
+
+
+def _newton_root(
+    residual: Callable[[Matrix, PyTree], Matrix],
+    x0: Matrix,
+    params: PyTree,
+    max_steps: int,
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+) -> tuple[Matrix, optx.RESULTS]:
+    """A root of `residual(·, params)` by Newton's method (optimistix) from `x0`,
+    symmetrized, differentiable in `params` by `_implicit_root`."""
+    frozen, x0 = jax.lax.stop_gradient((params, x0))
+    solution = optx.root_find(
+        lambda x, _: residual(x, frozen),
+        optx.Newton(rtol=rtol, atol=atol),
+        x0,
+        max_steps=max_steps,
+        throw=False,
+    )
+    return _implicit_root(residual, _sym(solution.value), params), solution.result
 
 
 class SDCPSolution(eqx.Module):
@@ -132,14 +181,8 @@ def sdcp_solve(
         x, result = guess, optx.RESULTS.successful
     else:
         x0 = guess if x0 is None else x0
-        solution = optx.root_find(
-            lambda x, _: natural_residual(x, alpha, operator),
-            optx.Newton(rtol=rtol, atol=atol),
-            x0,
-            max_steps=max_steps,
-            throw=False,
-        )
-        x, result = _sym(solution.value), solution.result
+        residual = lambda x, p: natural_residual(x, *p)
+        x, result = _newton_root(residual, x0, (alpha, operator), max_steps, rtol, atol)
     residual = jnp.max(jnp.abs(natural_residual(x, alpha, operator)), initial=0.0)
     return SDCPSolution(x, residual, result)
 
@@ -192,12 +235,5 @@ def rank_branch(alpha: Matrix, operator: Operator, rank: Rank, x0: Matrix) -> Ma
     """
     if isinstance(rank, int) and rank == 0:
         return jnp.zeros_like(alpha)
-    regularized = _regularized(operator)
-    solution = optx.root_find(
-        lambda x, _: natural_residual(x, alpha, regularized, rank),
-        optx.Newton(rtol=1e-10, atol=1e-12),
-        x0,
-        max_steps=64,
-        throw=False,
-    )
-    return _sym(solution.value)
+    residual = lambda x, p: natural_residual(x, *p)
+    return _newton_root(residual, x0, (alpha, _regularized(operator), rank), 64)[0]
