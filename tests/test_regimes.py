@@ -1,11 +1,15 @@
-"""The regime of a run (`centralflows._regimes`)."""
+"""The regime of a run (`centralflows._regimes`) and the regime map over a grid of runs."""
 
 import math
 
+import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
 
+import centralflows as cf
 from centralflows._regimes import REGIMES, classify, classify_runs
+from centralflows.problems import LeastSquares, Toy
 
 # --- classifying series ----------------------------------------------------------------------
 
@@ -62,3 +66,92 @@ def test_edge_of_stability_and_unsettled():
         one = classify(losses[index], sharpness[index])
         assert REGIMES[batch.code[index]] == one.kind
         assert batch.step[index] == (-1 if one.step is None else one.step)
+
+
+# --- the regime map --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def least_squares():
+    return LeastSquares(n=20, d=50, key=jr.key(0))
+
+
+def exact_losses(problem: LeastSquares, lr: float, steps: int) -> np.ndarray:
+    """GD's losses from w = 0 on least squares, in closed form: along each eigenvector
+    of AAᵀ/n (eigenvalue λ) the residual is multiplied by 1 − ηλ at every step."""
+    a, y = np.asarray(problem.inputs), np.asarray(problem.targets)
+    n = a.shape[0]
+    lam, u = np.linalg.eigh(a @ a.T / n)
+    coefficients = (u.T @ y) ** 2
+    factors = (1 - lr * lam[:, None]) ** (2 * np.arange(steps + 1))
+    return coefficients @ factors / (2 * n)
+
+
+def test_gd_on_least_squares_is_stable_below_two_over_lambda_and_diverges_above(
+    least_squares,
+):
+    problem, steps = least_squares, 150
+    lam = float(problem.sharpness())
+    lrs = 2 / lam * np.array([0.5, 0.9, 0.98, 1.02, 1.1, 1.5])
+    found = cf.regime_map(problem, problem.w0, cf.GD(0.1), steps, grid={"lr": lrs})
+    assert found.regime.shape == (6,) and list(found.axes) == ["lr"]
+    expected = ["stable"] * 3 + ["diverged"] * 3
+    assert found.kinds.tolist() == expected
+    # The Hessian is AᵀA/n everywhere: the effective sharpness is the constant ηλ (to
+    # LOBPCG's tolerance, 1e-3 in residual, so ~1e-6 in the eigenvalue).
+    np.testing.assert_allclose(found.sharpness, np.outer(lrs, np.full(steps + 1, lam)), rtol=1e-5)
+    # The losses are the closed form's (to round-off: 1e-16 of L0 = 0.47 per step); above
+    # 2/λ they grow past 10 L0 within the steps.
+    for lr, losses in zip(lrs, found.losses):
+        np.testing.assert_allclose(losses, exact_losses(problem, lr, steps), rtol=1e-9, atol=1e-14)
+    assert np.all(found.final_loss[3:] > 10 * found.losses[3:, 0])
+    assert np.all(found.onset[:3] == -1) and np.all(found.onset[3:] > 0)
+    # Each run is the one `cf.run` logs with the same eigen settings.
+    eig = cf.EigConfig(initial_neigs=1, max_neigs=1)
+    for i in (1, 3):
+        run = cf.run(problem, problem.w0, cf.GD(lrs[i]), steps=steps, eig=eig, progress=False)
+        logged = run["discrete"]
+        np.testing.assert_allclose(found.losses[i], logged["train_loss"], rtol=1e-12)
+        sharpness = logged["effective_hessian_eigs"][:, 0]
+        np.testing.assert_allclose(found.sharpness[i], sharpness, rtol=1e-12)
+
+
+def test_gd_on_the_toy_reaches_the_edge_where_gradient_flow_does():
+    # The toy from below zero (L0 = −0.0098): y falls by ηb per step while x ≈ 0, so GD's
+    # effective sharpness η a(y) first reaches 2 at step ⌈t*⌉, t* = (y0 − y*)/(ηb). (Its
+    # x² < 1e-4 delays that by under 0.1 step.) Sixty steps end before GD's first
+    # catapult, which would be read as divergence at its peak.
+    toy = Toy(s0=3.0, b=0.01, c=1.0, x0=0.01, y0=-1.0)
+    lrs = np.array([0.3, 0.48, 0.49])
+    found = cf.regime_map(toy, toy.w0, cf.GD(0.1), 60, grid={"lr": lrs})
+    assert float(toy(toy.w0)) < 0
+    assert toy.onset_time(0.3) > 60 and found.kinds[0] == "stable"
+    for i in (1, 2):
+        t_star = toy.onset_time(lrs[i])  # 34.7 and 16.7
+        assert found.onset[i] == math.ceil(t_star)
+        assert found.kinds[i] == "edge of stability"
+    # One compiled program for every point: vmapped all at once it gives the same runs.
+    batched = cf.regime_map(toy, toy.w0, cf.GD(0.1), 60, grid={"lr": lrs}, batch_size=None)
+    np.testing.assert_allclose(batched.losses, found.losses, rtol=1e-12)
+
+
+def test_a_map_over_two_hyperparameters(least_squares):
+    problem = least_squares
+    lrs, beta2s = np.array([0.01, 0.03]), np.array([0.9, 0.99, 0.999])
+    optimizer = cf.RMSProp(0.01, eps=1e-8)
+    found = cf.regime_map(problem, problem.w0, optimizer, 20, grid={"lr": lrs, "beta2": beta2s})
+    assert found.losses.shape == (2, 3, 21) and found.regime.shape == (2, 3)
+    assert [list(v) for v in found.axes.values()] == [list(lrs), list(beta2s)]
+    alone = cf.RMSProp(float(lrs[1]), beta2=float(beta2s[2]), eps=1e-8)
+    losses = cf.discrete_losses(problem, problem.w0, alone, 20)
+    np.testing.assert_allclose(found.losses[1, 2], losses, rtol=1e-12)
+
+
+def test_a_map_checks_its_grid(least_squares):
+    problem = least_squares
+    with pytest.raises(ValueError, match="no field 'learning_rate'"):
+        cf.regime_map(problem, problem.w0, cf.GD(0.1), 5, grid={"learning_rate": [0.1]})
+    with pytest.raises(ValueError, match="lr"):
+        cf.regime_map(problem, problem.w0, cf.GD(0.1), 5, grid={"lr": [0.1, -0.1]})
+    with pytest.raises(ValueError, match="1-D"):
+        cf.regime_map(problem, problem.w0, cf.GD(0.1), 5, grid={"lr": jnp.ones((2, 2))})
