@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from ._optimizers import RMSProp as RMSProp
     from ._optimizers import ScalarRMSProp as ScalarRMSProp
     from ._plot import plot as plot
+    from ._regime_map import RegimeMap as RegimeMap
+    from ._regime_map import regime_map as regime_map
     from ._regimes import SolverError as SolverError
     from ._run import run as run
     from ._runfile import Checkpoint as Checkpoint
@@ -62,6 +64,8 @@ _EXPORTS = {
     "RMSProp": "._optimizers",
     "ScalarRMSProp": "._optimizers",
     "plot": "._plot",
+    "RegimeMap": "._regime_map",
+    "regime_map": "._regime_map",
     "SolverError": "._regimes",
     "run": "._run",
     "Checkpoint": "._runfile",
