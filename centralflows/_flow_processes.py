@@ -230,7 +230,9 @@ class AbstractFlowProcess(eqx.Module):
             _as_array(track_vectors, dtype),
         )
 
-    def fired_event(self, events: tuple[Event, ...], num_critical: Count, slot: int) -> Event | None:
+    def fired_event(
+        self, events: tuple[Event, ...], num_critical: Count, slot: int
+    ) -> Event | None:
         """The event of `events` watched in slot number `slot` (`None` for -1)."""
         if slot < 0:
             return None

@@ -20,7 +20,7 @@ from jaxtyping import Scalar
 
 from ._custom_types import Record
 from ._eigen import eigenbasis
-from ._events import ArmedEvents, Event
+from ._events import ArmedEvents
 from ._flow_processes import AbstractFlowProcess, Count, PlannedSegment, critical_count
 from ._flows import Basis, FlowState, ritz_at
 
