@@ -17,7 +17,13 @@ from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import Discrete
 from ._regimes import REGIMES, classify_runs
-from ._run import _advance_chunk, _initial_states
+from ._run import (
+    _advance_chunk,
+    _check_divergence_factor,
+    _check_start,
+    _initial_states,
+    _loss_limit,
+)
 from ._solve import prepare
 
 
@@ -150,10 +156,7 @@ def regime_map(
         raise ValueError("`grid` must name at least one hyperparameter to vary.")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be a positive integer or None, got {batch_size!r}.")
-    if divergence_factor is not None and not divergence_factor > 1:
-        raise ValueError(
-            f"`divergence_factor` must exceed 1 or be None, got {divergence_factor!r}."
-        )
+    _check_divergence_factor(divergence_factor)
     fields = {f.name for f in dataclasses.fields(optimizer) if not f.metadata.get("static")}
     axes = {}
     for name, values in grid.items():
@@ -170,10 +173,8 @@ def regime_map(
         axes[name] = values
     enable_compilation_cache()
     objective, optimizer, w, _ = prepare(loss, w0, optimizer, None)
-    loss0 = float(objective.value(w))
-    if not np.isfinite(loss0):
-        raise ValueError(f"The loss at `w0` is not finite ({loss0}).")
-    limit = np.inf if divergence_factor is None else divergence_factor * abs(loss0) or np.inf
+    loss0, _ = _check_start(objective, optimizer, w, steps + 1)
+    limit = _loss_limit(divergence_factor, loss0)
     shape = tuple(v.size for v in axes.values())
     mesh = np.meshgrid(*axes.values(), indexing="ij")
     points = jnp.asarray(np.stack([m.ravel() for m in mesh], axis=1), w.dtype)

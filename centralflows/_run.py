@@ -326,6 +326,24 @@ def _check_start(
     return loss, opt_state
 
 
+def _check_divergence_factor(divergence_factor: Any) -> None:
+    if divergence_factor is not None and not (
+        isinstance(divergence_factor, int | float)
+        and not isinstance(divergence_factor, bool)
+        and divergence_factor > 1
+    ):
+        raise ValueError(
+            f"`divergence_factor` must be a number > 1 or None, got {divergence_factor!r}."
+        )
+
+
+def _loss_limit(divergence_factor: float | None, loss0: Scalar) -> float:
+    """The loss past which a process stops as diverged: `divergence_factor` times
+    |L(w0)| (no limit without a factor, or where L(w0) = 0)."""
+    limit = np.inf if divergence_factor is None else divergence_factor * abs(float(loss0))
+    return limit or np.inf
+
+
 def _is_int(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
@@ -563,14 +581,7 @@ def run(
         raise ValueError("`resume=True` needs `out`, the run file to continue.")
     if resume and overwrite:
         raise ValueError("`resume=True` continues the run file `out`; drop `overwrite=True`.")
-    if divergence_factor is not None and not (
-        isinstance(divergence_factor, int | float)
-        and not isinstance(divergence_factor, bool)
-        and divergence_factor > 1
-    ):
-        raise ValueError(
-            f"`divergence_factor` must be a number > 1 or None, got {divergence_factor!r}."
-        )
+    _check_divergence_factor(divergence_factor)
     names = _check_processes(processes)
     for name in names:
         if name in FLOW_PROCESSES:
@@ -584,8 +595,7 @@ def run(
     objective.check_params(w)
     loss0, opt_state = _check_start(objective, optimizer, w, warm_start + (steps or 0) + 1)
     key = jr.key(0) if key is None else key
-    limit = np.inf if divergence_factor is None else divergence_factor * abs(float(loss0))
-    limit = limit or np.inf  # no limit where L(w0) = 0
+    limit = _loss_limit(divergence_factor, loss0)
     # What a resumed run must share with the run in the file.
     setup = _json(
         {
