@@ -10,7 +10,8 @@ import jax.flatten_util as jfu
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, PyTree, Scalar
 
 Vector = Float[Array, " n"]
@@ -336,3 +337,19 @@ class Objective(eqx.Module):
                 params = self.unravel(w)
                 out[f"{name}_outputs"] = jax.vmap(lambda x: self.example_outputs(params, x))(inputs)
         return out
+
+
+def objective_and_start(
+    loss: Objective | Callable[[PyTree], Scalar], w0: PyTree
+) -> tuple[Objective, Vector, Callable[[Vector], PyTree]]:
+    """The `Objective` of `loss` (as given, or built from a function of the parameter
+    pytree) and the flat start `w0` with its unravelling, checked against it (parameter
+    count, dtype). The flat start is strongly typed: one from weak-typed scalars (such as
+    `jnp.array(0.0)`) would make every program compile twice, once for it and once for
+    the strongly typed states after it.
+    """
+    objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
+    w, unravel = jfu.ravel_pytree(w0)
+    w = w.astype(w.dtype)
+    objective.check_params(w)
+    return objective, w, unravel

@@ -15,7 +15,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.flatten_util as jfu
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
@@ -28,7 +27,7 @@ from ._discrete import discrete_steps
 from ._eigen import EigConfig, preconditioner_diagonal
 from ._flow_processes import FLOW_PROCESSES
 from ._integrate import FlowOptions
-from ._objective import Objective
+from ._objective import Objective, objective_and_start
 from ._optimizers import AbstractOptimizer
 from ._processes import PROCESSES, AbstractProcess, grow
 from ._regimes import SolverError, last_finite
@@ -589,10 +588,7 @@ def run(
     if out is not None:
         check_writable(out)  # before any computation
     enable_compilation_cache(compilation_cache)
-    objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
-    w, _ = jfu.ravel_pytree(w0)
-    w = w.astype(w.dtype)  # not weak-typed (`jnp.array(0.0)`), or each program compiles twice
-    objective.check_params(w)
+    objective, w, _ = objective_and_start(loss, w0)
     loss0, opt_state = _check_start(objective, optimizer, w, warm_start + (steps or 0) + 1)
     key = jr.key(0) if key is None else key
     limit = _loss_limit(divergence_factor, loss0)

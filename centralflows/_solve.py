@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 import diffrax as dfx
 import equinox as eqx
 import jax
-import jax.flatten_util as jfu
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
@@ -18,7 +17,7 @@ from ._eigen import EigConfig
 from ._flow_processes import AbstractFlowProcess, CentralFlowProcess, StableFlowProcess
 from ._flows import FlowState
 from ._integrate import FlowOptions
-from ._objective import Objective
+from ._objective import Objective, objective_and_start
 from ._optimizers import AbstractOptimizer
 from ._processes import initial_opt_state
 from ._replay import Observation, replay
@@ -129,10 +128,7 @@ def prepare(
 ) -> tuple[Objective, AbstractOptimizer, Float[Array, " n"], Callable]:
     """The objective, the optimizer (its scalars as arrays) and the flat start with its
     unravelling, checked against each other (parameter count, dtype, `opt_state0`)."""
-    objective = loss if isinstance(loss, Objective) else Objective.from_function(loss, w0)
-    w, unravel = jfu.ravel_pytree(w0)
-    w = w.astype(w.dtype)  # not weak-typed (`jnp.array(0.0)`), or each program compiles twice
-    objective.check_params(w)
+    objective, w, unravel = objective_and_start(loss, w0)
     objective, optimizer = _scalars_as_arrays((objective, optimizer), w.dtype)
     if opt_state0 is not None:
         _check_opt_state(optimizer, w, opt_state0)

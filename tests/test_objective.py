@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from centralflows import Objective  # noqa: E402
+from centralflows._objective import objective_and_start  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # A tiny tanh MLP (4 -> 7 -> 2, 51 parameters) with a per-example MSE loss.
@@ -353,3 +354,16 @@ def test_invalid_chunk_size_raises(chunk_size):
         Objective.supervised(
             _lin_loss, params, (jnp.zeros((4, 2)), jnp.zeros(4)), chunk_size=chunk_size
         )
+
+
+def test_a_start_from_weak_typed_scalars_is_strongly_typed():
+    # Else the first segment (weak-typed state) and the next (strongly typed) would be
+    # two compiled programs.
+    w0 = {"x": jnp.array(0.0), "y": jnp.array(1.0)}
+    assert jfu.ravel_pytree(w0)[0].weak_type
+    objective, w, unravel = objective_and_start(lambda p: p["x"] ** 2 + p["y"], w0)
+    assert not w.weak_type and w.dtype == jnp.zeros(()).dtype
+    np.testing.assert_array_equal(w, [0.0, 1.0])
+    assert float(objective.value(w)) == 1.0 and float(unravel(w)["y"]) == 1.0
+    with pytest.raises(ValueError, match="parameters; the objective has"):
+        objective_and_start(objective, {"x": jnp.zeros(3)})
