@@ -82,6 +82,26 @@ def test_lobpcg_on_known_spectrum(getkey):
     np.testing.assert_allclose(theta0, spectrum[::-1][:4], rtol=1e-12)
 
 
+def test_lobpcg_trusts_the_residuals_of_one_step_from_fresh_products(getkey):
+    # Started near the top eigenvectors of a well separated spectrum, one iteration meets
+    # the tolerance: its carried AX, one rotation of exact products, is not recomputed
+    # (k products for the start, k for the residual block), and the residuals it
+    # reports are the true ones to round-off.
+    n, k = 200, 3
+    q, _ = jnp.linalg.qr(jr.normal(getkey(), (n, n)))
+    spectrum = jnp.concatenate([jnp.linspace(-0.1, 0.1, n - k), jnp.array([8.0, 9.0, 10.0])])
+    a = (q * spectrum) @ q.T
+    x0 = q[:, n - k :][:, ::-1] + 1e-3 * jr.normal(getkey(), (n, k))
+    theta, x, residuals, iterations, products = lobpcg(
+        lambda v: a @ v, x0, tol=1e-3, max_iters=50
+    )
+    assert (int(iterations), int(products)) == (1, 2 * k)
+    true = jnp.linalg.norm(a @ x - x * theta, axis=0)
+    np.testing.assert_allclose(residuals, true, rtol=0, atol=1e-12)
+    assert float(jnp.max(true)) <= 1e-3 * 10
+    np.testing.assert_allclose(theta, spectrum[::-1][:k], rtol=1e-5)
+
+
 def test_lobpcg_soft_locked_columns_cost_no_residual_products(getkey):
     # Columns started at exact eigenvectors have converged from the first step: they
     # cost products in the fresh recomputes of AX and AP only, not in the residual

@@ -102,9 +102,12 @@ def lobpcg(
     float32), so they are recomputed every `refresh_every` iterations and wherever the
     carried residuals meet the tolerance (`count` products for `AX`, then a Rayleigh–Ritz
     step in the span of X, and `count` more for `AP` unless that iterate ends the
-    solve). Only such fresh iterates are returned or tested for convergence: the one
-    with the smallest largest residual, since once the residuals reach round-off further
-    iterations only add noise. The Rayleigh–Ritz step works in the span of `[X, R, P]`
+    solve). The exception is an iteration that started from fresh products: its
+    carried `AX` is one rotation of exact products (off by round-off times the whitening,
+    at most 1/√(1000 ε)), so its carried residuals are trusted. Only fresh or trusted
+    iterates are returned or tested for convergence: the one with the smallest largest
+    residual, since once the residuals reach round-off further iterations only add
+    noise. The Rayleigh–Ritz step works in the span of `[X, R, P]`
     through its Gram matrix, dropping numerically dependent directions.
 
     **Arguments:**
@@ -157,11 +160,11 @@ def _lobpcg(matvec, x0, tol, max_iters, count, refresh_every) -> Solution:
         return jnp.max(rnorm) / jnp.max(jnp.abs(theta))
 
     def cond(carry):
-        i, *_, best, _ = carry
+        i, *_, best, _, _ = carry
         return (i < max_iters) & (relative(best[0], best[2]) > tol)
 
     def body(carry):
-        i, x, ax, p, ap, theta, best, products = carry
+        i, x, ax, p, ap, theta, best, products, started_fresh = carry
         r = ax - x * theta
         r = r - x @ (x.T @ r)
         # Soft locking: a converged column's residual is round-off, left out of the
@@ -186,7 +189,8 @@ def _lobpcg(matvec, x0, tol, max_iters, count, refresh_every) -> Solution:
         p, ap = p / scale, as_[:, k:] @ c[k:] / scale
         carried = relative(theta, residual_norms(x, ax, theta))
         last = i + 1 >= max_iters
-        fresh = ((i + 1) % refresh_every == 0) | (carried <= tol) | last
+        trusted = started_fresh & (carried <= tol)
+        fresh = ~trusted & (((i + 1) % refresh_every == 0) | (carried <= tol) | last)
 
         def recompute(x, ax, p, ap, theta):
             ax, spent_x = products_of(x, active)
@@ -203,11 +207,11 @@ def _lobpcg(matvec, x0, tol, max_iters, count, refresh_every) -> Solution:
             fresh, recompute, unchanged, x, ax, p, ap, theta
         )
         rnorm = residual_norms(x, ax, theta)
-        better = fresh & (relative(theta, rnorm) < relative(best[0], best[2]))
+        better = (fresh | trusted) & (relative(theta, rnorm) < relative(best[0], best[2]))
         best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (theta, x, rnorm), best)
-        return i + 1, x, ax, p, ap, theta, best, products + spent + spent_fresh
+        return i + 1, x, ax, p, ap, theta, best, products + spent + spent_fresh, fresh
 
     best = (theta, x, residual_norms(x, ax, theta))
-    init = (jnp.array(0), x, ax, zeros, zeros, theta, best, products)
-    i, *_, (theta, x, rnorm), products = jax.lax.while_loop(cond, body, init)
+    init = (jnp.array(0), x, ax, zeros, zeros, theta, best, products, jnp.array(True))
+    i, *_, (theta, x, rnorm), products, _ = jax.lax.while_loop(cond, body, init)
     return theta, x, rnorm, i, products
