@@ -1,15 +1,20 @@
 """The flows' solver and eigen tolerance: what each setting costs and how far it moves
 the central flow, on the digits GD central flow from initialisation.
 
-Each variant `SOLVER,RTOL,ATOL,EIG_TOL` runs the central flow alone for `--steps` units
-(eigen tracking every unit) and reports its solver steps, right-hand-side evaluations,
-LOBPCG products, end values, and the largest distance of its parameters (stored every 10
-units) from those of the first variant, the reference:
+Each variant `SOLVER,RTOL,ATOL,EIG_TOL[,TAU]` (TAU: the config's `central.tau` unless
+given) runs the central flow alone for `--steps` units, after `--warm-start` unlogged GD
+steps (eigen tracking every unit), and reports its solver steps, right-hand-side
+evaluations, LOBPCG products, end values, and the largest distance of its parameters
+(stored every `--save-every` units) from those of the first variant, the reference:
 
     python benchmarks/flow_defaults.py --steps 300 \
         Tsit5,1e-6,1e-8,1e-5 Tsit5,1e-4,1e-6,1e-5 Tsit5,1e-6,1e-8,1e-3 Bosh3,1e-6,1e-8,1e-3
 
-Writes benchmarks/results/flow_defaults.json.
+    python benchmarks/flow_defaults.py --steps 200 --warm-start 130 --save-every 1 \
+        --out benchmarks/results/flow_tau.json \
+        Bosh3,1e-6,1e-8,1e-3,0.0625 Bosh3,1e-6,1e-8,1e-3,0.25 Bosh3,1e-5,1e-7,1e-3,0.5
+
+Writes benchmarks/results/flow_defaults.json (or `--out`).
 """
 
 import argparse
@@ -36,8 +41,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/gd-mlp-digits.toml")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--warm-start", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=10, help="units between stored w")
+    parser.add_argument("--out", default="benchmarks/results/flow_defaults.json")
     parser.add_argument(
-        "variants", nargs="+", help="SOLVER,RTOL,ATOL,EIG_TOL; the first is the reference"
+        "variants", nargs="+", help="SOLVER,RTOL,ATOL,EIG_TOL[,TAU]; the first is the reference"
     )
     args = parser.parse_args()
     cfg = load_config(ROOT / args.config)
@@ -46,11 +54,11 @@ def main():
     base, _ = make_flow_options(cfg)
     results, paths = {}, {}
     for variant in args.variants:
-        solver, rtol, atol, eig_tol = variant.split(",")
+        solver, rtol, atol, eig_tol, *tau = variant.split(",")
         options = cf.FlowOptions(
             getattr(dfx, solver)(),
             dfx.PIDController(rtol=float(rtol), atol=float(atol)),
-            tau=base.tau,
+            tau=float(tau[0]) if tau else base.tau,
             sdcp_threshold=base.sdcp_threshold,
             max_seff=base.max_seff,
             guard=base.guard,
@@ -63,7 +71,8 @@ def main():
             processes=("central",),
             central=options,
             eig=cf.EigConfig(tol=float(eig_tol)),
-            save_w_every=10,
+            save_w_every=args.save_every,
+            warm_start=args.warm_start,
             progress=False,
         )
         result, seconds = timed(run)
@@ -92,7 +101,7 @@ def main():
     }
     text = json.dumps(out, indent=1)
     print(text)
-    (ROOT / "benchmarks/results/flow_defaults.json").write_text(text + "\n")
+    (ROOT / args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

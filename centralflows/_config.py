@@ -116,9 +116,9 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         ),
     },
     "central": {
-        "tau": _Key(float, 0.25, "a float > 0", lambda v: v > 0),
-        "rtol": _Key(float, 1e-6, "a float > 0", lambda v: v > 0),
-        "atol": _Key(float, 1e-8, "a float > 0", lambda v: v > 0),
+        "tau": _Key(float, 0.5, "a float > 0", lambda v: v > 0),
+        "rtol": _Key(float, 1e-5, "a float > 0", lambda v: v > 0),
+        "atol": _Key(float, 1e-7, "a float > 0", lambda v: v > 0),
         "nsubsteps": _Key(int, 4, "an integer >= 1", lambda v: v >= 1),
         "solver": _one_of("bosh3", "tsit5", "euler"),
         "sdcp_threshold": _Key(float, 1.95, "a float > 0", lambda v: v > 0),

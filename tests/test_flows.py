@@ -105,13 +105,19 @@ def test_toy_central_vector_field_vanishes_at_equilibrium():
 
 
 def test_a_unit_with_too_many_events_stops_the_flow_rather_than_skip_time(monkeypatch):
-    monkeypatch.setattr(_flow_processes, "_MAX_SEGMENTS", 1)  # the onset alone is too many
-    sol = cf.central_flow(toy_loss, TOY_W0, cf.GD(ETA), 70, saveat=[0, 59, 70], options=OPTIONS)
-    assert float(sol.stop_time) == pytest.approx(T_STAR - TAU, abs=1e-4)
+    monkeypatch.setattr(_flow_processes, "_MAX_SEGMENTS", 1)  # the first event is too many
+    # The first event: the tracked eigenvalue ηa = 0.5 + η²b t crosses 1.51 at t = 40.4
+    # (not at an integer time, where it could as well be seen at the unit's start).
+    eig = cf.EigConfig(track_threshold=1.51)
+    t_event = (1.51 - ETA * S0) / (C * ETA**2 * B)
+    sol = cf.central_flow(
+        toy_loss, TOY_W0, cf.GD(ETA), 70, saveat=[0, 40, 70], eig=eig, options=OPTIONS
+    )
+    assert float(sol.stop_time) == pytest.approx(t_event, abs=1e-6)
     assert bool(sol.stop_reason == cf.StopReason.chatter)
     assert cf.StopReason[sol.stop_reason].startswith("too many events")
     # The last save holds the state at the stop, not a state past the skipped time.
-    assert float(sol.w["y"][-1]) == pytest.approx(-ETA * B * (T_STAR - TAU), abs=1e-6)
+    assert float(sol.w["y"][-1]) == pytest.approx(-ETA * B * t_event, abs=1e-6)
 
 
 @pytest.mark.parametrize("flow", [cf.central_flow, cf.stable_flow])

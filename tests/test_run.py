@@ -230,10 +230,11 @@ def test_a_diverging_process_stops_and_the_others_go_on():
     assert np.all(np.isnan(discrete["train_loss"][stop + 1 :]))
     assert np.all(np.isnan(discrete["eig_hvps"][stop + 1 :]))  # no work, and no cast garbage
     assert np.all(np.isnan(result["distances"]["discrete-stable"][stop + 1 :]))
-    # The stable flow goes on to the end: dw/dt = −w³, so w(t) = w0 / √(1 + 2 w0² t).
+    # The stable flow goes on to the end: dw/dt = −w³, so w(t) = w0 / √(1 + 2 w0² t)
+    # (to the default solver tolerance, rtol = 1e-5; the loss is quartic in w).
     assert np.all(np.isnan(stable["stop_reason"]))
     np.testing.assert_allclose(
-        stable["train_loss"][-1], loss(w0 / jnp.sqrt(1 + 2 * w0**2 * 20)), rtol=1e-5
+        stable["train_loss"][-1], loss(w0 / jnp.sqrt(1 + 2 * w0**2 * 20)), rtol=2e-4
     )
 
     with pytest.warns(UserWarning, match="discrete stopped"):
