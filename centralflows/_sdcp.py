@@ -1,5 +1,6 @@
 """The semidefinite complementarity problem that pins down the oscillation covariance."""
 
+import dataclasses
 from collections.abc import Callable
 
 import equinox as eqx
@@ -13,6 +14,7 @@ from ._eigen import below
 Matrix = Float[Array, "k k"]
 Operator = Float[Array, "k k k k"]
 Rank = int | Int[Array, ""]
+Scalar = float | Float[Array, ""]
 
 
 def _sym(x: Matrix) -> Matrix:
@@ -36,17 +38,28 @@ def _spectral_map(d, q, f, df, dy):
 
 
 @jax.custom_jvp
+def smoothed_psd_projection(y: Matrix, smoothing: Scalar) -> Matrix:
+    """`Q φ_ε(D) Qᵀ` for the symmetric part `Q D Qᵀ` of `y`, with `φ_ε(t) = (t + √(t² + 4ε²))/2`
+    the Chen–Harker–Kanzow–Smale smoothing of `max(t, 0)` by `ε = smoothing`: smooth in
+    `(y, ε)` for `ε ≠ 0`, and the PSD projection at `ε = 0`."""
+    d, q = jnp.linalg.eigh(_sym(y))
+    return (q * (d + jnp.hypot(d, 2 * smoothing)) / 2) @ q.T
+
+
+@smoothed_psd_projection.defjvp
+def _smoothed_psd_projection_jvp(primals, tangents):
+    (y, smoothing), (dy, dsmoothing) = primals, tangents
+    d, q = jnp.linalg.eigh(_sym(y))
+    r = jnp.hypot(d, 2 * smoothing)
+    safe = jnp.where(r > 0, r, 1)  # r = 0 only where d = ε = 0: there φ's slopes are taken 0
+    slope = jnp.where(r > 0, (1 + d / safe) / 2, 0)
+    out, dout = _spectral_map(d, q, (d + r) / 2, slope, dy)
+    return out, dout + (q * (2 * smoothing / safe * dsmoothing)) @ q.T
+
+
 def psd_projection(y: Matrix) -> Matrix:
     """The nearest positive semidefinite matrix to the symmetric part of `y` (Frobenius)."""
-    d, q = jnp.linalg.eigh(_sym(y))
-    return (q * jnp.maximum(d, 0)) @ q.T
-
-
-@psd_projection.defjvp
-def _psd_projection_jvp(primals, tangents):
-    (y,), (dy,) = primals, tangents
-    d, q = jnp.linalg.eigh(_sym(y))
-    return _spectral_map(d, q, jnp.maximum(d, 0), (d > 0).astype(d.dtype), dy)
+    return smoothed_psd_projection(y, 0.0)
 
 
 def _kept(d, rank: Rank):
@@ -118,11 +131,13 @@ def _newton_root(
 
 
 class SDCPSolution(eqx.Module):
-    """The solution `X` of an SDCP, its natural residual and optimistix's result code."""
+    """The solution `X` of an SDCP, its natural residual, optimistix's result code and the
+    number of steps taken."""
 
     X: Matrix
     residual: Float[Array, ""]
     result: optx.RESULTS
+    num_steps: Int[Array, ""]
 
 
 def _regularized(operator: Operator) -> Operator:
@@ -144,6 +159,134 @@ def natural_residual(
     return x - (psd_projection(z) if rank is None else rank_projection(z, rank))
 
 
+def _smoothed_residual(smoothing: Scalar, x: Matrix, alpha: Matrix, operator: Operator) -> Matrix:
+    """`X − Π_ε(X − (α + B[X]))` with `Π_ε` the `smoothed_psd_projection`: the natural
+    residual at `ε = 0`, smooth in `(ε, X)` for `ε ≠ 0`."""
+    z = x - alpha - apply_operator(operator, x)
+    return x - smoothed_psd_projection(z, smoothing)
+
+
+class _SmoothingNewtonState(eqx.Module):
+    x: Matrix
+    smoothing: Float[Array, ""]  # ε: 0 in the Newton phase
+    target: Float[Array, ""]  # ε̄: 0 in the Newton phase, then ‖F‖ where it ended
+    best_x: Matrix  # the Newton phase's iterate of least ‖F‖², and that ‖F‖²
+    best_merit: Float[Array, ""]
+    stale: Int[Array, ""]  # Newton steps since best_merit last decreased
+    diff: Matrix  # the last step, and max(ε, |F_ε|) where it was taken
+    previous_residual: Float[Array, ""]
+    num_steps: Int[Array, ""]
+    stalled: Bool[Array, ""]
+
+
+def _smoothing_newton(
+    alpha: Matrix, operator: Operator, x0: Matrix, max_steps: int, rtol: float, atol: float
+) -> tuple[Matrix, optx.RESULTS, Int[Array, ""]]:
+    """A zero of the natural residual `F` from `x0`: Newton's method with full steps until
+    `‖F‖²` has not decreased below its least value for `patience` steps (while above the
+    rounding error of `F`), then, from the iterate `X_b` of that least value, Qi, Sun and
+    Zhou's smoothing Newton method: Newton on `(ε, F_ε(X)) = 0` (`_smoothed_residual`),
+    the smoothing pulled towards `β ε̄` with `ε̄ = ‖F(X_b)‖` and `β = γ min(1, ψ/ε̄²)`, and an
+    Armijo search on `ψ = ε² + ‖F_ε(X)‖²`. It stops on optimistix's Cauchy criterion
+    (`successful`), when no searched step decreases `ψ` (`nonlinear_divergence`), or
+    after `max_steps`; each step costs a Jacobian and a k²×k² solve."""
+    patience = 16  # fewer cut short Newton's transients where B is nearly singular
+    gamma, sigma, max_halvings = 0.2, 1e-4, 30
+    # Jacobians, and the values as their aux.
+    newton_jacobian = jax.jacfwd(
+        lambda x: (natural_residual(x, alpha, operator),) * 2, has_aux=True
+    )
+    residual = lambda e, x: _smoothed_residual(e, x, alpha, operator)
+    jacobian = jax.jacfwd(lambda e, x: (residual(e, x),) * 2, argnums=(0, 1), has_aux=True)
+    solve = lambda a, b: jnp.linalg.solve(a.reshape(b.size, b.size), b.reshape(-1))
+
+    def newton_step(state):
+        x = state.x
+        f_x, f = newton_jacobian(x)
+        new_x = x - solve(f_x, f).reshape(x.shape)
+        # The watchdog: back to the best iterate, smoothed, once Newton stops progressing.
+        merit = jnp.sum(f**2)
+        z = x - alpha - apply_operator(operator, x)
+        rounding = 100 * jnp.finfo(x.dtype).eps * (jnp.linalg.norm(x) + jnp.linalg.norm(z))
+        improved = (merit < (1 - sigma) * state.best_merit) | (merit <= rounding**2)
+        best_x = jnp.where(improved, x, state.best_x)
+        best_merit = jnp.where(improved, merit, state.best_merit)
+        stale = jnp.where(improved, 0, state.stale + 1)
+        switch = (stale >= patience) | ~jnp.isfinite(merit)
+        target = jnp.where(switch, jnp.sqrt(best_merit), 0)
+        new_x = jnp.where(switch, best_x, new_x)
+        return dataclasses.replace(
+            state,
+            x=new_x,
+            smoothing=target,
+            target=target,
+            best_x=best_x,
+            best_merit=best_merit,
+            stale=stale,
+            diff=new_x - x,
+            previous_residual=jnp.max(jnp.abs(f)),
+            num_steps=state.num_steps + 1,
+        )
+
+    def smoothing_step(state):
+        x, e, target = state.x, state.smoothing, state.target
+        (f_e, f_x), f = jacobian(e, x)
+        psi = e**2 + jnp.sum(f**2)
+        de = gamma * jnp.minimum(1, psi / target**2) * target - e
+        dx = -solve(f_x, f + de * f_e).reshape(x.shape)
+        # Armijo backtracking on ψ.
+        decreased = lambda t, f_t: (
+            (e + t * de) ** 2 + jnp.sum(f_t**2) <= (1 - 2 * sigma * (1 - gamma) * t) * psi
+        )
+
+        def searching(search):
+            t, f_t, halvings = search
+            return ~decreased(t, f_t) & (halvings < max_halvings)
+
+        def halve(search):
+            t, _, halvings = search
+            return t / 2, residual(e + t / 2 * de, x + t / 2 * dx), halvings + 1
+
+        full = (jnp.ones((), x.dtype), residual(e + de, x + dx), jnp.array(0))
+        t, f_t, _ = jax.lax.while_loop(searching, halve, full)
+        accepted = decreased(t, f_t)
+        t = jnp.where(accepted, t, 0)
+        return dataclasses.replace(
+            state,
+            x=x + t * dx,
+            smoothing=e + t * de,
+            diff=t * dx,
+            previous_residual=jnp.maximum(e, jnp.max(jnp.abs(f))),
+            num_steps=state.num_steps + 1,
+            stalled=~accepted,
+        )
+
+    def converged(state):
+        small_step = jnp.max(jnp.abs(state.diff) / (atol + rtol * jnp.abs(state.x))) < 1
+        return small_step & (state.previous_residual < atol)
+
+    def not_done(state):
+        return ~converged(state) & ~state.stalled & (state.num_steps < max_steps)
+
+    zero, inf = jnp.zeros((), x0.dtype), jnp.full((), jnp.inf, x0.dtype)
+    never = jnp.full_like(x0, jnp.inf)
+    init = _SmoothingNewtonState(
+        x0, zero, zero, x0, inf, jnp.array(0), never, inf, jnp.array(0), jnp.array(False)
+    )
+    newton = jax.lax.while_loop(lambda s: not_done(s) & (s.target == 0), newton_step, init)
+    final = jax.lax.while_loop(not_done, smoothing_step, newton)
+    result = optx.RESULTS.where(
+        converged(final),
+        optx.RESULTS.successful,
+        optx.RESULTS.where(
+            final.stalled,
+            optx.RESULTS.nonlinear_divergence,
+            optx.RESULTS.nonlinear_max_steps_reached,
+        ),
+    )
+    return final.x, result, final.num_steps
+
+
 @eqx.filter_jit
 def sdcp_solve(
     alpha: Matrix,
@@ -156,21 +299,52 @@ def sdcp_solve(
 ) -> SDCPSolution:
     r"""Solve `X ⪰ 0, α + B[X] ⪰ 0, ⟨X, α + B[X]⟩ = 0` for symmetric k×k `X`.
 
-    For k = 1 this is the closed form `X = max(0, −α/B)`. For k > 1, Newton's method
-    (optimistix) on the natural residual `X − Π_PSD(X − α − B[X])`, started from the
-    diagonal closed form (or `x0`); differentiable by the implicit function theorem
-    where the active set is locally constant. `B` is the operator's tensor `B_ijlm`;
-    for the central flow it is positive semidefinite, making this the optimality
-    condition of `min_{X⪰0} ½⟨X, B[X]⟩ + ⟨α, X⟩`.
+    For k = 1 this is the closed form `X = max(0, −α/B)`. For k > 1, Newton's method on
+    the natural residual `X − Π_PSD(X − α − B[X])`, started from the diagonal closed form
+    (or `x0`) and, where it stops making progress (a cycle, or a nearly singular `B`),
+    continued from its best iterate by the smoothing Newton method of Qi, Sun and Zhou
+    (`Π_PSD`'s `max(d, 0)` on the eigenvalues replaced by `(d + √(d² + 4ε²))/2`, with a
+    line search as `ε → 0`), globally convergent for monotone `B`; differentiable by the
+    implicit function theorem where the active set is locally constant. `B` is the
+    operator's tensor `B_ijlm`; for the central flow it is positive semidefinite, making
+    this the optimality condition of `min_{X⪰0} ½⟨X, B[X]⟩ + ⟨α, X⟩`.
+
+    ??? cite "Reference"
+        ```bibtex
+        @article{qi2000smoothing,
+          title={A new look at smoothing {N}ewton methods for nonlinear complementarity
+                 problems and box constrained variational inequalities},
+          author={Qi, Liqun and Sun, Defeng and Zhou, Guanglu},
+          journal={Mathematical Programming},
+          volume={87},
+          number={1},
+          pages={1--35},
+          year={2000}
+        }
+        @article{sun2004squared,
+          title={Quadratic convergence of a squared smoothing {N}ewton method for
+                 nonsmooth matrix equations and its applications in semidefinite
+                 optimization problems},
+          author={Sun, Jie and Sun, Defeng and Qi, Liqun},
+          journal={SIAM Journal on Optimization},
+          volume={14},
+          number={3},
+          pages={783--806},
+          year={2004}
+        }
+        ```
 
     **Arguments:**
 
     - `alpha`: symmetric `(k, k)` constant term.
     - `operator`: `(k, k, k, k)` tensor of the linear term.
     - `x0`: optional warm start.
-    - `rtol`, `atol`, `max_steps`: Newton's tolerances and step cap.
+    - `rtol`, `atol`, `max_steps`: the tolerances of optimistix's Cauchy criterion
+        (`|ΔX| < atol + rtol·|X|` and `|residual| < atol`) and the cap on all steps.
 
-    **Returns:** an `SDCPSolution`; `residual` is the max-norm of the natural residual.
+    **Returns:** an `SDCPSolution`; `residual` is the max-norm of the natural residual,
+    `result` `nonlinear_divergence` where the line search found no decrease (at the
+    rounding error, or stalled).
     """
     k = alpha.shape[0]
     operator = _regularized(operator)
@@ -178,13 +352,14 @@ def sdcp_solve(
     safe = jnp.where(diagonal > 0, diagonal, 1)
     guess = jnp.diag(jnp.where(diagonal > 0, jnp.maximum(0, -jnp.diag(alpha) / safe), 0))
     if k <= 1:  # closed form (k = 0: nothing is critical)
-        x, result = guess, optx.RESULTS.successful
+        x, result, num_steps = guess, optx.RESULTS.successful, jnp.array(0)
     else:
-        x0 = guess if x0 is None else x0
+        frozen, x0 = jax.lax.stop_gradient(((alpha, operator), guess if x0 is None else x0))
+        x, result, num_steps = _smoothing_newton(*frozen, x0, max_steps, rtol, atol)
         residual = lambda x, p: natural_residual(x, *p)
-        x, result = _newton_root(residual, x0, (alpha, operator), max_steps, rtol, atol)
+        x = _implicit_root(residual, _sym(x), (alpha, operator))
     residual = jnp.max(jnp.abs(natural_residual(x, alpha, operator)), initial=0.0)
-    return SDCPSolution(x, residual, result)
+    return SDCPSolution(x, residual, result, num_steps)
 
 
 def pad_sdcp(
