@@ -15,6 +15,7 @@ from centralflows._eigen import (
     random_vectors,
     refresh_tracking,
 )
+from centralflows._eigen._lobpcg import _orthonormal_columns
 from centralflows.internal import count_compiles
 
 from .helpers import OPTIMIZERS, advance_state, dense_hessian, small_mlp_objective
@@ -82,6 +83,22 @@ def test_lobpcg_on_known_spectrum(getkey):
     np.testing.assert_allclose(theta0, spectrum[::-1][:4], rtol=1e-12)
 
 
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_orthonormal_columns_span_the_active_columns_in_order(duplicate, getkey):
+    # Cholesky QR (or, with a repeated column, Householder QR): orthonormal active
+    # columns, column j in the span of the first j + 1 as with QR, the inactive ones zero.
+    n, k, count = 300, 5, 4
+    x = jr.normal(getkey(), (n, k))
+    if duplicate:  # a singular Gram matrix, where Cholesky QR cannot work
+        x = x.at[:, 1].set(x[:, 0])
+    q = np.asarray(_orthonormal_columns(x, jnp.arange(k) < count))
+    np.testing.assert_allclose(q[:, :count].T @ q[:, :count], np.eye(count), atol=1e-13)
+    assert np.all(q[:, count:] == 0)
+    if not duplicate:
+        reference = np.linalg.qr(np.asarray(x)[:, :count])[0]
+        np.testing.assert_allclose(np.abs(reference.T @ q[:, :count]), np.eye(count), atol=1e-12)
+
+
 def test_lobpcg_trusts_the_residuals_of_one_step_from_fresh_products(getkey):
     # Started near the top eigenvectors of a well separated spectrum, one iteration meets
     # the tolerance: its carried AX, one rotation of exact products, is not recomputed
@@ -92,9 +109,7 @@ def test_lobpcg_trusts_the_residuals_of_one_step_from_fresh_products(getkey):
     spectrum = jnp.concatenate([jnp.linspace(-0.1, 0.1, n - k), jnp.array([8.0, 9.0, 10.0])])
     a = (q * spectrum) @ q.T
     x0 = q[:, n - k :][:, ::-1] + 1e-3 * jr.normal(getkey(), (n, k))
-    theta, x, residuals, iterations, products = lobpcg(
-        lambda v: a @ v, x0, tol=1e-3, max_iters=50
-    )
+    theta, x, residuals, iterations, products = lobpcg(lambda v: a @ v, x0, tol=1e-3, max_iters=50)
     assert (int(iterations), int(products)) == (1, 2 * k)
     true = jnp.linalg.norm(a @ x - x * theta, axis=0)
     np.testing.assert_allclose(residuals, true, rtol=0, atol=1e-12)

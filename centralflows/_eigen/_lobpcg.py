@@ -25,6 +25,35 @@ def _orthonormal_basis(gram: Float[Array, "m m"]) -> Float[Array, "m m"]:
     return q * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, d, 1)), 0)
 
 
+def _orthonormal_columns(x: Columns, active: Bool[Array, " k"]) -> Columns:
+    """Orthonormal columns spanning the `active` columns of `x`, in their order (column j
+    in the span of the first j + 1; the others zero): Cholesky QR, twice, where their
+    Gram matrix is well conditioned (`x` is a warm start: orthonormal, or nearly), else
+    Householder QR. On the digits MLP's 3466 × 8 block, XLA:CPU's Householder QR took
+    48 ms, as much as 25 Hessian-vector products; Cholesky QR takes under 1 ms."""
+    k = x.shape[1]
+    norms = jnp.linalg.norm(x, axis=0)
+    scaled = jnp.where(active & (norms > 0), x / jnp.where(norms > 0, norms, 1), 0)
+    both = active[:, None] & active[None, :]
+    eye = jnp.eye(k, dtype=x.dtype)
+
+    def gram(x):
+        return jnp.where(both, x.T @ x, eye)
+
+    def cholesky_qr(x):
+        lower = jnp.linalg.cholesky(gram(x))
+        return x @ jax.scipy.linalg.solve_triangular(lower, eye, lower=True).T
+
+    def householder_qr(x):
+        return jnp.where(active, jnp.linalg.qr(x)[0], 0)
+
+    d = jnp.linalg.eigvalsh(gram(scaled))
+    well_conditioned = d[0] > jnp.sqrt(jnp.finfo(x.dtype).eps) * d[-1]
+    return jax.lax.cond(
+        well_conditioned, lambda x: cholesky_qr(cholesky_qr(x)), householder_qr, scaled
+    )
+
+
 def _rayleigh_ritz(
     x: Columns, ax: Columns, active: Bool[Array, " k"]
 ) -> tuple[Float[Array, " k"], Columns, Columns]:
@@ -146,8 +175,7 @@ def _lobpcg(matvec, x0, tol, max_iters, count, refresh_every) -> Solution:
     k = x0.shape[1]
     active = jnp.ones(k, bool) if count is None else jnp.arange(k) < count
     products_of = _masked_matvec(matvec)
-    x, _ = jnp.linalg.qr(jnp.where(active, x0, 0))
-    x = jnp.where(active, x, 0)
+    x = _orthonormal_columns(x0, active)
     ax, products = products_of(x, active)
     theta, x, ax = _rayleigh_ritz(x, ax, active)
     zeros = jnp.zeros_like(x)
