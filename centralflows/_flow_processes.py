@@ -1,6 +1,7 @@
 """The stable and central flows as processes observed at integer times."""
 
 import abc
+import math
 import warnings
 from collections.abc import Callable
 from typing import ClassVar, NamedTuple
@@ -96,8 +97,8 @@ def _state_record(state: FlowProcessState, p_diag: Vector) -> Record:
 
 class PlannedSegment(NamedTuple):
     """One integrated segment, as planned from concrete values: from `t0` to `t1`
-    (where `event`, if not `None`, stopped it), first step `dt`, `num_critical`
-    critical directions in the frozen `basis`."""
+    (where `event`, if not `None`, stopped it), first step `dt`, no step longer than
+    `dt_max`, `num_critical` critical directions in the frozen `basis`."""
 
     t0: float
     t1: float
@@ -105,6 +106,7 @@ class PlannedSegment(NamedTuple):
     num_critical: int
     basis: Basis
     event: Event | None
+    dt_max: float = math.inf
 
 
 class AbstractFlowProcess(eqx.Module):
@@ -285,14 +287,26 @@ class AbstractFlowProcess(eqx.Module):
         t1: Scalar,
         num_critical: Count,
         events: ArmedEvents | None,
+        dt_max: Scalar,
     ) -> Segment:
-        """Integrate from `(t0, y)` towards `t1` in the frozen `basis`, stopping where
-        the first armed slot of `events` (if given) rises through 0; `Segment.event` is
-        that slot's number."""
+        """Integrate from `(t0, y)` towards `t1` in the frozen `basis` in steps of at
+        most `dt_max`, stopping where the first armed slot of `events` (if given) rises
+        through 0; `Segment.event` is that slot's number."""
         conditions = None if events is None else self.conditions(events, num_critical)
         return integrate_segment(
-            self.field(num_critical), y, t0, t1, dt, basis, self.options, conditions
+            self.field(num_critical), y, t0, t1, dt, basis, self.options, conditions, dt_max
         )
+
+    def max_step(self, state: FlowProcessState) -> float:
+        """The longest stable step from `state`: its modes decay at the effective
+        sharpness (the top tracked eigenvalue of P⁻¹H) and, where the flow relaxes a
+        constraint, at that rate."""
+        top = float(np.asarray(state.tracking.effective.values)[0])
+        return self.options.max_step(max(np.nan_to_num(top), self.relaxation_rate()))
+
+    def relaxation_rate(self) -> float:
+        """The rate at which the flow relaxes a constraint (none here)."""
+        return 0.0
 
     def conditions(
         self, events: ArmedEvents, num_critical: Count
@@ -395,8 +409,10 @@ class AbstractFlowProcess(eqx.Module):
         while now < end and np.isnan(float(state.stop_time)):
             basis = self.basis(state, k)
             armed = self.arm(events, k, state.y.w)
+            dt_max = self.max_step(state)
+            times = jax.device_put((now, end, dt_max))
             segment = self.segment(
-                state.y, state.dt, basis, *jax.device_put((now, end)), critical_count(k), armed
+                state.y, state.dt, basis, *times[:2], critical_count(k), armed, times[2]
             )
             steps += int(segment.steps)
             rejected += int(segment.rejected)
@@ -408,7 +424,9 @@ class AbstractFlowProcess(eqx.Module):
                 break
             fired = self.fired_event(events, k, int(segment.event))
             if trace is not None:
-                trace.append(PlannedSegment(now, float(segment.t), state.dt, k, basis, fired))
+                trace.append(
+                    PlannedSegment(now, float(segment.t), state.dt, k, basis, fired, dt_max)
+                )
             state = eqx.tree_at(lambda s: (s.y, s.dt), state, (segment.y, segment.dt))
             now = float(segment.t)
             if fired is not None:
@@ -489,6 +507,9 @@ class CentralFlowProcess(AbstractFlowProcess):
 
     def field(self, num_critical: Count) -> CentralFlow:
         return CentralFlow(self.objective, self.optimizer, self.options.tau, num_critical)
+
+    def relaxation_rate(self):
+        return 1 / float(self.options.tau)  # the stability constraint's Baumgarte rate
 
     def critical_size(self, state):
         values = np.asarray(state.tracking.effective.values)  # NaN past the tracked count

@@ -14,6 +14,8 @@ from ._flows import Basis, CentralFlow, FlowState, StableFlow
 
 # Right-hand-side evaluations per step (first-same-as-last counted once).
 _EVALS_PER_STEP = {dfx.Euler: 1, dfx.Heun: 2, dfx.Tsit5: 6, dfx.Dopri5: 6, dfx.Bosh3: 3}
+# Where each solver's stability region meets the negative real axis (hλ ≥ −r is stable).
+_STABILITY_RADIUS = {dfx.Euler: 2.0, dfx.Heun: 2.0, dfx.Tsit5: 3.3, dfx.Dopri5: 3.3, dfx.Bosh3: 2.5}
 
 
 class FlowOptions(eqx.Module):
@@ -73,6 +75,12 @@ class FlowOptions(eqx.Module):
         dt = 1.0 / nsubsteps
         return cls(dfx.Euler(), dfx.ConstantStepSize(), dt, dt, **kwargs)
 
+    def max_step(self, stiffness: float) -> float:
+        """The longest step the solver takes stably on a mode decaying at rate
+        `stiffness` (with a margin of 0.9): the error estimate of a mode that has
+        decayed to round-off cannot see it grow, but its derivative would."""
+        return 0.9 * _STABILITY_RADIUS[type(self.solver)] / max(stiffness, 1e-12)
+
     @property
     def evals_per_step(self) -> int:
         """Right-hand-side evaluations per solver step."""
@@ -85,18 +93,21 @@ class _FirstStep(dfx.AbstractStepSizeController):
     with a host callback (such a program cannot be kept in JAX's persistent compilation
     cache). Its state also holds the step that the last accepted step not cut short by
     `t_end` proposed next (at first `dt0`): the step the next segment starts with, as the
-    solver would have gone on."""
+    solver would have gone on. No step is longer than `dt_max`."""
 
     controller: dfx.AbstractStepSizeController
     dt0: Scalar
     t_end: Scalar
+    dt_max: Scalar
 
     def wrap(self, direction):
-        return _FirstStep(self.controller.wrap(direction), self.dt0 * direction, self.t_end)
+        return _FirstStep(
+            self.controller.wrap(direction), self.dt0 * direction, self.t_end, self.dt_max
+        )
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         del dt0
-        first = jnp.minimum(self.dt0, self.t_end - t0)
+        first = jnp.minimum(jnp.minimum(self.dt0, self.dt_max), self.t_end - t0)
         t_next, state = self.controller.init(terms, t0, t1, y0, first, args, func, error_order)
         return t_next, (state, self.dt0)
 
@@ -105,6 +116,7 @@ class _FirstStep(dfx.AbstractStepSizeController):
         keep, next_t0, next_t1, jump, state, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, state
         )
+        next_t1 = jnp.minimum(next_t1, next_t0 + self.dt_max)
         proposed = jnp.where(keep & (t1 < self.t_end), next_t1 - next_t0, proposed)
         return keep, next_t0, next_t1, jump, (state, proposed), result
 
@@ -130,6 +142,7 @@ def integrate_segment(
     basis: Basis,
     options: FlowOptions,
     conditions: Callable[[FlowState, Basis], Float[Array, " e"]] | None = None,
+    dt_max: Scalar | float = jnp.inf,
 ) -> Segment:
     """Integrate `field` from `t0` to `t1`, stopping early where the first of `conditions`
     rises through 0.
@@ -142,6 +155,7 @@ def integrate_segment(
       always takes `options.dt0`).
     - `basis`: the eigenvector basis frozen for this segment.
     - `options`: solver settings.
+    - `dt_max`: the longest step (ignored by a constant step size controller).
     - `conditions`: `(y, basis) -> vector`, none positive at `t0`; where their maximum
       crosses 0 upwards the segment ends, the time located by bisection on the solver's
       dense output (Newton can leave the step and fail). The condition that stopped it
@@ -151,7 +165,7 @@ def integrate_segment(
     """
     constant = isinstance(options.stepsize_controller, dfx.ConstantStepSize)
     if constant:
-        dt0 = options.dt0
+        dt0, dt_max = options.dt0, jnp.inf
     event = None
     if conditions is not None:
         # Bisection stops where both the time bracket and the condition are within
@@ -176,7 +190,9 @@ def integrate_segment(
         y0,
         basis,
         saveat=dfx.SaveAt(t1=True, controller_state=True),
-        stepsize_controller=_FirstStep(options.stepsize_controller, jnp.asarray(dt0), t1),
+        stepsize_controller=_FirstStep(
+            options.stepsize_controller, jnp.asarray(dt0), t1, jnp.asarray(dt_max)
+        ),
         event=event,
         max_steps=options.max_steps,
         adjoint=options.adjoint,

@@ -181,7 +181,8 @@ def _through_event(
     armed = process.arm((segment.event,), k, y.w)
 
     def integrate(t1):
-        return process.segment(y, segment.dt, basis, jnp.asarray(segment.t0), t1, k, None).y
+        t0, dt_max = jnp.asarray(segment.t0), jnp.asarray(segment.dt_max)
+        return process.segment(y, segment.dt, basis, t0, t1, k, None, dt_max).y
 
     # Newton's method on the event time, to a point just before the event (c < 0): a
     # solver step that straddled the switch would differentiate the new vector field's
@@ -251,13 +252,14 @@ def _through_event(
 def _unit(
     process: AbstractFlowProcess,
     y: FlowState,
-    times: tuple[Scalar, Scalar, Scalar],
+    times: tuple[Scalar, Scalar, Scalar, Scalar],
     num_critical: Count,
     basis: Basis,
 ) -> FlowState:
-    """Integrate an event-free segment from `y` over `times = (t0, t1, dt)` in `basis`."""
-    t0, t1, dt = times
-    return process.segment(y, dt, basis, t0, t1, num_critical, None).y
+    """Integrate an event-free segment from `y` over `times = (t0, t1, dt, dt_max)` in
+    `basis`."""
+    t0, t1, dt, dt_max = times
+    return process.segment(y, dt, basis, t0, t1, num_critical, None, dt_max).y
 
 
 def replay(
@@ -284,6 +286,7 @@ def replay(
         starts.append(y)
         if segment.event is None:
             span = (jnp.asarray(segment.t0), jnp.asarray(segment.t1), segment.dt)
+            span += (jnp.asarray(segment.dt_max),)
             k = segment.num_critical
             if basis is None:
                 # Differentiated at `y` where the vector field uses it (something is
