@@ -106,7 +106,7 @@ def main():
     records = []
     for t in range(3, 3 + args.units):
         start = time.perf_counter()
-        observed, k, _, _ = process.observe_now(state, t)  # the breakdown only
+        observed, k, *_ = process.observe_now(state, t)  # the breakdown only
         breakdown.append(time.perf_counter() - start)
         start = time.perf_counter()
         state, _, record = process.advance_unit(state, t)

@@ -32,7 +32,7 @@ def _products(objective, columns: int, masked: bool):
         _, hvp = jax.linearize(objective.grad, w)
         matvec = jax.vmap(hvp, in_axes=1, out_axes=1)
         if masked:
-            matvec = _masked_matvec(matvec, jnp.arange(columns) < count)
+            return _masked_matvec(matvec)(block, jnp.arange(columns) < count)[0]
         return matvec(block)
 
     return jax.jit(apply)

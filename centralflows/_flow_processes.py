@@ -35,7 +35,7 @@ from ._flows import (
     ritz_pairs,
     used_rows,
 )
-from ._integrate import FlowOptions, Segment, integrate_segment
+from ._integrate import FlowOptions, Segment, SegmentStart, integrate_segment
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import grow, initial_opt_state
@@ -107,6 +107,18 @@ class PlannedSegment(NamedTuple):
     basis: Basis
     event: Event | None
     dt_max: float = math.inf
+
+
+class Observed(NamedTuple):
+    """What `observe_now` found at an integer time: the `state` (tracking refreshed),
+    its critical-set size and armed `events`, the logged `record`, and the flow's
+    `terms` there (the next segment's start; `None` where the flow gives none)."""
+
+    state: FlowProcessState
+    num_critical: int
+    events: tuple[Event, ...]
+    record: Record
+    terms: CentralTerms | None
 
 
 class AbstractFlowProcess(eqx.Module):
@@ -260,10 +272,16 @@ class AbstractFlowProcess(eqx.Module):
 
     def point_terms(
         self, y: FlowState, basis: Basis, num_critical: Count
-    ) -> tuple[Record, Float[Array, " k"] | None]:
-        """`point_record` at `y`, and what `plan` needs from the same terms (the central
-        flow's rank margins; `None` here)."""
-        return self.point_record(y, basis, num_critical), None
+    ) -> tuple[Record, Float[Array, " k"] | None, CentralTerms | None]:
+        """`point_record` at `y`, what `plan` needs from the same terms (the central
+        flow's rank margins) and the terms, which start a segment at `y` (`None` here:
+        the stable flow's cost nothing to evaluate again)."""
+        return self.point_record(y, basis, num_critical), None, None
+
+    def start_terms(self, state: FlowProcessState, num_critical: int) -> CentralTerms | None:
+        """The terms `point_terms` gives at `state` (`None` where it gives none)."""
+        del state, num_critical
+        return None
 
     def observe(
         self, state: FlowProcessState, num_critical: int, point: Record | None = None
@@ -288,13 +306,28 @@ class AbstractFlowProcess(eqx.Module):
         num_critical: Count,
         events: ArmedEvents | None,
         dt_max: Scalar,
+        terms: CentralTerms | None = None,
     ) -> Segment:
         """Integrate from `(t0, y)` towards `t1` in the frozen `basis` in steps of at
         most `dt_max`, stopping where the first armed slot of `events` (if given) rises
-        through 0; `Segment.event` is that slot's number."""
+        through 0; `Segment.event` is that slot's number. `terms`, the flow's terms at
+        `y` where known (`point_terms`), give its first stage and initial conditions."""
         conditions = None if events is None else self.conditions(events, num_critical)
+        start = None
+        if terms is not None:
+            initial = None if conditions is None else conditions(y, basis, terms)
+            start = SegmentStart(terms.derivative, initial)
         return integrate_segment(
-            self.field(num_critical), y, t0, t1, dt, basis, self.options, conditions, dt_max
+            self.field(num_critical),
+            y,
+            t0,
+            t1,
+            dt,
+            basis,
+            self.options,
+            conditions,
+            dt_max,
+            start,
         )
 
     def max_step(self, state: FlowProcessState) -> float:
@@ -310,15 +343,15 @@ class AbstractFlowProcess(eqx.Module):
 
     def conditions(
         self, events: ArmedEvents, num_critical: Count
-    ) -> Callable[[FlowState, Basis], Float[Array, " s"]]:
-        """`(y, basis) -> c`, entry i rising through 0 where the event in slot i
-        (`slots`) happens, and -inf where that slot is disarmed. While a rank slot is
-        armed, the flow's terms give the Ritz values and one SDCP branch the rank margins
-        (one more product gives the track slot's); otherwise one batch of Hessian-vector
-        products gives the Ritz and track values."""
+    ) -> Callable[..., Float[Array, " s"]]:
+        """`(y, basis, terms=None) -> c`, entry i rising through 0 where the event in
+        slot i (`slots`) happens, and -inf where that slot is disarmed. While a rank slot
+        is armed, the flow's terms at `y` (evaluated unless given) give the Ritz values
+        and one SDCP branch the rank margins (one more product gives the track slot's);
+        otherwise one batch of Hessian-vector products gives the Ritz and track values."""
         slots = self.slots(num_critical)
 
-        def values(y, basis):
+        def values(y, basis, terms=None):
             p_diag, m = self.p_diag(y), len(basis)
 
             def track_value(vectors_products):
@@ -338,11 +371,11 @@ class AbstractFlowProcess(eqx.Module):
 
                 def from_terms():
                     """The rank margins, and the Ritz values the terms computed anyway."""
-                    terms = self.field(num_critical).terms(y, basis)
-                    margins = self._margins(terms, basis, num_critical, events.rank)
+                    at_y = self.field(num_critical).terms(y, basis) if terms is None else terms
+                    margins = self._margins(at_y, basis, num_critical, events.rank)
                     track_used = used_rows(events.track_vectors)
                     products = hessian_rows(self.objective, y.w, events.track_vectors, track_used)
-                    return terms.ritz.values, track_value(products), margins
+                    return at_y.ritz.values, track_value(products), margins
 
                 # The rank slots are armed only while something is critical, when the
                 # terms' Ritz pairs span the whole basis.
@@ -365,19 +398,14 @@ class AbstractFlowProcess(eqx.Module):
 
         return values
 
-    def observe_now(
-        self, state: FlowProcessState, t: float
-    ) -> tuple[FlowProcessState, int, tuple[tuple, ...], Record]:
+    def observe_now(self, state: FlowProcessState, t: float) -> Observed:
         """Refresh (and grow) the tracked eigenpairs, plan the critical set, and log, at
-        time `t`.
-
-        **Returns:** `(state, num_critical, events, record)`.
-        """
+        time `t`."""
         state = grow(self, self.refresh(state, state.tracking))
         k = self.critical_size(state)
-        point, margins = self.point_terms(state.y, self.basis(state, k), critical_count(k))
+        point, margins, terms = self.point_terms(state.y, self.basis(state, k), critical_count(k))
         state, k, events = self.plan(state, t, margins=margins)
-        return state, k, events, self.observe(state, k, point)
+        return Observed(state, k, events, self.observe(state, k, point), terms)
 
     def advance_unit(
         self,
@@ -385,7 +413,7 @@ class AbstractFlowProcess(eqx.Module):
         t: float,
         trace: list | None = None,
         end: float | None = None,
-        observed: tuple[FlowProcessState, int, tuple[Event, ...], Record] | None = None,
+        observed: Observed | None = None,
     ) -> tuple[FlowProcessState, Vector, Record]:
         """Log time `t` and integrate to `end` (default `t + 1`), re-planning at every
         event; `observed` is `observe_now(state, t)` where the caller has it already.
@@ -402,7 +430,7 @@ class AbstractFlowProcess(eqx.Module):
             record = {n: v if n in kept else np.full_like(v, np.nan) for n, v in record.items()}
             record.update({n: np.asarray(np.nan) for n in _SOLVER_STATS})
             return state, jnp.full_like(state.y.w, jnp.nan), record
-        state, k, events, record = observed or self.observe_now(state, t)
+        state, k, events, record, terms = observed or self.observe_now(state, t)
         position = state.y.w
         steps = rejected = segments = 0
         now, end = float(t), float(t + 1 if end is None else end)
@@ -412,7 +440,7 @@ class AbstractFlowProcess(eqx.Module):
             dt_max = self.max_step(state)
             times = jax.device_put((now, end, dt_max))
             segment = self.segment(
-                state.y, state.dt, basis, *times[:2], critical_count(k), armed, times[2]
+                state.y, state.dt, basis, *times[:2], critical_count(k), armed, times[2], terms
             )
             steps += int(segment.steps)
             rejected += int(segment.rejected)
@@ -436,6 +464,7 @@ class AbstractFlowProcess(eqx.Module):
                     break
                 state = grow(self, self.refresh(state, state.tracking))
                 state, k, events = self.plan(state, now, fired)
+                terms = self.start_terms(state, k)
         record["solver_steps"] = np.asarray(steps, float)
         record["rejected_steps"] = np.asarray(rejected, float)
         record["rhs_evals"] = np.asarray(steps * self.options.evals_per_step, float)
@@ -565,7 +594,7 @@ class CentralFlowProcess(AbstractFlowProcess):
             return min(max(fired.rank + step, 0), num_critical)
         if margins is None:  # the observation's program, so that no other one compiles
             basis = self.basis(state, num_critical)
-            _, margins = self.point_terms(state.y, basis, critical_count(num_critical))
+            _, margins, _ = self.point_terms(state.y, basis, critical_count(num_critical))
         return int(np.sum(np.asarray(margins) > 0))
 
     @staticmethod
@@ -590,7 +619,11 @@ class CentralFlowProcess(AbstractFlowProcess):
         evaluation of the terms."""
         terms = self.field(num_critical).terms(y, basis)
         margins = self._margins(terms, basis, num_critical, None)
-        return self._record(y, terms, basis, num_critical), margins
+        return self._record(y, terms, basis, num_critical), margins, terms
+
+    def start_terms(self, state, num_critical):
+        basis = self.basis(state, num_critical)
+        return self.point_terms(state.y, basis, critical_count(num_critical))[2]
 
     def _record(self, y: FlowState, terms: CentralTerms, basis: Basis, num_critical: Count):
         """`point_record` from the terms at `y`."""

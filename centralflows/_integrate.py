@@ -121,6 +121,21 @@ class _FirstStep(dfx.AbstractStepSizeController):
         return keep, next_t0, next_t1, jump, (state, proposed), result
 
 
+class SegmentStart(eqx.Module):
+    """What an evaluation at a segment's start already gave: the vector field there (the
+    solver's first stage, where its method reuses its last stage as the next step's
+    first) and the event conditions there."""
+
+    derivative: FlowState
+    conditions: Float[Array, " e"] | None
+
+
+def _reuses_last_stage(solver: dfx.AbstractSolver) -> bool:
+    """Whether `solver` keeps the vector field at a step's end as the next one's first
+    stage (first same as last), so that a known value there saves an evaluation."""
+    return isinstance(solver, dfx.AbstractRungeKutta) and solver.tableau.fsal
+
+
 class Segment(eqx.Module):
     """The end of one integrated segment."""
 
@@ -143,6 +158,7 @@ def integrate_segment(
     options: FlowOptions,
     conditions: Callable[[FlowState, Basis], Float[Array, " e"]] | None = None,
     dt_max: Scalar | float = jnp.inf,
+    start: SegmentStart | None = None,
 ) -> Segment:
     """Integrate `field` from `t0` to `t1`, stopping early where the first of `conditions`
     rises through 0.
@@ -156,6 +172,8 @@ def integrate_segment(
     - `basis`: the eigenvector basis frozen for this segment.
     - `options`: solver settings.
     - `dt_max`: the longest step (ignored by a constant step size controller).
+    - `start`: the vector field and conditions at `(t0, y0)` where they are known (each
+      costs a right-hand side's work to evaluate again).
     - `conditions`: `(y, basis) -> vector`, none positive at `t0`; where their maximum
       crosses 0 upwards the segment ends, the time located by bisection on the solver's
       dense output (Newton can leave the step and fail). The condition that stopped it
@@ -172,8 +190,17 @@ def integrate_segment(
         # tolerance, so neither may be finer than the dtype resolves (float64: 1e-12
         # and 1e-9; float32: 5e-7 and 1e-4, where times near 100 resolve to 1e-5).
         eps = float(jnp.finfo(y0.w.dtype).eps)
+        known = None
+        if start is not None and start.conditions is not None:
+            known = jnp.max(start.conditions)
+
+        def condition(t, y, args, **kwargs):
+            """The largest condition; at `t0`, the known one (the initial sign)."""
+            value = lambda: jnp.max(conditions(y, args))
+            return value() if known is None else jax.lax.cond(t == t0, lambda: known, value)
+
         event = dfx.Event(
-            lambda t, y, args, **kwargs: jnp.max(conditions(y, args)),
+            condition,
             # `expand_if_necessary` never expands (the step brackets the root); without
             # it, Bisection checks the bracket with a host callback.
             optx.Bisection(
@@ -181,6 +208,9 @@ def integrate_segment(
             ),
             direction=True,
         )
+    solver_state = None
+    if start is not None and _reuses_last_stage(options.solver):
+        solver_state = (jnp.array(False), start.derivative)  # the first stage is known
     solution = dfx.diffeqsolve(
         dfx.ODETerm(field),
         options.solver,
@@ -194,6 +224,7 @@ def integrate_segment(
             options.stepsize_controller, jnp.asarray(dt0), t1, jnp.asarray(dt_max)
         ),
         event=event,
+        solver_state=solver_state,
         max_steps=options.max_steps,
         adjoint=options.adjoint,
         throw=False,

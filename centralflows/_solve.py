@@ -167,7 +167,7 @@ def _solve(
         observed = None  # the unit starting at a save time starts from its observation
         if t in ts:
             observed = process.observe_now(state, t)
-            state, k, _, record = observed
+            state, k, _, record, _ = observed
             saved.append(state.y)
             records.append(record)
             if traced:

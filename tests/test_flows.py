@@ -176,7 +176,7 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times(monk
     assert [kind for kind, _ in events] == [kind for kind, _ in expected]
     np.testing.assert_allclose([t for _, t in events], [t for _, t in expected], atol=2e-4)
     # Equilibrium: both sharpnesses at 2/η and x1² = x2² = 2b/(c + d) = 0.2/1.5.
-    _, k, _, record = process.observe_now(state, 200)
+    _, k, _, record, _ = process.observe_now(state, 200)
     assert k == 2
     np.testing.assert_allclose(record["predicted_variances"][:2] * ETA, 0.2 / 1.5, rtol=1e-4)
     w = np.asarray(state.y.w)
@@ -219,7 +219,7 @@ def test_the_oscillation_deactivates_at_the_closed_form_time():
     assert [kind for kind, _ in events] == [kind for kind, _ in expected]
     np.testing.assert_allclose([t for _, t in events], [t for _, t in expected], atol=1e-4)
     # After it, the stable flow: y falls (ẏ = k(3 − z) < 0), and X stays 0.
-    _, _, _, record = process.observe_now(state, 100)
+    _, _, _, record, _ = process.observe_now(state, 100)
     assert float(state.y.w[1]) < 1 - 1e-3
     assert np.all(np.nan_to_num(np.asarray(record["predicted_variances"])) == 0)
 
