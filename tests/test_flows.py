@@ -185,6 +185,32 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times(monk
     )
 
 
+def test_a_segment_started_from_the_observed_terms_equals_one_that_evaluates_them():
+    # The observation's terms give the solver's first stage and the events' initial
+    # values: the segment must end where the one that evaluates them itself does, at the
+    # event that stops it (X gaining its second direction).
+    objective = cf.Objective.from_function(two_direction_loss, jnp.zeros(4))
+    process = FLOW_PROCESSES["central"](
+        objective, cf.GD(jnp.asarray(ETA)), cf.EigConfig(initial_neigs=2), OPTIONS
+    )
+    state = process.init(jnp.zeros(4), jr.key(0))
+    for t in range(50):
+        state, _, _ = process.advance_unit(state, t)
+    observed = process.observe_now(state, 50)
+    state, k = observed.state, observed.num_critical
+    assert k == 2 and observed.terms is not None
+    basis = process.basis(state, k)
+    armed = process.arm(observed.events, k, state.y.w)
+    t0, t1 = jnp.asarray(50.0), jnp.asarray(200.0)
+    count = _flow_processes.critical_count(k)
+    args = (state.y, state.dt, basis, t0, t1, count, armed, jnp.asarray(jnp.inf))
+    known, evaluated = process.segment(*args, observed.terms), process.segment(*args)
+    fired = process.fired_event(observed.events, k, int(known.event))
+    assert fired is not None and fired.kind.value == "activate" and 50 < float(known.t) < 60
+    for a, b in zip(jax.tree.leaves(known), jax.tree.leaves(evaluated)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_the_oscillation_deactivates_at_the_closed_form_time():
     # GD with η = 1 from 0: ẏ = k(3 − z), ż = k(3 − y), so y = z = 3(1 − e^{−kt}). The
     # onset is where (1 − y)/τ = k(3 − y). After it, m = 1 − y = m1 e^{−(t − t1)/τ} and
