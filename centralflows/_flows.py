@@ -7,7 +7,7 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
-from ._eigen import below, preconditioner_diagonal
+from ._eigen import below, masked_products, preconditioner_diagonal
 from ._objective import Objective
 from ._optimizers import GD, AbstractOptimizer
 from ._sdcp import SDCPSolution, pad_sdcp, sdcp_solve
@@ -64,10 +64,10 @@ def used_rows(basis: Basis) -> Bool[Array, " m"]:
 
 def hessian_rows(objective: Objective, w: Vector, basis: Basis, used: Bool[Array, " m"]) -> Basis:
     """`H(w) v` for the `used` rows `v` of `basis` (zero for the others, at no cost),
-    one row at a time from one linearisation of the gradient."""
+    from one linearisation of the gradient (`masked_products`)."""
     _, hvp = jax.linearize(objective.grad, w)
-    row = lambda args: jax.lax.cond(args[1], hvp, jnp.zeros_like, args[0])
-    return jax.lax.map(row, (basis, used))
+    products = masked_products(jax.vmap(hvp, in_axes=1, out_axes=1))
+    return products(basis.T, used)[0].T
 
 
 def ritz_pairs(

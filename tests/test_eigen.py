@@ -11,6 +11,7 @@ from centralflows._eigen import (
     grow_tracking,
     init_tracking,
     lobpcg,
+    masked_products,
     preconditioner_diagonal,
     random_vectors,
     refresh_tracking,
@@ -139,6 +140,30 @@ def test_lobpcg_soft_locked_columns_cost_no_residual_products(getkey):
     assert iterations > 8
     fresh = iterations // 4 + 1  # every 4th iteration and the last
     assert products <= k * (1 + 2 * fresh) + iterations  # one residual product each
+
+
+@pytest.mark.parametrize("mask", [(0, 0, 0, 0), (0, 1, 0, 0), (1, 0, 1, 0), (1, 1, 0, 1)])
+def test_masked_products_multiply_the_masked_columns_alone_or_the_block_at_once(mask, getkey):
+    # At most half the columns on: one product per masked column; more: one batch of the
+    # whole block. Either way A c on the masked columns, zero elsewhere, and the count
+    # of masked columns.
+    n, m = 30, 4
+    a = jr.normal(getkey(), (n, n))
+    a = a + a.T
+    cols = jr.normal(getkey(), (n, m))
+    mask = jnp.asarray(mask, bool)
+    applied = []
+
+    def matvec(v):
+        jax.debug.callback(lambda v: applied.append(v.shape[1]), v)
+        return a @ v
+
+    out, products = jax.jit(masked_products(matvec))(cols, mask)
+    jax.effects_barrier()
+    num = int(jnp.sum(mask))
+    np.testing.assert_allclose(out, jnp.where(mask, a @ cols, 0), rtol=1e-12, atol=1e-12)
+    assert int(products) == num
+    assert applied == ([m] if 2 * num > m else [1] * num)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: type(o).__name__)

@@ -5,6 +5,7 @@ from ._basis import eigenbasis as eigenbasis
 from ._lobpcg import TOL_FLOOR as TOL_FLOOR
 from ._lobpcg import below as below
 from ._lobpcg import lobpcg as lobpcg
+from ._lobpcg import masked_products as masked_products
 from ._solve import EigConfig as EigConfig
 from ._solve import EigenState as EigenState
 from ._solve import preconditioner_diagonal as preconditioner_diagonal
