@@ -154,6 +154,8 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times(monk
     monkeypatch.setattr(_flow_processes, "integrate_segment", counting)
     state, trace = process.init(jnp.zeros(4), jr.key(0)), []
     for t in range(200):
+        if t == 50:
+            before_activation = state
         state, _, _ = process.advance_unit(state, t, trace)
     events = [
         (s.event.kind.value, s.t1)
@@ -164,6 +166,19 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times(monk
     # arms and however many directions are critical (here 0, 1 and 2, and 4 combinations
     # of armed events at the counts 1 and 2).
     assert traced == [(4, 4)]
+    # A segment takes its first stage and its events' initial values from the observed
+    # terms: it ends where one that evaluates them itself does, here at X's activation.
+    observed = process.observe_now(before_activation, 50)
+    k, armed = observed.num_critical, process.arm(observed.events, 2, observed.state.y.w)
+    assert k == 2 and observed.terms is not None
+    y, dt, basis = observed.state.y, observed.state.dt, process.basis(observed.state, k)
+    args = (y, dt, basis, jnp.asarray(50.0), jnp.asarray(200.0), _flow_processes.critical_count(k))
+    args += (armed, jnp.asarray(jnp.inf))
+    known, evaluated = process.segment(*args, observed.terms), process.segment(*args)
+    fired = process.fired_event(observed.events, k, int(known.event))
+    assert fired is not None and fired.kind.value == "activate" and 50 < float(known.t) < 60
+    for a, b in zip(jax.tree.leaves(known), jax.tree.leaves(evaluated)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     eps = ETA**2 * 0.15
     t1 = (1.5 - eps * TAU) / eps
     m, a2, rate = eps * TAU, 0.4 + eps * t1, 0.03 * ETA**2
@@ -183,32 +198,6 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times(monk
     np.testing.assert_allclose(
         [ETA * (1 - w[2] - 0.5 * w[3]), ETA * (0.8 - 0.5 * w[2] - w[3])], 2, rtol=1e-5
     )
-
-
-def test_a_segment_started_from_the_observed_terms_equals_one_that_evaluates_them():
-    # The observation's terms give the solver's first stage and the events' initial
-    # values: the segment must end where the one that evaluates them itself does, at the
-    # event that stops it (X gaining its second direction).
-    objective = cf.Objective.from_function(two_direction_loss, jnp.zeros(4))
-    process = FLOW_PROCESSES["central"](
-        objective, cf.GD(jnp.asarray(ETA)), cf.EigConfig(initial_neigs=2), OPTIONS
-    )
-    state = process.init(jnp.zeros(4), jr.key(0))
-    for t in range(50):
-        state, _, _ = process.advance_unit(state, t)
-    observed = process.observe_now(state, 50)
-    state, k = observed.state, observed.num_critical
-    assert k == 2 and observed.terms is not None
-    basis = process.basis(state, k)
-    armed = process.arm(observed.events, k, state.y.w)
-    t0, t1 = jnp.asarray(50.0), jnp.asarray(200.0)
-    count = _flow_processes.critical_count(k)
-    args = (state.y, state.dt, basis, t0, t1, count, armed, jnp.asarray(jnp.inf))
-    known, evaluated = process.segment(*args, observed.terms), process.segment(*args)
-    fired = process.fired_event(observed.events, k, int(known.event))
-    assert fired is not None and fired.kind.value == "activate" and 50 < float(known.t) < 60
-    for a, b in zip(jax.tree.leaves(known), jax.tree.leaves(evaluated)):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_the_oscillation_deactivates_at_the_closed_form_time():
