@@ -166,6 +166,21 @@ def test_masked_products_multiply_the_masked_columns_alone_or_the_block_at_once(
     assert applied == ([m] if 2 * num > m else [1] * num)
 
 
+def test_masked_products_of_a_narrow_block_are_one_at_a_time():
+    a = jnp.diag(jnp.arange(1.0, 6.0))
+    applied = []
+
+    def matvec(v):
+        jax.debug.callback(lambda v: applied.append(v.shape[1]), v)
+        return a @ v
+
+    cols = jnp.ones((5, 2))
+    out, products = jax.jit(masked_products(matvec))(cols, jnp.array([True, True]))
+    jax.effects_barrier()
+    np.testing.assert_allclose(out, a @ cols)
+    assert int(products) == 2 and applied == [1, 1]
+
+
 @pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: type(o).__name__)
 def test_warm_start_needs_fewer_hvps(optimizer, getkey):
     objective, w = small_mlp_objective(num=60, width=16)

@@ -74,15 +74,22 @@ def below(matrix: Float[Array, "m m"]) -> Float[Array, ""]:
     return 1 + 2 * jnp.max(jnp.abs(matrix))
 
 
+# The narrowest block multiplied in one batch: a batch of 2 saves little, and each
+# batched branch compiles its own products (on the digits MLP, LOBPCG's program took
+# 2.6 s to compile without batches, 2.8 s with them at width 8, 3.0 s at widths 2 and 8).
+_MIN_BATCH = 3
+
+
 def masked_products(
     matvec: Callable[[Columns], Columns],
 ) -> Callable[[Columns, Bool[Array, " m"]], tuple[Columns, Int[Array, ""]]]:
     """`(cols, mask) -> (A cols, products)`: `matvec` on the `mask`ed columns (zero
     elsewhere), so that a block padded to a fixed width, or with converged columns,
-    costs products for the others alone. Where at most half the columns are masked they
-    are multiplied one at a time (the others cost nothing), else the whole block in one
-    batch: on the 2-core CPU, 8 columns of the digits MLP one at a time took 1.6 times
-    one batch of 8 (`benchmarks/masked_products.py`), and batches gain more on a GPU.
+    costs products for the others alone. Where at most half the columns are masked, or
+    the block is narrower than `_MIN_BATCH`, they are multiplied one at a time (the
+    others cost nothing), else the whole block in one batch: on the 2-core CPU, 8 columns
+    of the digits MLP one at a time took 1.6 times one batch of 8
+    (`benchmarks/masked_products.py`), and batches gain more on a GPU.
     `products` counts the masked columns (a batch also multiplies the others, as zeros:
     they cost time, not Hessian-vector products in the count)."""
 
@@ -97,6 +104,8 @@ def masked_products(
             return jnp.where(mask, matvec(jnp.where(mask, cols, 0)), 0), num
 
         num = jnp.sum(mask, dtype=jnp.int32)
+        if cols.shape[1] < _MIN_BATCH:
+            return one_at_a_time(cols)
         return jax.lax.cond(2 * num > cols.shape[1], batched, one_at_a_time, cols)
 
     return apply
