@@ -2,7 +2,8 @@
 
 Eigen tracking holds `eig.max_neigs` columns whatever the tracked count; `masked_products`
 multiplies the tracked ones one at a time under `lax.cond` where they are at most half
-the block (the others cost nothing), else the whole block in one batch. This measures,
+the block or the block is narrower than 3 (the others cost nothing), else the whole
+block in one batch. This measures,
 on the default digits MLP, a plain batch of all columns, `masked_products` with all of
 them on (its batch), and every column one at a time, per column (the three alternate,
 in one process):

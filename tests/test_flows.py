@@ -169,8 +169,9 @@ def test_two_directions_become_critical_and_active_at_the_closed_form_times(monk
     # A segment takes its first stage and its events' initial values from the observed
     # terms: it ends where one that evaluates them itself does, here at X's activation.
     observed = process.observe_now(before_activation, 50)
-    k, armed = observed.num_critical, process.arm(observed.events, 2, observed.state.y.w)
+    k = observed.num_critical
     assert k == 2 and observed.terms is not None
+    armed = process.arm(observed.events, k, observed.state.y.w)
     y, dt, basis = observed.state.y, observed.state.dt, process.basis(observed.state, k)
     args = (y, dt, basis, jnp.asarray(50.0), jnp.asarray(200.0), _flow_processes.critical_count(k))
     args += (armed, jnp.asarray(jnp.inf))
