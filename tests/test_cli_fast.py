@@ -49,9 +49,10 @@ print(json.dumps({
 """
 
 
-def _probe(argv: list[str]) -> dict:
+def _probe(argv: list[str], prelude: str = "") -> dict:
+    """`main(argv)` in a fresh interpreter that first runs `prelude`."""
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps(argv)],
+        [sys.executable, "-c", prelude + _PROBE, json.dumps(argv)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -120,6 +121,22 @@ def test_unwritable_out_is_refused_without_jax(tmp_path):
     assert result["status"] == 2 and "is a file, not a directory" in result["err"]
     assert result["jax"] == []
     assert blocker.read_text() == ""
+
+
+@pytest.mark.parametrize("made", [True, False])
+def test_an_unwritable_out_directory_is_refused_without_jax(tmp_path, made):
+    # Tests run as root, for whom `chmod` refuses nothing: the probe refuses writes under
+    # `tmp_path` as the kernel does for a user without write permission there.
+    out = tmp_path if made else tmp_path / "new" / "runs"
+    refuse = f"from tests.denied import refuse_writes\nrefuse_writes({str(tmp_path)!r})\n"
+    argv = ["run", "configs/gd-toy.toml", "--steps", "2", "--name", "r", "--out", str(out)]
+    result = _probe(argv, prelude=refuse)
+    why = "written" if made else "made"
+    expected = f"Cannot write run file '{out}/r.h5': directory '{out}' cannot be {why}"
+    assert result["status"] == 2 and expected in result["err"], result["err"]
+    assert "Permission denied" in result["err"]
+    assert result["jax"] == []  # refused before the model was built
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_probe_sees_jax():

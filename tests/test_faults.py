@@ -24,6 +24,8 @@ from centralflows._runfile import RunFileError, RunWriter, SeriesSpec
 from centralflows._stop import stop_reason_of
 from centralflows.cli import main
 
+from .denied import refuse_writes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(ROOT, "configs", "gd-mlp-digits.toml")
 TINY = ["--set", "data.n=60", "--set", "data.n_test=20", "--set", "model.width=4"]
@@ -153,6 +155,30 @@ def test_an_unwritable_out_fails_before_any_computation(tmp_path, capsys, monkey
     monkeypatch.setattr(centralflows._run, "_check_start", no_model)
     with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
         cf.run(lambda w: jnp.sum(w**2), jnp.ones(2), cf.GD(0.1), steps=3, out=blocker / "r.h5")
+
+
+@pytest.mark.parametrize("made", [True, False])
+def test_an_unwritable_out_directory_fails_before_any_computation(
+    tmp_path, capsys, monkeypatch, made
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(centralflows._experiment, "make_problem", no_model)
+    monkeypatch.setattr(centralflows._run, "_check_start", no_model)
+    # Tests run as root, for whom `chmod` refuses nothing: refuse as the kernel would.
+    refuse_writes(tmp_path, monkeypatch.setattr)
+    out = tmp_path if made else tmp_path / "new" / "runs"
+    why = f"directory '{out}' cannot be {'written' if made else 'made'} (Permission denied)"
+    argv = ["run", DEFAULT, *TINY, "--steps", "3", "--name", "r", "--out", str(out)]
+    assert main(argv) == 2
+    assert f"Cannot write run file '{out}/r.h5': {why}" in capsys.readouterr().err
+    with pytest.raises(PermissionError) as error:
+        cf.run(lambda w: jnp.sum(w**2), jnp.ones(2), cf.GD(0.1), steps=3, out=out / "r.h5")
+    assert error.value.errno == errno.EACCES
+    assert error.value.strerror == f"Cannot write run file '{out}/r.h5': {why}"
+    monkeypatch.undo()
+    assert not any(tmp_path.iterdir())
 
 
 # Writes rows and checkpoints until killed: row i of `a/b` holds i, checkpoint `s` holds
