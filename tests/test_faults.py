@@ -28,6 +28,7 @@ from .denied import refuse_writes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(ROOT, "configs", "gd-mlp-digits.toml")
+TOY = os.path.join(ROOT, "configs", "gd-toy.toml")
 TINY = ["--set", "data.n=60", "--set", "data.n_test=20", "--set", "model.width=4"]
 TINY += ["--set", "eig.max_neigs=1", "--runs", "discrete", "--quiet"]
 
@@ -344,20 +345,25 @@ def test_divergence_factor_is_validated(tmp_path, capsys, value):
         cf.run(lambda w: jnp.sum(w**2), jnp.ones(2), cf.GD(0.1), steps=2, divergence_factor=1)
 
 
+def _fill_the_disk_at(monkeypatch, dataset, rows):
+    """Make writing `rows` (a slice) of `dataset` fail as it does on a full disk."""
+    setitem = h5py.Dataset.__setitem__
+
+    def filling(self, key, value):
+        if self.name == dataset and key == rows:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        setitem(self, key, value)
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", filling)
+
+
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     loss = lambda w: jnp.sum((w - 1.0) ** 4)
     w0 = jnp.zeros(3)
     kwargs = dict(processes=("discrete", "midpoint"), chunk=2, checkpoint_every=4, progress=False)
     full = cf.run(loss, w0, cf.GD(lr=0.1), steps=10, **kwargs)
     out = tmp_path / "run.h5"
-    setitem = h5py.Dataset.__setitem__
-
-    def filling(self, key, value):  # the disk fills up at rows 6-7, after a checkpoint at 4
-        if self.name == "/discrete/train_loss" and key == slice(6, 8):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        setitem(self, key, value)
-
-    monkeypatch.setattr(h5py.Dataset, "__setitem__", filling)
+    _fill_the_disk_at(monkeypatch, "/discrete/train_loss", slice(6, 8))  # after step 4's
     with pytest.raises(OSError) as error:
         cf.run(loss, w0, cf.GD(lr=0.1), steps=10, out=out, **kwargs)
     monkeypatch.undo()
@@ -369,6 +375,22 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     for group in full:
         for name in full[group]:
             np.testing.assert_array_equal(resumed[group][name], full[group][name])
+
+
+def test_the_command_exits_1_on_a_full_disk(tmp_path, capsys, monkeypatch):
+    argv = ["run", TOY, "--steps", "10", "--runs", "discrete", "--set", "run.chunk=2"]
+    argv += ["--set", "checkpoint.frequency=4", "--name", "r", "--out", str(tmp_path)]
+    _fill_the_disk_at(monkeypatch, "/discrete/train_loss", slice(6, 8))  # after step 4's
+    assert main([*argv, "--quiet"]) == 1
+    monkeypatch.undo()
+    path = tmp_path / "r.h5"
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"centralflows: error: The disk is full: writing rows 6 to 7 to "
+                          f"run file '{path}' failed. The file keeps its first 6 rows, and "
+                          "its previous checkpoint, at step 4, survives")  # fmt: skip
+    assert cf.load_run(path).steps_done == 6 and cf.load_checkpoint(path).step == 4
+    assert main(["run", "--resume", str(path), "--quiet"]) == 0
+    assert cf.load_run(path).steps_done == 11
 
 
 def test_a_binary_or_run_file_given_as_config_is_named(tmp_path, capsys, run_file):
