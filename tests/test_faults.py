@@ -287,34 +287,117 @@ time.sleep(600)
 """
 
 
-def test_sigkill_at_random_moments_leaves_a_whole_file(tmp_path):
-    # A fast writer (no jax, no pauses) killed at random moments, mid-row or
-    # mid-checkpoint; then the rebuild that `--resume` starts with, killed in its first
-    # half second or once done: every time the file reads back whole.
-    rng = random.Random(21)
+# `_KILL_AT + _WRITER` (or `+ _REBUILD`) kills itself with SIGKILL at a known moment: just
+# before its COUNT-th write to a dataset whose name matches PATTERN, after a flush (all it
+# wrote before is in the file), or for PATTERN "os.replace", just before its COUNT-th
+# rename. PATTERN and COUNT are its first two arguments, the script's own follow. A kill
+# by the clock mostly lands outside the writer's steps (in imports, sleeps); these land
+# between them, where a wrong order of them shows.
+_KILL_AT = """
+import fnmatch, os, signal, sys
+import h5py
+pattern, count = sys.argv[1], int(sys.argv[2])
+del sys.argv[1:3]
+setitem, replace = h5py.Dataset.__setitem__, os.replace
+
+def now():
+    global count
+    count -= 1
+    return count == 0
+
+def killing_setitem(self, key, value):
+    if fnmatch.fnmatchcase(self.name, pattern) and now():
+        self.file.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    setitem(self, key, value)
+
+def killing_replace(*args, **kwargs):
+    if pattern == "os.replace" and now():
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace(*args, **kwargs)
+
+h5py.Dataset.__setitem__, os.replace = killing_setitem, killing_replace
+"""
+
+
+def _killed_at(script, pattern, count, *args):
+    """Run `script` (`_WRITER`, `_REBUILD`) until it kills itself where `_KILL_AT` says."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_AT + script, pattern, str(count), *map(str, args)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.wait(timeout=60) == -signal.SIGKILL  # it got there, and died there
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _raw(path):
+    """`(step, a/b, checkpoint slot not current: its array and shapes)` as stored."""
+    with h5py.File(path, "r") as f:  # a plain open: `_check_whole` cleared the flag
+        slot = f["checkpoint/current"][0]
+        other = f[f"checkpoint/{1 - slot}"]
+        return f["step"][()], f["a/b"][()], other["0"][()], other["shapes"][()]
+
+
+# Where `_WRITER` is killed: (dataset, whose n-th write is the kill's moment). It writes
+# row i, then after rows 2, 5, 8, ... checkpoint n = 1, 2, 3, ... at step 3n.
+_WRITER_KILLS = {
+    "before-row": "/a/b",  # a row about to be written
+    "mid-row": "/step",  # its values written and flushed, `/step` not yet marking them
+    "mid-checkpoint": "/checkpoint/?/0",  # a new checkpoint's array about to be written
+    "before-shapes": "/checkpoint/?/shapes",  # its array written, its shapes not
+    "before-switch": "/checkpoint/current",  # all written, `current` still the previous
+}
+
+
+@pytest.mark.parametrize("where", list(_WRITER_KILLS))
+def test_sigkill_mid_write_leaves_a_whole_file(tmp_path, where):
     path = tmp_path / "run.h5"
-    for _ in range(4):
-        path.unlink(missing_ok=True)
-        writer = _start_writer(path)
-        time.sleep(rng.uniform(0.0, 0.3))
-        writer.kill()
-        writer.wait()
-        done, step = _check_whole(path)
-        assert done >= 3 and step >= 3
-    for trial in range(3):
-        rebuild = subprocess.Popen(
-            [sys.executable, "-c", _REBUILD, str(path)], stdout=subprocess.PIPE, text=True
-        )
-        assert rebuild.stdout is not None
-        if trial == 2:
-            assert rebuild.stdout.readline() == "ready\n"
-        else:
-            time.sleep(rng.uniform(1.0, 2.5))  # importing takes about a second
-        rebuild.kill()
-        rebuild.wait()
-        assert _check_whole(path) == (done, step)  # the old file, or its whole copy
+    rng = random.Random(where)
+    if where.endswith("row"):
+        row = rng.randrange(3, 40)
+        _killed_at(_WRITER, _WRITER_KILLS[where], row + 1, path, 100, 0.0)
+        assert _check_whole(path) == (row, 3 * (row // 3))
+        step, values, _, _ = _raw(path)
+        assert step[row] == -1  # unmarked: `load_run` shows the row as unwritten
+        written = where == "mid-row"
+        np.testing.assert_array_equal(values[row], row if written else np.nan)
+    else:
+        n = rng.randrange(2, 12)  # checkpoint n, with checkpoint n - 1 before it
+        # 3n rows done: the kill landed after row 3n - 1, inside checkpoint n.
+        _killed_at(_WRITER, _WRITER_KILLS[where], n, path, 100, 0.0)
+        assert _check_whole(path) == (3 * n, 3 * (n - 1))  # the previous checkpoint
+        _, _, array, shapes = _raw(path)
+        size = 1000 + 997 * (3 * n - 1) % 3000  # checkpoint n's, in `_WRITER`
+        if where != "mid-checkpoint":  # the new one was (partly) written, not switched to
+            np.testing.assert_array_equal(array, np.full(size, 3.0 * n))
+            assert (shapes[0, 0] == size) == (where == "before-switch")
+
+
+def test_sigkill_mid_rebuild_leaves_the_old_file_whole(tmp_path):
+    # The rebuild that `--resume` starts with (`RunWriter.reopen`): killed while it copies
+    # the rows, before it copies the checkpoint and before its rename over the old file,
+    # the old file is as it was and the copy is left aside; killed once done, the file is
+    # the whole copy.
+    path = tmp_path / "run.h5"
+    _killed_at(_WRITER, "/a/b", 17, path, 100, 0.0)
+    done, step = _check_whole(path)
+    for pattern in ("/step", "/checkpoint/?/0", "os.replace"):
+        _killed_at(_REBUILD, pattern, 1, path)
+        # The kill landed mid-rebuild: its copy is left (the previous kill's is removed).
+        assert len(list(tmp_path.glob(".run.h5.*.tmp"))) == 1
+        assert _check_whole(path) == (done, step)
+        assert "rebuilt" not in cf.load_run(path).attrs
+    rebuild = subprocess.Popen(
+        [sys.executable, "-c", _REBUILD, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert rebuild.stdout is not None and rebuild.stdout.readline() == "ready\n"
+    rebuild.kill()
+    rebuild.wait()
+    assert _check_whole(path) == (done, step)  # the whole copy
     assert cf.load_run(path).attrs.get("rebuilt") == 1
-    RunWriter.reopen(path, num_rows=20_000, attrs={}).close()  # a killed rebuild's leftovers
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
 
 
