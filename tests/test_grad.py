@@ -12,7 +12,6 @@ import pytest
 import centralflows as cf
 from centralflows import _replay
 from centralflows._eigen import eigenbasis
-from centralflows._events import EventKind
 from centralflows._flow_processes import PlannedSegment
 
 from .helpers import leaving_loss, small_mlp_objective
@@ -153,11 +152,10 @@ def test_gradient_through_a_deactivation_matches_finite_differences(bracketed, m
     if not bracketed:  # the deactivation's condition seems always past it
         condition_and_rate = _replay._condition_and_rate
 
-        def never_bracketed(process, event, *args):
-            value, rate, velocity = condition_and_rate(process, event, *args)
-            if event.kind is EventKind.deactivate:
-                value = jnp.abs(value) + rate
-            return value, rate, velocity
+        def never_bracketed(process, events, num_critical, *args):
+            value, rate, velocity = condition_and_rate(process, events, num_critical, *args)
+            deactivating = events.armed[process.slots(num_critical).index("deactivate")]
+            return jnp.where(deactivating, jnp.abs(value) + rate, value), rate, velocity
 
         monkeypatch.setattr(_replay, "_condition_and_rate", never_bracketed)
     with warnings.catch_warnings(record=True) as caught:
