@@ -196,16 +196,17 @@ def integrate_segment(
 
         def condition(t, y, args, **kwargs):
             """The largest condition; at `t0`, the known one (the initial sign)."""
+            if known is not None and t is kwargs["t0"]:
+                return known  # diffrax's initial call (at its own `t0`): no copy traced
             value = lambda: jnp.max(conditions(y, args))
             return value() if known is None else jax.lax.cond(t == t0, lambda: known, value)
 
         event = dfx.Event(
             condition,
-            # `expand_if_necessary` never expands (the step brackets the root); without
-            # it, Bisection checks the bracket with a host callback.
-            optx.Bisection(
-                rtol=max(1e-12, 4 * eps), atol=max(1e-9, 1e3 * eps), expand_if_necessary=True
-            ),
+            # The step brackets the root with the condition rising through it, so the
+            # orientation is known (`flip=False`): Bisection need not evaluate the
+            # condition at both ends, two more copies of it in the compiled program.
+            optx.Bisection(rtol=max(1e-12, 4 * eps), atol=max(1e-9, 1e3 * eps), flip=False),
             direction=True,
         )
     solver_state = None
