@@ -32,7 +32,8 @@ def _direction(optimizer: AbstractOptimizer, state: FlowState, vector: Vector) -
 class StableFlow(eqx.Module):
     r"""The flow the optimizer would follow without oscillating (for GD, gradient flow).
 
-    $dw/dt = -P(s)^{-1}\nabla L(w)$, $ds/dt = f(s, \nabla L(w))$ (paper eq. 3 and §4).
+    $dw/dt = -P(s)^{-1}\nabla L(w)$, $ds/dt = f(s, \nabla L(w))$ (the paper's stable flow,
+    defined in its Scalar RMSProp and RMSProp parts).
     """
 
     objective: Objective
@@ -156,7 +157,7 @@ class CentralFlow(eqx.Module):
     Models the iterates as `w̄(t) + δ` with `E δδᵀ = Σ = U X Uᵀ` on the `num_critical`
     top eigenvectors `U` (Rayleigh–Ritz in a basis frozen for the segment, passed as
     `args`, padded with zero rows to a fixed size), and averages the update to second
-    order (paper eqs. 12, 24, 33):
+    order (paper eqs. 19, 26 and 34 for GD, Scalar RMSProp and RMSProp; arXiv v2):
 
     - `dw/dt = −P⁻¹[∇L + ½∇⟨H, Σ⟩]`,
     - `ds/dt = f(s, ∇L) + ½ ∇²_g f[HΣH]`,
@@ -214,7 +215,8 @@ class CentralFlow(eqx.Module):
         lam = jnp.where(critical, ritz.values, 0)
 
         # G_ij = ∇_w(u_iᵀ H(w) u_j) with U held fixed, one third-order product per pair
-        # i ≤ j < k (paper eq. 33): the gradient of a Hessian-vector product contraction.
+        # i ≤ j < k (the ½∇⟨H, Σ⟩ of paper eqs. 19 and 34): the gradient of a Hessian-vector
+        # product contraction.
         rows, cols = jnp.triu_indices(size)
         zero = jnp.zeros_like(w)
         pair = lambda i, j: jax.lax.cond(

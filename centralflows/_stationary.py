@@ -40,7 +40,7 @@ def _mean_square(optimizer, grad: Vector, hessian_basis: Float[Array, "m n"], y:
 def stationary_nu(flow: CentralFlow, y: FlowState, basis: Basis) -> StationaryNu:
     r"""The stationary ν of a central flow at `y.w`: `ν̄ = E[g²] = ∇L² + diag(HΣH)`
     (Scalar RMSProp: `‖∇L‖² + tr(HΣH)`), where Σ is the flow's at `(w, ν̄)` (paper
-    eqs. 26 and 34 with dν/dt = 0).
+    eqs. 26 and 34 with dν/dt = 0; for RMSProp, the stationary preconditioner of eq. 35).
 
     Σ is held in the span `S` of the flow's critical directions at `y` (the first
     `flow.num_critical` Ritz vectors in `basis`): at ν̄ the critical directions are the

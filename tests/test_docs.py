@@ -11,12 +11,18 @@ just before a block's fence changes that:
 - `<!-- docs-test: default-job -->`: the block reads the default job's run file from
   `runs/`; the test writes a 3-step run of `configs/gd-mlp-digits.toml` there first
   (200 training examples), made once per test process.
+
+The `centralflows ...` commands of the README's and the getting-started page's bash
+blocks run too (the `pip install` and `pytest` commands beside them do not), in order, in
+one such directory: each `run` for 3 steps on 200 training examples (`SHORT`), the
+default job by reusing the run above, and `plot` on the run file the pages name.
 """
 
 import argparse
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,13 +72,26 @@ def _cases():
             yield pytest.param(code, marker, id=name, marks=marks)
 
 
+# What the suite adds to a documented `centralflows run`: 3 steps, 200 training examples.
+SHORT = ["--steps", "3", "--set", "data.n=200", "--set", "data.n_test=50"]
+DEFAULT_JOB = ["run", "configs/gd-mlp-digits.toml"]
+
+
+def shortened(argv: list[str]) -> list[str]:
+    """A documented `centralflows run` command's arguments, cut to the suite's size."""
+    argv = list(argv)
+    if "--steps" in argv:  # the page's own step count gives way to SHORT's
+        i = argv.index("--steps")
+        del argv[i : i + 2]
+    return [*argv, *SHORT]
+
+
 @pytest.fixture(scope="module")
 def default_job(tmp_path_factory):
     """A 3-step run of the default config, as `centralflows run` names it."""
     out = tmp_path_factory.mktemp("default-job")
-    config = str(ROOT / "configs/gd-mlp-digits.toml")
-    argv = ["run", config, "--steps", "3", "--set", "data.n=200", "--set", "data.n_test=50"]
-    assert main([*argv, "--quiet", "--out", str(out)]) == 0
+    config = str(ROOT / DEFAULT_JOB[1])
+    assert main([*shortened([DEFAULT_JOB[0], config]), "--quiet", "--out", str(out)]) == 0
     (path,) = out.glob("gd-mlp-digits-2*.h5")
     return path
 
@@ -100,6 +119,45 @@ def test_code_block_runs(code, marker, tmp_path, monkeypatch, request):
     module = types.ModuleType("docs_block")
     monkeypatch.setitem(sys.modules, module.__name__, module)
     exec(compile(code, request.node.name, "exec"), module.__dict__)
+
+
+def shell_commands(path: pathlib.Path):
+    """The `centralflows ...` commands of `path`'s bash blocks, in order, each as its
+    argument list and the comment after it (`&&` separates commands on a line)."""
+    for _, _, code in code_blocks(path, "bash"):
+        for line in code.splitlines():
+            command, _, comment = line.partition("#")
+            for part in command.split("&&"):
+                argv = shlex.split(part)
+                if argv[:1] == ["centralflows"]:
+                    yield argv[1:], comment.strip()
+
+
+# The run file the pages name as the default job's output: the plot command draws it.
+EXAMPLE_RUN = "runs/gd-mlp-digits-20261123-120000.h5"
+
+
+def test_shell_commands_run(default_job, tmp_path, monkeypatch):
+    pages = [ROOT / "README.md", DOCS / "getting-started.md"]
+    for page in pages:  # "... prints the path of its run file, e.g. `runs/...`"
+        assert f"`{EXAMPLE_RUN}`" in page.read_text(), page.name
+    commands = [command for page in pages for command in shell_commands(page)]
+    assert [argv[0] for argv, _ in commands].count("plot") >= 1, commands
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    monkeypatch.chdir(tmp_path)
+    for argv, comment in commands:
+        assert argv[0] in ("run", "plot"), f"a documented command the test does not run: {argv}"
+        if argv == DEFAULT_JOB:  # the fixture's run, made once: stands for it
+            pathlib.Path("runs").mkdir(exist_ok=True)
+            shutil.copy(default_job, EXAMPLE_RUN)
+        elif argv[0] == "run":
+            assert main(shortened(argv)) == 0, argv
+        else:
+            assert main(argv) == 0, argv
+            image = pathlib.Path(comment.removeprefix("writes ").strip())
+            assert comment.startswith("writes ") and image.suffix == ".png", comment
+            data = image.read_bytes()
+            assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, image
 
 
 def test_config_reference_is_the_validation():

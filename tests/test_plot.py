@@ -388,6 +388,16 @@ def test_missing_matplotlib_names_the_extra(run_file, tmp_path, monkeypatch, cap
     assert "pip install 'centralflows[figures]'" in capsys.readouterr().err
 
 
+def test_a_figure_script_without_matplotlib_names_the_extra(monkeypatch):
+    for module in ("matplotlib", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    monkeypatch.syspath_prepend(str(FIGURES))
+    script = "loss_across_architectures.py"
+    monkeypatch.setattr(sys, "argv", [script, "--small"])  # refused before it runs anything
+    with pytest.raises(ImportError, match=r"pip install 'centralflows\[figures\]'"):
+        runpy.run_path(str(FIGURES / script), run_name="__main__")
+
+
 def test_importing_the_package_does_not_import_matplotlib():
     code = "import sys, centralflows; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

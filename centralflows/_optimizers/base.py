@@ -46,7 +46,7 @@ def check_hyperparameter(name: str, value, bad, requirement: str):
 
 
 class AbstractOptimizer(eqx.Module, Generic[_State]):
-    r"""An optimizer as preconditioned gradient descent (paper §2).
+    r"""An optimizer as preconditioned gradient descent (as the paper writes RMSProp, eq. 31).
 
     State `s`, state update `s⁺ = u(s, g)` and SPD preconditioner `P(s)`:
     $s_{t+1} = u(s_t, \nabla L(w_t))$, $w_{t+1} = w_t - P(s_{t+1})^{-1}\nabla L(w_t)$.

@@ -12,9 +12,9 @@ an LSTM, a transformer and a Mamba network.
 import math
 
 import _common
-from matplotlib.figure import Figure
 
 import centralflows as cf
+from centralflows._plot import _figure_class
 
 ARCHITECTURES = ("mlp", "cnn", "vit", "lstm", "transformer", "mamba")
 """The panels, in order: run `gd-<name>` of `_common.RUNS` each."""
@@ -33,6 +33,7 @@ def _title(run: cf.Run) -> str:
 
 def main() -> None:
     args = _common.parser(__doc__, several=True).parse_args()
+    figure_class = _figure_class()  # before any run: no matplotlib, cf.plot's message
     if args.run:
         paths = args.run
     else:
@@ -40,7 +41,7 @@ def main() -> None:
     runs = [_common.load(path) for path in paths]
     ncols = min(len(runs), 3)
     nrows = math.ceil(len(runs) / ncols)
-    figure = Figure(figsize=(4.2 * ncols, 3.3 * nrows), layout="constrained")
+    figure = figure_class(figsize=(4.2 * ncols, 3.3 * nrows), layout="constrained")
     axes = figure.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[len(runs) :]:
         ax.remove()
