@@ -83,8 +83,9 @@ def _fresh_process(job: str, argv: list[str], cache: pathlib.Path) -> dict:
 
 
 def _run_file_counts(path: pathlib.Path, steps: int) -> dict:
-    """Eigen-tracking and integration counts of a default job's run file, as medians
-    over the second half of the run (the EOS phase)."""
+    """Eigen-tracking and integration counts of a run file (of the default job's
+    processes, those it holds), as medians over the second half of the run (the EOS
+    phase)."""
     import centralflows as cf
 
     run = cf.load_run(path)
@@ -93,9 +94,11 @@ def _run_file_counts(path: pathlib.Path, steps: int) -> dict:
     counts = {
         f"{name}_hvps_per_step": median(run[name]["eig_hvps"])
         for name in ("discrete", "midpoint", "central", "stable")
+        if name in run
     }
-    counts["central_rhs_evals_per_unit"] = median(run["central"]["rhs_evals"])
-    counts["central_num_critical_median"] = median(run["central"]["num_critical"])
+    if "central" in run:
+        counts["central_rhs_evals_per_unit"] = median(run["central"]["rhs_evals"])
+        counts["central_num_critical_median"] = median(run["central"]["num_critical"])
     return counts
 
 
