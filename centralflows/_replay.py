@@ -73,9 +73,11 @@ def _check_map_limit(segments: list[PlannedSegment]) -> None:
     XLA's CPU backend maps each compiled program's code, and past the limit LLVM aborts
     the process ("LLVM compilation error: Cannot allocate memory") with most of the RAM
     free. The estimate: the maps held now, and `_MAPS_PER_STRUCTURE` for each structure
-    of segment the replay compiles; the warning comes past 80% of the limit."""
+    of segment the replay compiles; the warning comes past 80% of the limit. Only for the
+    CPU backend, where the maps were measured: other backends (a GPU) load a program's
+    code onto the device, and the estimate says nothing about them."""
     limit = _map_limit()
-    if limit is None:
+    if limit is None or jax.default_backend() != "cpu":
         return
     structures = _structures(segments)
     estimate = _memory_maps() + _MAPS_PER_STRUCTURE * len(structures)

@@ -356,6 +356,11 @@ def test_the_memory_map_warning_comes_where_the_replay_may_reach_the_limit(monke
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _replay._check_map_limit(_segments(50))
+    monkeypatch.setattr(_replay, "_map_limit", lambda: 65530)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # maps measured on CPU only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _replay._check_map_limit(_segments(50))
 
 
 def test_a_toy_gradient_does_not_warn_about_memory_maps(toy_jacobian):
