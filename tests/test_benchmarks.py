@@ -1,5 +1,6 @@
-"""The device benchmark (`benchmarks/device.py`) runs in its reduced mode and writes the
-fields the performance page reads. Only what the JSON holds is checked, never the times."""
+"""The device benchmark (`benchmarks/device.py`) and the GPU-against-CPU check
+(`scripts/gpu_check.py`) run in their reduced modes on the CPU and write the fields the
+performance page reads. Only what the JSON holds is checked, never the times."""
 
 import importlib.util
 import json
@@ -10,11 +11,13 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from centralflows.data._cifar10 import load_cifar10
 
 ROOT = pathlib.Path(__file__).parents[1]
 DEVICE = ROOT / "benchmarks" / "device.py"
+GPU_CHECK = ROOT / "scripts" / "gpu_check.py"
 
 
 def _device_module(monkeypatch):
@@ -70,3 +73,43 @@ def test_synthetic_cifar_has_the_archives_format_and_shapes(tmp_path, monkeypatc
     assert data.image_shape == (3, 32, 32) and data.num_classes == 4
     # As even over the classes as the real subset: 11, 11, 10, 10.
     assert np.bincount(np.asarray(data.y_train)).tolist() == [11, 11, 10, 10]
+
+
+def _gpu_check_module():
+    spec = importlib.util.spec_from_file_location("gpu_check", GPU_CHECK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_small_compares_the_cpu_with_itself_and_says_so(tmp_path):
+    # Without a GPU both sides run on the CPU: two fresh processes, 10 discrete steps of the
+    # toy each (24 s on 2 busy cores, 7 s of CPU time), which must agree exactly.
+    out = tmp_path / "check.json"
+    done = subprocess.run(
+        [sys.executable, str(GPU_CHECK), "--small", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "compared\nthe CPU with itself" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["ok"] is True and report["same_platform"] is True
+    (check,) = report["checks"]
+    assert check["devices"]["default"]["platform"] == check["devices"]["cpu"]["platform"] == "cpu"
+    assert {row["series"] for row in check["series"]} == {
+        "w",
+        "train_loss",
+        "effective_hessian_eigs",
+    }
+    assert all(row["difference"] == 0.0 for row in check["series"])  # the same device
+
+
+def test_gpu_check_difference_is_relative_and_nan_aware():
+    check = _gpu_check_module()
+    a = np.array([1.0, -4.0, np.nan])
+    assert check.difference(a, a) == 0.0
+    assert check.difference(a, np.array([1.0, -4.002, np.nan])) == pytest.approx(0.002 / 4.002)
+    assert check.difference(a, np.array([1.0, -4.0, 0.0])) == float("inf")  # NaN on one side
+    assert check.difference(a, a[:2]) == float("inf")  # rows missing on one side
