@@ -142,11 +142,18 @@ def _condition_and_rate(
 ) -> tuple[Scalar, Scalar, FlowState]:
     """The condition of the one event armed in `events` at `y`, its rate of change along
     the flow, and the flow's velocity there. The event is data, so that one program
-    serves every event."""
+    serves every event.
+
+    The rate carries no derivative: it is Newton's slope, and the event time's
+    implicit derivative `−dc / (dc/dt)` holds it fixed. Its own derivative is second
+    order through the SDCP's eigendecompositions, whose padding rows share an eigenvalue
+    (`pad_sdcp`, `complementarity_margins`), where JAX's `eigh` derivative divides by
+    their zero gap: NaN, which any cotangent reaching the rate, even a zero one (e.g.
+    from the untaken side of a `jnp.where`), would carry into the gradient."""
     conditions = process.conditions(events, num_critical)
     velocity = _velocity(process, num_critical, y, basis)
     value, rate = jax.jvp(lambda x: jnp.max(conditions(x, basis)), (y,), (velocity,))
-    return value, rate, velocity
+    return value, jax.lax.stop_gradient(rate), velocity
 
 
 def _axpy(a: Scalar, x: FlowState, y: FlowState) -> FlowState:
@@ -235,7 +242,7 @@ def _through_event(
             "make it more accurate.",
             stacklevel=2,
         )
-    delta = -value / jax.lax.stop_gradient(rate)
+    delta = -value / rate  # `rate` carries no derivative (`_condition_and_rate`)
     t_event = t_end + delta
     if following is None or following.t0 != segment.t1:  # the flow stopped here
         return end, None, t_event
