@@ -497,7 +497,7 @@ class StableFlowProcess(AbstractFlowProcess):
 
     def field(self, num_critical: Count) -> StableFlow:
         del num_critical
-        return StableFlow(self.objective, self.optimizer)
+        return StableFlow(self.objective, self.optimizer, self.options.modified)
 
     def plan(self, state, now, fired=None, margins=None):
         del fired, margins
@@ -535,7 +535,13 @@ class CentralFlowProcess(AbstractFlowProcess):
     name: ClassVar[str] = "central"
 
     def field(self, num_critical: Count) -> CentralFlow:
-        return CentralFlow(self.objective, self.optimizer, self.options.tau, num_critical)
+        return CentralFlow(
+            self.objective,
+            self.optimizer,
+            self.options.tau,
+            num_critical,
+            modified=self.options.modified,
+        )
 
     def relaxation_rate(self):
         return 1 / float(self.options.tau)  # the stability constraint's Baumgarte rate
@@ -668,7 +674,12 @@ class CentralNoPenaltyFlowProcess(CentralFlowProcess):
 
     def field(self, num_critical: Count) -> CentralFlow:
         return CentralFlow(
-            self.objective, self.optimizer, self.options.tau, num_critical, penalty=False
+            self.objective,
+            self.optimizer,
+            self.options.tau,
+            num_critical,
+            penalty=False,
+            modified=self.options.modified,
         )
 
 
