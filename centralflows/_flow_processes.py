@@ -332,10 +332,13 @@ class AbstractFlowProcess(eqx.Module):
 
     def max_step(self, state: FlowProcessState) -> float:
         """The longest stable step from `state`: its modes decay at the effective
-        sharpness (the top tracked eigenvalue of P⁻¹H) and, where the flow relaxes a
-        constraint, at that rate."""
-        top = float(np.asarray(state.tracking.effective.values)[0])
-        return self.options.max_step(max(np.nan_to_num(top), self.relaxation_rate()))
+        sharpness S (the top tracked eigenvalue of P⁻¹H), at S + S²/2 with the
+        modified-equation term (whose Jacobian adds ½(P⁻¹H)²), and, where the flow
+        relaxes a constraint, at that rate."""
+        top = np.nan_to_num(float(np.asarray(state.tracking.effective.values)[0]))
+        if self.options.modified:
+            top = top + top**2 / 2
+        return self.options.max_step(max(top, self.relaxation_rate()))
 
     def relaxation_rate(self) -> float:
         """The rate at which the flow relaxes a constraint (none here)."""
