@@ -156,3 +156,24 @@ def test_modified_config_keys():
     for section in ("central", "stable"):
         with pytest.raises(ConfigError, match=rf'{section}\.modified = "yes" has the wrong type'):
             load_config(None, ["opt.lr=0.5", f'{section}.modified="yes"'])
+
+
+def test_modified_flows_bound_their_step_by_the_modified_stiffness():
+    # Along an eigenvector of P⁻¹H with eigenvalue S the modified field decays at
+    # S + S²/2: at S = ηa = 1.5 (toy, y = −2), 2.625 against 1.5.
+    objective = cf.Objective.from_function(coupled_toy_loss, {"x": 0.0, "y": 0.0})
+    eig = cf.EigConfig()
+    w0 = jnp.array([0.0, -2.0])
+    steps = {}
+    for modified in (False, True):
+        process = FLOW_PROCESSES["stable"](
+            objective, GD(0.5), eig, cf.FlowOptions(modified=modified)
+        )
+        state = process.init(w0, jax.random.key(0))
+        state = process.refresh(state, state.tracking)  # LOBPCG at w0
+        top = float(state.tracking.effective.values[0])
+        assert top == pytest.approx(1.5, rel=1e-3)  # eig.tol = 1e-3
+        steps[modified] = process.max_step(state)
+        rate = top + top**2 / 2 if modified else top
+        assert steps[modified] == pytest.approx(cf.FlowOptions().max_step(rate), rel=1e-12)
+    assert steps[True] < steps[False]
