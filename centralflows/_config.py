@@ -125,9 +125,13 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "guard": _Key(
             int, 2, "an integer >= 1 (tracked vectors beyond the critical ones)", lambda v: v >= 1
         ),
+        "modified": _Key(
+            bool, False, "a boolean (add the modified-equation term along stable directions)"
+        ),
     },
     "stable": {
         "max_Seff": _Key(float, 100.0, "a float > 0", lambda v: v > 0),
+        "modified": _Key(bool, False, "a boolean (add the modified-equation term)"),
     },
     "checkpoint": {
         "frequency": _Key(int, 100, "an integer >= 0 (0: only at the end)", lambda v: v >= 0),

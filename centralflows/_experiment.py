@@ -43,7 +43,7 @@ def make_flow_options(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[FlowOptions
     `solver = "euler"` is the reference scheme: Euler with `dt = τ = 1/nsubsteps` (so
     `tau` is ignored); `"bosh3"` and `"tsit5"` are adaptive with `rtol`/`atol` and
     relaxation `tau`.
-    The stable flow uses the same solver.
+    The stable flow uses the same solver; each flow takes its own `modified`.
     """
     central = cfg["central"]
     limits = dict(
@@ -52,12 +52,14 @@ def make_flow_options(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[FlowOptions
         guard=central["guard"],
     )
     if central["solver"] == "euler":
-        options = FlowOptions.euler(central["nsubsteps"], **limits)
-        return options, options
-    controller = dfx.PIDController(rtol=central["rtol"], atol=central["atol"])
-    solver = {"bosh3": dfx.Bosh3, "tsit5": dfx.Tsit5}[central["solver"]]()
-    options = FlowOptions(solver, controller, tau=central["tau"], **limits)
-    return options, options
+        make = lambda modified: FlowOptions.euler(central["nsubsteps"], **limits, modified=modified)
+    else:
+        controller = dfx.PIDController(rtol=central["rtol"], atol=central["atol"])
+        solver = {"bosh3": dfx.Bosh3, "tsit5": dfx.Tsit5}[central["solver"]]()
+        make = lambda modified: FlowOptions(
+            solver, controller, tau=central["tau"], **limits, modified=modified
+        )
+    return make(central["modified"]), make(cfg["stable"]["modified"])
 
 
 _CPU_DEVICES_HINT = (

@@ -332,10 +332,13 @@ class AbstractFlowProcess(eqx.Module):
 
     def max_step(self, state: FlowProcessState) -> float:
         """The longest stable step from `state`: its modes decay at the effective
-        sharpness (the top tracked eigenvalue of P⁻¹H) and, where the flow relaxes a
-        constraint, at that rate."""
-        top = float(np.asarray(state.tracking.effective.values)[0])
-        return self.options.max_step(max(np.nan_to_num(top), self.relaxation_rate()))
+        sharpness S (the top tracked eigenvalue of P⁻¹H), at S + S²/2 with the
+        modified-equation term (whose Jacobian adds ½(P⁻¹H)²), and, where the flow
+        relaxes a constraint, at that rate."""
+        top = np.nan_to_num(float(np.asarray(state.tracking.effective.values)[0]))
+        if self.options.modified:
+            top = top + top**2 / 2
+        return self.options.max_step(max(top, self.relaxation_rate()))
 
     def relaxation_rate(self) -> float:
         """The rate at which the flow relaxes a constraint (none here)."""
@@ -497,7 +500,7 @@ class StableFlowProcess(AbstractFlowProcess):
 
     def field(self, num_critical: Count) -> StableFlow:
         del num_critical
-        return StableFlow(self.objective, self.optimizer)
+        return StableFlow(self.objective, self.optimizer, self.options.modified)
 
     def plan(self, state, now, fired=None, margins=None):
         del fired, margins
@@ -535,7 +538,13 @@ class CentralFlowProcess(AbstractFlowProcess):
     name: ClassVar[str] = "central"
 
     def field(self, num_critical: Count) -> CentralFlow:
-        return CentralFlow(self.objective, self.optimizer, self.options.tau, num_critical)
+        return CentralFlow(
+            self.objective,
+            self.optimizer,
+            self.options.tau,
+            num_critical,
+            modified=self.options.modified,
+        )
 
     def relaxation_rate(self):
         return 1 / float(self.options.tau)  # the stability constraint's Baumgarte rate
@@ -668,7 +677,12 @@ class CentralNoPenaltyFlowProcess(CentralFlowProcess):
 
     def field(self, num_critical: Count) -> CentralFlow:
         return CentralFlow(
-            self.objective, self.optimizer, self.options.tau, num_critical, penalty=False
+            self.objective,
+            self.optimizer,
+            self.options.tau,
+            num_critical,
+            penalty=False,
+            modified=self.options.modified,
         )
 
 

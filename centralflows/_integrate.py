@@ -44,6 +44,11 @@ class FlowOptions(eqx.Module):
       unit of time, and show the next eigenvalue entering the critical set.
     - `adjoint`: how diffrax differentiates a segment (reverse mode by default;
       `central_flow` switches to `ForwardMode()` by itself under `jax.jvp`/`jacfwd`).
+    - `modified`: add the modified-equation term `−½ P⁻¹ H P⁻¹ ∇L` to `dw/dt` (in the
+      central flow, along the stable directions only), so that the flow tracks the
+      optimizer's iterates to second order in the step: for GD, the gradient flow of
+      `L + (η/4)‖∇L‖²` before the edge of stability. One more Hessian-vector product
+      per right-hand side; a static field (one set of programs per setting).
     """
 
     solver: dfx.AbstractSolver = dfx.Bosh3()
@@ -55,6 +60,7 @@ class FlowOptions(eqx.Module):
     max_steps: int = eqx.field(default=1024, static=True)
     guard: int = eqx.field(default=2, static=True)
     adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint()
+    modified: bool = eqx.field(default=False, static=True)
 
     def __check_init__(self):
         for name in ("dt0", "tau", "sdcp_threshold", "max_seff"):

@@ -8,13 +8,18 @@ to the end):
 - `distance_ratio`: max_t ‖w_central − w_discrete‖ / max_t ‖w_stable − w_discrete‖;
 - `loss_rel_error`: median relative error of the central flow's predicted loss against a
   centred 9-step moving average of the discrete loss;
-- `sharpness_error`: median |effective sharpness − 2| of the central flow.
+- `sharpness_error`: median |effective sharpness − 2| of the central flow;
+
+and, before the discrete run's onset, the largest distances from the discrete run to the
+central and stable flows (the drift that backward error analysis describes: `--set
+central.modified=true --set stable.modified=true` adds its correction to both flows).
 
     python scripts/fidelity_report.py --config configs/gd-mlp-digits.toml --steps 600 \
         --mode adaptive euler4 [--set run.warm_start=130] [--set run.precision=float32]
 
 Rows are optimizer steps after the warm start; `--steps` counts logged steps.
-Writes benchmarks/results/fidelity-<config>[-warm<N>]-<mode>.json and prints the same JSON.
+Writes benchmarks/results/fidelity-<config>[-warm<N>][-<precision>][-modified]-<mode>.json
+(`-modified` where either flow is) and prints the same JSON.
 """
 
 import argparse
@@ -59,6 +64,7 @@ def fidelity(run: cf.Run) -> dict:
     phase = slice(onset, None)
     dist_c = run["distances"]["central-discrete"][phase]
     dist_s = run["distances"]["discrete-stable"][phase]
+    before = lambda name: float(np.nanmax(run["distances"][name][: onset + 1]))
     smooth = moving_average(d["train_loss"])[phase]
     predicted = c["predicted_loss"][phase]
     ok = np.isfinite(smooth) & np.isfinite(predicted)
@@ -75,6 +81,8 @@ def fidelity(run: cf.Run) -> dict:
         "max_distance_stable_discrete": float(np.nanmax(dist_s)),
         "final_distance_central_discrete": float(dist_c[-1]),
         "final_distance_stable_discrete": float(dist_s[-1]),
+        "max_distance_central_discrete_before_onset": before("central-discrete"),
+        "max_distance_stable_discrete_before_onset": before("discrete-stable"),
         "loss_rel_error": float(np.median(np.abs(predicted[ok] - smooth[ok]) / smooth[ok])),
         "sharpness_error": float(np.nanmedian(np.abs(sharp - 2))),
         "central_rhs_evals_per_unit": float(np.nanmean(c["rhs_evals"])),
@@ -125,6 +133,8 @@ def main():
             name += f"-warm{cfg['run']['warm_start']}"
         if cfg["run"]["precision"] != "float64":
             name += f"-{cfg['run']['precision']}"
+        if cfg["central"]["modified"] or cfg["stable"]["modified"]:
+            name += "-modified"
         text = json.dumps(report, indent=2)
         print(text, flush=True)
         (ROOT / f"benchmarks/results/fidelity-{name}-{mode}.json").write_text(text + "\n")
