@@ -20,13 +20,24 @@ DEVICE = ROOT / "benchmarks" / "device.py"
 GPU_CHECK = ROOT / "scripts" / "gpu_check.py"
 
 
-def _device_module(monkeypatch):
-    """benchmarks/device.py as a module (it imports `engine` beside it)."""
-    monkeypatch.syspath_prepend(str(DEVICE.parent))
-    spec = importlib.util.spec_from_file_location("device_benchmark", DEVICE)
+def _module(path: pathlib.Path, name: str):
+    """The script at `path` as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _run_small(script: pathlib.Path, out: pathlib.Path) -> subprocess.CompletedProcess:
+    """`script --small --out out` in a fresh process."""
+    command = [sys.executable, str(script), "--small", "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def _device_module(monkeypatch):
+    """benchmarks/device.py as a module (it imports `engine` beside it)."""
+    monkeypatch.syspath_prepend(str(DEVICE.parent))
+    return _module(DEVICE, "device_benchmark")
 
 
 def test_device_benchmark_small_writes_the_device_compiles_and_hvps(tmp_path, monkeypatch):
@@ -34,12 +45,7 @@ def test_device_benchmark_small_writes_the_device_compiles_and_hvps(tmp_path, mo
     # 3 discrete steps on 200 examples in a fresh process (14 s on 2 busy cores).
     monkeypatch.delenv("CENTRALFLOWS_DATA", raising=False)
     out = tmp_path / "device.json"
-    done = subprocess.run(
-        [sys.executable, str(DEVICE), "--small", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = _run_small(DEVICE, out)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
 
@@ -75,23 +81,11 @@ def test_synthetic_cifar_has_the_archives_format_and_shapes(tmp_path, monkeypatc
     assert np.bincount(np.asarray(data.y_train)).tolist() == [11, 11, 10, 10]
 
 
-def _gpu_check_module():
-    spec = importlib.util.spec_from_file_location("gpu_check", GPU_CHECK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_gpu_check_small_compares_the_cpu_with_itself_and_says_so(tmp_path):
     # Without a GPU both sides run on the CPU: two fresh processes, 10 discrete steps of the
     # toy each (24 s on 2 busy cores, 7 s of CPU time), which must agree exactly.
     out = tmp_path / "check.json"
-    done = subprocess.run(
-        [sys.executable, str(GPU_CHECK), "--small", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = _run_small(GPU_CHECK, out)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "compared\nthe CPU with itself" in done.stdout
     report = json.loads(out.read_text())
@@ -107,7 +101,7 @@ def test_gpu_check_small_compares_the_cpu_with_itself_and_says_so(tmp_path):
 
 
 def test_gpu_check_difference_is_relative_and_nan_aware():
-    check = _gpu_check_module()
+    check = _module(GPU_CHECK, "gpu_check")
     a = np.array([1.0, -4.0, np.nan])
     assert check.difference(a, a) == 0.0
     assert check.difference(a, np.array([1.0, -4.002, np.nan])) == pytest.approx(0.002 / 4.002)
