@@ -247,7 +247,11 @@ def test_below_threshold_central_equals_stable():
     central = cf.central_flow(objective, w0, optimizer, 20, saveat=[0, 10, 20], options=OPTIONS)
     stable = cf.stable_flow(objective, w0, optimizer, 20, saveat=[0, 10, 20], options=OPTIONS)
     assert float(jnp.max(central.effective_sharpness)) < 1.0
-    np.testing.assert_allclose(central.w, stable.w, rtol=1e-10, atol=1e-12)
+    # The central flow caps its steps at its relaxation rate 1/τ (`FlowOptions.max_step`),
+    # so the two take different steps and agree to the solver's tolerance (measured 2e-11).
+    np.testing.assert_allclose(
+        central.w, stable.w, rtol=1e-10, atol=OPTIONS.stepsize_controller.atol
+    )
     assert np.all(np.isnan(central.predicted_variances))
     np.testing.assert_allclose(central.predicted_loss, central.loss)
     assert np.isnan(float(central.eos_onset))
