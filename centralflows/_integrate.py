@@ -202,7 +202,7 @@ def integrate_segment(
 
         def condition(t, y, args, **kwargs):
             """The largest condition; at `t0`, the known one (the initial sign)."""
-            if known is not None and t is kwargs["t0"]:
+            if known is not None and t is kwargs.get("t0"):
                 return known  # diffrax's initial call (at its own `t0`): no copy traced
             value = lambda: jnp.max(conditions(y, args))
             return value() if known is None else jax.lax.cond(t == t0, lambda: known, value)
