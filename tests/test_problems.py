@@ -15,7 +15,7 @@ from centralflows._config import ConfigError, validate_config
 from centralflows.cli import main
 from centralflows.problems import PROBLEMS, LeastSquares, Quartic, Toy
 
-from .test_flows import B, C, ETA, OPTIONS, S0, T_STAR, TAU, Y_STAR, toy_loss
+from .test_flows import ETA, OPTIONS, S0, T_STAR, TAU, Y_STAR, B, C, toy_loss
 
 # --- the toy -------------------------------------------------------------------------------
 
