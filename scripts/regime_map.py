@@ -40,6 +40,7 @@ from centralflows._experiment import (
     make_optimizer,
     make_problem,
 )
+from centralflows._plot import _figure_class
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts" / "figures"))
@@ -193,6 +194,7 @@ def compute(args: argparse.Namespace, mode: dict, command: str) -> dict:
 
 def main() -> None:
     args = parse_args()
+    _figure_class()  # before any computation: without matplotlib, cf.plot's message
     mode = MODES["small" if args.small else "full"]
     suffix = "-small" if args.small else ""
     results = pathlib.Path(args.results or ROOT / f"benchmarks/results/regime-map{suffix}.json")

@@ -388,14 +388,19 @@ def test_missing_matplotlib_names_the_extra(run_file, tmp_path, monkeypatch, cap
     assert "pip install 'centralflows[figures]'" in capsys.readouterr().err
 
 
-def test_a_figure_script_without_matplotlib_names_the_extra(monkeypatch):
+FIGURES = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "figures"
+
+
+@pytest.mark.parametrize(
+    "script", [FIGURES / "loss_across_architectures.py", FIGURES.parent / "regime_map.py"]
+)
+def test_a_figure_script_without_matplotlib_names_the_extra(script, monkeypatch):
     for module in ("matplotlib", "matplotlib.figure"):
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     monkeypatch.syspath_prepend(str(FIGURES))
-    script = "loss_across_architectures.py"
-    monkeypatch.setattr(sys, "argv", [script, "--small"])  # refused before it runs anything
+    monkeypatch.setattr(sys, "argv", [script.name, "--small"])  # refused before it runs
     with pytest.raises(ImportError, match=r"pip install 'centralflows\[figures\]'"):
-        runpy.run_path(str(FIGURES / script), run_name="__main__")
+        runpy.run_path(str(script), run_name="__main__")
 
 
 def test_importing_the_package_does_not_import_matplotlib():
@@ -405,9 +410,6 @@ def test_importing_the_package_does_not_import_matplotlib():
 
 def test_panels_are_documented():
     assert all(f"`{name!r}`".replace("'", '"') in cf.plot.__doc__ for name in PANELS)
-
-
-FIGURES = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "figures"
 
 
 @pytest.mark.parametrize(
