@@ -1,5 +1,6 @@
 """Build a run's ingredients (objective, initial parameters, optimizer) from a config."""
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -52,14 +53,13 @@ def make_flow_options(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[FlowOptions
         guard=central["guard"],
     )
     if central["solver"] == "euler":
-        make = lambda modified: FlowOptions.euler(central["nsubsteps"], **limits, modified=modified)
+        options = FlowOptions.euler(central["nsubsteps"], **limits)
     else:
         controller = dfx.PIDController(rtol=central["rtol"], atol=central["atol"])
         solver = {"bosh3": dfx.Bosh3, "tsit5": dfx.Tsit5}[central["solver"]]()
-        make = lambda modified: FlowOptions(
-            solver, controller, tau=central["tau"], **limits, modified=modified
-        )
-    return make(central["modified"]), make(cfg["stable"]["modified"])
+        options = FlowOptions(solver, controller, tau=central["tau"], **limits)
+    flow = lambda section: dataclasses.replace(options, modified=cfg[section]["modified"])
+    return flow("central"), flow("stable")
 
 
 _CPU_DEVICES_HINT = (

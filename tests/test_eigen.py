@@ -142,6 +142,17 @@ def test_lobpcg_soft_locked_columns_cost_no_residual_products(getkey):
     assert products <= k * (1 + 2 * fresh) + iterations  # one residual product each
 
 
+def _recording_matvec(a):
+    """`v -> a v`, and the list of the widths of the blocks it was applied to."""
+    applied = []
+
+    def matvec(v):
+        jax.debug.callback(lambda v: applied.append(v.shape[1]), v)
+        return a @ v
+
+    return matvec, applied
+
+
 @pytest.mark.parametrize("mask", [(0, 0, 0, 0), (0, 1, 0, 0), (1, 0, 1, 0), (1, 1, 0, 1)])
 def test_masked_products_multiply_the_masked_columns_alone_or_the_block_at_once(mask, getkey):
     # At most half the columns on: one product per masked column; more: one batch of the
@@ -152,12 +163,7 @@ def test_masked_products_multiply_the_masked_columns_alone_or_the_block_at_once(
     a = a + a.T
     cols = jr.normal(getkey(), (n, m))
     mask = jnp.asarray(mask, bool)
-    applied = []
-
-    def matvec(v):
-        jax.debug.callback(lambda v: applied.append(v.shape[1]), v)
-        return a @ v
-
+    matvec, applied = _recording_matvec(a)
     out, products = jax.jit(masked_products(matvec))(cols, mask)
     jax.effects_barrier()
     num = int(jnp.sum(mask))
@@ -168,12 +174,7 @@ def test_masked_products_multiply_the_masked_columns_alone_or_the_block_at_once(
 
 def test_masked_products_of_a_narrow_block_are_one_at_a_time():
     a = jnp.diag(jnp.arange(1.0, 6.0))
-    applied = []
-
-    def matvec(v):
-        jax.debug.callback(lambda v: applied.append(v.shape[1]), v)
-        return a @ v
-
+    matvec, applied = _recording_matvec(a)
     cols = jnp.ones((5, 2))
     out, products = jax.jit(masked_products(matvec))(cols, jnp.array([True, True]))
     jax.effects_barrier()
