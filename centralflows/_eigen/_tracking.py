@@ -5,20 +5,31 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Bool, PRNGKeyArray
+from jaxtyping import Array, Bool, Int, PRNGKeyArray, Scalar
 
 from .._custom_types import Record, Vector
 from .._objective import Objective
 from .._optimizers import AbstractOptimizer
-from ._solve import EigConfig, EigenState, random_vectors, track_eigs
+from ._solve import EigConfig, EigenState, Vectors, random_vectors, track_eigs
+
+
+class Visit(eqx.Module):
+    """A point where the tracked vectors were computed, and those vectors."""
+
+    w: Vector  # NaN before the first refresh
+    effective: Vectors
+    raw: Vectors | None
 
 
 class Tracking(eqx.Module):
     """The eigenpairs a process tracks: of P⁻¹H (`effective`) and, when P is not a
-    multiple of the identity, of H itself (`raw`)."""
+    multiple of the identity, of H itself (`raw`), computed at `w`; `previous` is the
+    point refreshed before `w` (its vectors predict the next refresh's start)."""
 
     effective: EigenState
     raw: EigenState | None
+    w: Vector  # NaN before the first refresh
+    previous: Visit
 
 
 def _empty_eigs(key: PRNGKeyArray, count: int, capacity: int, n: int, dtype) -> EigenState:
@@ -40,7 +51,42 @@ def init_tracking(
     raw = None
     if not optimizer.scalar_preconditioner:
         raw = _empty_eigs(k_raw, *sizes)
-    return Tracking(effective, raw)
+    nowhere = jnp.full_like(w, jnp.nan)
+    return Tracking(effective, raw, nowhere, _visit(nowhere, effective, raw))
+
+
+def _visit(w: Vector, effective: EigenState, raw: EigenState | None) -> Visit:
+    return Visit(w, effective.vectors, None if raw is None else raw.vectors)
+
+
+def path_coefficient(w: Vector, last: Vector, before: Vector) -> Scalar:
+    """`α` such that `w ≈ last + α (last − before)`: where `w` lies along the line
+    through the last two refreshed points, clipped to [−1, 1] (1: a smooth path goes on;
+    −1: an oscillating iterate is back at `before`), and 0 where that is undefined."""
+    step = last - before
+    norm_sq = jnp.vdot(step, step)
+    alpha = jnp.vdot(w - last, step) / jnp.where(norm_sq > 0, norm_sq, 1)
+    return jnp.where(jnp.isfinite(alpha) & (norm_sq > 0), jnp.clip(alpha, -1, 1), 0)
+
+
+def predicted_vectors(
+    last: Vectors, before: Vectors, alpha: Scalar, p_diag: Vector, count: Int[Array, ""]
+) -> Vectors:
+    """The first `count` tracked vectors moved on along the path by `alpha`
+    (`path_coefficient`): `last + α (last − R before)` in the P-inner product, where the
+    rotation `R` aligns `before`'s rows with `last`'s (orthogonal Procrustes:
+    eigenvectors are defined up to sign, and up to rotation within a cluster). A
+    first-order prediction of the eigenvectors at the next point, as a start for
+    `track_eigs`; the other rows, and every row where `alpha` is 0, stay as they were."""
+
+    def moved():
+        active = (jnp.arange(last.shape[0]) < count)[:, None]
+        root = jnp.sqrt(p_diag)
+        a, b = (jnp.where(active, x * root, 0) for x in (last, before))
+        u, _, vt = jnp.linalg.svd(a @ b.T)
+        return jnp.where(active, last + alpha * (last - ((u @ vt) @ b) / root), last)
+
+    return jax.lax.cond(alpha == 0, lambda: last, moved)
 
 
 @eqx.filter_jit
@@ -56,16 +102,32 @@ def refresh_tracking(
     `iterate` false (may be traced), only their Rayleigh–Ritz pairs at `w` in the span of
     the previous ones.
 
+    The start is not the previous vectors themselves but their prediction at `w` from
+    the last two refreshed points (`predicted_vectors`): along a smooth path it
+    extrapolates, and where an iterate oscillates at the edge of stability it goes back
+    to the vectors of the point `w` is nearer to. On the digits MLP this roughly halves
+    the products of a warm start before the edge of stability and saves a quarter at it.
+
     Compiled on its own, so every process shares one program, whatever the tracked count.
     """
     _, hvp = jax.linearize(objective.grad, w)  # the products share one linearization
     hvps = jax.vmap(hvp)
     count = tracking.effective.count
-    effective = track_eigs(hvps, p_diag, tracking.effective.vectors, config, count, iterate)
+    previous = tracking.previous
+    alpha = path_coefficient(w, tracking.w, previous.w)
+    start = lambda last, before, p: predicted_vectors(last, before, alpha, p, count)
+    effective = tracking.effective.vectors
+    effective = start(effective, previous.effective, p_diag)
+    effective = track_eigs(hvps, p_diag, effective, config, count, iterate)
     raw = tracking.raw
     if raw is not None:
-        raw = track_eigs(hvps, jnp.ones_like(p_diag), raw.vectors, config, count, iterate)
-    return Tracking(effective, raw)
+        ones = jnp.ones_like(p_diag)
+        raw = track_eigs(hvps, ones, start(raw.vectors, previous.raw, ones), config, count, iterate)
+    # A refresh at the same point (a grown tracked set) keeps the point before.
+    moved = jnp.any(w != tracking.w)
+    visit = _visit(tracking.w, tracking.effective, tracking.raw)
+    previous = jax.tree.map(lambda new, old: jnp.where(moved, new, old), visit, previous)
+    return Tracking(effective, raw, w, previous)
 
 
 def eig_record(tracking: Tracking, p_diag: Vector, solved) -> Record:
@@ -116,4 +178,4 @@ def grow_tracking(tracking: Tracking, config: EigConfig) -> Tracking | None:
         if eigs is None
         else eqx.tree_at(lambda e: e.count, eigs, jnp.asarray(count + 1, eigs.count.dtype))
     )
-    return Tracking(grown(effective), grown(tracking.raw))
+    return Tracking(grown(effective), grown(tracking.raw), tracking.w, tracking.previous)
