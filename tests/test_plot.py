@@ -392,13 +392,18 @@ FIGURES = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "figures"
 
 
 @pytest.mark.parametrize(
-    "script", [FIGURES / "loss_across_architectures.py", FIGURES.parent / "regime_map.py"]
+    "script, options",
+    [
+        (FIGURES / "loss_across_architectures.py", ["--small"]),
+        (FIGURES / "factorisation_regimes.py", []),
+        (FIGURES.parent / "regime_map.py", ["--small"]),
+    ],
 )
-def test_a_figure_script_without_matplotlib_names_the_extra(script, monkeypatch):
+def test_a_figure_script_without_matplotlib_names_the_extra(script, options, monkeypatch):
     for module in ("matplotlib", "matplotlib.figure"):
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     monkeypatch.syspath_prepend(str(FIGURES))
-    monkeypatch.setattr(sys, "argv", [script.name, "--small"])  # refused before it runs
+    monkeypatch.setattr(sys, "argv", [script.name, *options])  # refused before it runs
     with pytest.raises(ImportError, match=r"pip install 'centralflows\[figures\]'"):
         runpy.run_path(str(script), run_name="__main__")
 

@@ -13,7 +13,7 @@ import pytest
 import centralflows as cf
 from centralflows._config import ConfigError, validate_config
 from centralflows.cli import main
-from centralflows.problems import PROBLEMS, LeastSquares, Quartic, Toy
+from centralflows.problems import PROBLEMS, LeastSquares, Quartic, ScalarFactorisation, Toy
 
 from .test_flows import ETA, OPTIONS, S0, T_STAR, TAU, Y_STAR, B, C, toy_loss
 
@@ -113,6 +113,121 @@ def test_deep_linear_network_is_least_squares_of_the_product():
     w0 = jax.flatten_util.ravel_pytree(deep.w0)[0]
     h0, h1 = (jax.hessian(objective.value)(w) for w in (w0, 2 * w0))
     assert not np.allclose(h0, h1)
+
+
+# --- the scalar factorisation --------------------------------------------------------------
+
+FACTORISATION = ScalarFactorisation()  # y = 1, from (a, b) = (1.5, 0.5)
+
+
+def _imbalance(w):
+    return np.asarray(w["a"]) ** 2 - np.asarray(w["b"]) ** 2
+
+
+def test_scalar_factorisation_sharpness_on_the_minima_and_imbalance_update(getkey):
+    problem = ScalarFactorisation(y=2.0)
+    hessian = jax.hessian(lambda v: problem({"a": v[0], "b": v[1]}))
+    for a in (0.5, 2**0.5, 3.0):  # on M = {ab = y}: the Hessian is (b, a)(b, a)ᵀ
+        w = jnp.array([a, problem.y / a])
+        sharpness = float(jnp.linalg.eigvalsh(hessian(w))[-1])
+        assert sharpness == pytest.approx(problem.sharpness_at_minimum(a**2 - w[1] ** 2))
+    assert problem.sharpness_at_minimum(0.0) == 2 * problem.y == 2 / problem.critical_lr
+    # One GD step multiplies the imbalance q = a² − b² by 1 − η²r², r = ab − y, exactly.
+    lr = 0.3
+    for _ in range(3):
+        a, b = jr.normal(getkey(), (2,))
+        w = {"a": a, "b": b}
+        step = cf.discrete_run(problem, w, cf.GD(lr), 1).w
+        r = float(a * b) - problem.y
+        np.testing.assert_allclose(_imbalance(step), _imbalance(w) * (1 - lr**2 * r**2), rtol=1e-12)
+
+
+def test_scalar_factorisation_subcritical_rate_is_that_of_the_limit_minimum():
+    # ηy < 1. From (1.5, 0.5) gradient flow ends at the sharpness √(q0² + 4y²) = 2.83: for
+    # η = 0.5 that is stable and GD's loss falls at every step; for η ≥ 0.8 it is not, GD
+    # oscillates first, and its oscillation lowers the imbalance until ηS < 2.
+    problem = FACTORISATION
+    flow_limit = problem.sharpness_at_minimum(float(_imbalance(problem.w0)))
+    lrs = jnp.array([0.5, 0.8, 0.9, 0.95])
+    run = jax.vmap(lambda lr: cf.discrete_run(problem, problem.w0, cf.GD(lr), 2000))(lrs)
+    for lr, losses, q in zip(np.asarray(lrs), np.asarray(run.losses), _imbalance(run.w)):
+        assert losses[-1] < 1e-28  # a global minimum
+        limit = problem.sharpness_at_minimum(q)
+        assert problem.sharpness_at_minimum(0.0) < limit and lr * limit < 2
+        # The residual r = ±√(2L) shrinks by |1 − ηS∞| per step, measured where it is
+        # small (higher-order terms ~ r) but far above round-off (~1e-16/r).
+        window = (losses[:-1] < 1e-14) & (losses[1:] > 1e-22)
+        ratios = np.sqrt(losses[1:][window] / losses[:-1][window])
+        assert window.sum() >= 8
+        np.testing.assert_allclose(ratios, abs(1 - lr * limit), rtol=1e-4)
+        if lr * flow_limit < 2:
+            assert np.all(np.diff(losses) <= 0) and limit == pytest.approx(flow_limit, rel=0.01)
+        else:
+            assert np.any(np.diff(losses) > 0) and 1.8 < lr * limit < 2
+
+
+def test_scalar_factorisation_critical_loss_is_a_power_law():
+    # ηy = 1 for y = 2 (η = 0.5), from the default start scaled by √y, and from the
+    # balanced start a = b = 1: k L_k → y²/4 and y²/8. The approach to the law is slow
+    # (relative error 2% at k = 1e5 from the unbalanced start), hence the tolerances.
+    problem = ScalarFactorisation(y=2.0)
+    starts = {"a": jnp.array([1.5 * 2**0.5, 1.0]), "b": jnp.array([0.5 * 2**0.5, 1.0])}
+    steps = 100_000
+    run = jax.vmap(lambda w: cf.discrete_run(problem, w, cf.GD(problem.critical_lr), steps))(starts)
+    unbalanced, balanced = np.asarray(run.losses)
+    assert steps * unbalanced[-1] == pytest.approx(steps * problem.critical_loss(steps), rel=0.03)
+    assert steps * balanced[-1] == pytest.approx(steps * problem.critical_loss(steps) / 2, rel=3e-3)
+    slope = math.log10(unbalanced[steps] / unbalanced[steps // 10])
+    assert slope == pytest.approx(-1, abs=0.05)  # L ∝ k^-1, |r| ∝ k^(-1/2)
+    # The imbalance goes to 0 (the flattest minimum) as a power law too: q² k → 2y².
+    q_unbalanced, q_balanced = _imbalance(run.w)
+    assert steps * q_unbalanced**2 == pytest.approx(2 * problem.y**2, rel=0.03)
+    assert q_balanced == 0
+
+
+def test_scalar_factorisation_supercritical_converges_to_the_period_two_orbit():
+    problem = FACTORISATION
+    lrs = [1.05, 1.1, 1.15]  # 1 < ηy < √5 − 1: the orbit is stable
+    early, late = 40, 120  # the distance at 120 steps is above round-off for these η
+
+    def distances(steps):
+        def distance(lr):
+            w = cf.discrete_run(problem, problem.w0, cf.GD(lr), steps).w
+            x1, x2 = problem.period_two_orbit(lr)  # even steps near one of the points
+            return min(math.hypot(w["a"] - x, w["b"] - x) for x in (x1, x2))
+
+        return np.array([float(distance(lr)) for lr in lrs])
+
+    d_early, d_late = distances(early), distances(late)
+    measured = (d_late / d_early) ** (1 / (late - early))
+    predicted = np.array([problem.period_two_rate(lr) for lr in lrs])
+    np.testing.assert_allclose(measured, predicted, rtol=1e-3)
+    # The losses alternate between ½r_1² and ½r_2², r_i = x_i² − y, whose mean is
+    # (y² − 1/η²)/4.
+    for lr in lrs:
+        losses = np.asarray(cf.discrete_losses(problem, problem.w0, cf.GD(lr), 2000))
+        orbit = [0.5 * (x**2 - problem.y) ** 2 for x in problem.period_two_orbit(lr)]
+        np.testing.assert_allclose(sorted(losses[-2:]), sorted(orbit), rtol=1e-10)
+        assert np.mean(orbit) == pytest.approx((problem.y**2 - 1 / lr**2) / 4)
+
+
+def test_scalar_factorisation_central_flow_ends_at_sharpness_two_over_lr():
+    # Sub-critical with a transient (η = 0.9): the central flow ends at the minimum with
+    # ηS = 2 exactly, q = √(4/η² − 4y²); GD's limit is flatter. Super-critical (η = 1.1):
+    # it rests on the balanced line where ηS = 2, at x² = (y + 2/η)/3, with
+    # σ² = 4(y − 1/η)/9 and predicted loss 2(y² − 1/η²)/9: 8/9 of GD's mean loss on its
+    # orbit (the flow's cubic expansion misses the loss's fourth derivative).
+    problem = FACTORISATION
+    sub = cf.central_flow(problem, problem.w0, cf.GD(0.9), 60)
+    assert float(sub.effective_sharpness[-1]) == pytest.approx(2, abs=1e-6)
+    assert float(_imbalance(sub.w)[-1]) == pytest.approx(math.sqrt(4 / 0.9**2 - 4), rel=1e-4)
+    lr, y = 1.1, problem.y
+    sup = cf.central_flow(problem, problem.w0, cf.GD(lr), 100)
+    rest = math.sqrt((y + 2 / lr) / 3)
+    np.testing.assert_allclose([sup.w["a"][-1], sup.w["b"][-1]], rest, rtol=1e-4)
+    variance = float(sup.predicted_variances[-1, 0]) * lr  # X = σ²/η
+    assert variance == pytest.approx(4 * (y - 1 / lr) / 9, rel=1e-4)
+    assert float(sup.predicted_loss[-1]) == pytest.approx(2 * (y**2 - 1 / lr**2) / 9, rel=1e-4)
 
 
 # --- the quartic ---------------------------------------------------------------------------
