@@ -4,6 +4,7 @@
 import functools
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -258,6 +259,112 @@ def test_quartic_flow_stops_at_the_local_minimum_and_gd_jumps_out():
     # With a small step GD stays in the basin of 3, as the flow does.
     stays = cf.discrete_run(quartic, quartic.w0, cf.GD(0.05), 100)
     assert float(stays.w) == pytest.approx(quartic.local_minimum, abs=1e-8)
+
+
+def _quartic_derivatives(x: float) -> tuple[float, float, float]:
+    """L'(x), L''(x), L'''(x) of the quartic."""
+    return 4 * x**3 - 21 * x**2 + 30 * x - 9, 12 * x**2 - 42 * x + 30, 24 * x - 42
+
+
+def sign_descent(lr: float) -> cf.RMSProp:
+    """RMSProp with β₂ → 0, which is sign descent x ← x − η sign(L'(x)): with β₂ = 1e-16,
+    to a relative β₂ ν/g² per step (below 1e-12 on the quartic's orbits)."""
+    return cf.RMSProp(lr, beta2=1e-16)
+
+
+def _sign_descent_orbit(lr: float) -> set[float]:
+    """Sign descent's period-2 orbit from x0 = 4 (docs/problems.md): it steps left by η
+    while L' > 0, until the first 4 − Kη where L' < 0, i.e. in (x_max, 3) or below the
+    global minimum, and then alternates between 4 − (K − 1)η and 4 − Kη."""
+    if lr < 4 - Quartic.maximum:  # the first point below 3 lies in (x_max, 3)
+        k = math.floor(1 / lr) + 1
+    elif lr < 4 - Quartic.global_minimum:  # 4 − η in (x_g, x_max), 4 − 2η < 0 < x_g
+        k = 2
+    else:  # 4 − η < x_g
+        k = 1
+    return {4 - (k - 1) * lr, 4 - k * lr}
+
+
+def test_quartic_sign_descent_crosses_the_maximum_iff_its_first_step_does():
+    quartic = Quartic()
+    lrs = [0.3, 0.45, 1.5, 2.1, 2.2, 2.5, 3.0, 3.8]  # 4 − x_max = 2.157, 4 − x_g = 3.593
+    ends = [
+        jax.vmap(lambda lr: cf.discrete_run(quartic, quartic.w0, sign_descent(lr), n).w)(
+            jnp.array(lrs)
+        )
+        for n in (40, 41)
+    ]
+    for lr, *orbit in zip(lrs, *map(np.asarray, ends)):
+        expected = sorted(_sign_descent_orbit(lr))
+        np.testing.assert_allclose(sorted(orbit), expected, rtol=1e-10)
+        crossed = min(expected) < quartic.maximum
+        assert crossed == (lr > 4 - quartic.maximum)
+
+
+def test_quartic_rmsprop_first_step_is_the_lr_and_decides_the_minimum():
+    # ν starts at g0² (or at 0 with bias correction, ν̂1 = g0²): the first step is η.
+    quartic = Quartic()
+    lrs = jnp.array([0.1, 1.0, 2.1, 2.2, 2.5, 3.0])
+    for beta2, bias_correction in [(0.9, False), (0.999, False), (0.99, True)]:
+        rmsprop = lambda lr: cf.RMSProp(lr, beta2=beta2, bias_correction=bias_correction)
+        first = jax.vmap(lambda lr: cf.discrete_run(quartic, quartic.w0, rmsprop(lr), 1).w)(lrs)
+        np.testing.assert_allclose(first, 4 - lrs, rtol=1e-14)
+    # With β₂ = 0.999 it ends where the first step went: at 3 from 4 − η > x_max, at the
+    # global minimum from below (4 − η < x_max iff η > 2.157).
+    rmsprop = lambda lr: cf.RMSProp(lr, beta2=0.999)
+    ends = jax.vmap(lambda lr: cf.discrete_run(quartic, quartic.w0, rmsprop(lr), 1000).w)(lrs)
+    expected = np.where(4 - lrs > quartic.maximum, 3.0, quartic.global_minimum)
+    np.testing.assert_allclose(ends, expected, rtol=1e-10)
+
+
+def _rmsprop_at_the_local_minimum(lr):
+    """RMSProp (β₂ = 0.9) from x = 3.001 with ν0 a hundredth of ν at the edge of stability
+    (√ν = ηL''(3)/2): unstable at once."""
+    quartic, optimizer = Quartic(), cf.RMSProp(lr, beta2=0.9)
+    w0 = jnp.asarray(3.001)
+    state = optimizer.init(w0[None], jax.grad(quartic)(w0)[None])
+    nu0 = jnp.full((1,), (6 * lr) ** 2 / 100)  # ν of the flat parameter vector
+    return quartic, w0, optimizer, eqx.tree_at(lambda s: s.nu, state, nu0)
+
+
+def test_quartic_rmsprop_oscillates_about_the_local_minimum_by_exactly_the_lr():
+    # A period-2 orbit x_a, x_b of RMSProp in 1D has ν = g² at both points, so
+    # |L'(x_a)| = |L'(x_b)| and |x_a − x_b| = η. For a quartic L'(x̄ ± η/2) sum to
+    # 2L'(x̄) + (η²/4)L'''(x̄): the centre x̄ solves L'(x̄) + ½ (η²/4) L'''(x̄) = 0, the central
+    # flow's rest condition with σ² = η²/4.
+    lr = 0.1
+    quartic, w0, optimizer, state = _rmsprop_at_the_local_minimum(lr)
+    x_a, x_b = (
+        float(cf.discrete_run(quartic, w0, optimizer, n, opt_state0=state).w) for n in (2000, 2001)
+    )
+    assert abs(x_a - x_b) == pytest.approx(lr, rel=1e-12)
+    (g_a, *_), (g_b, *_) = _quartic_derivatives(x_a), _quartic_derivatives(x_b)
+    assert g_a == pytest.approx(-g_b, rel=1e-10)
+    centre = (x_a + x_b) / 2
+    slope, _, third = _quartic_derivatives(centre)
+    assert slope + 0.5 * lr**2 / 4 * third == pytest.approx(0, abs=1e-12)
+    assert centre - 3 == pytest.approx(-1.25 * lr**2 / 4, rel=0.01)  # L'''/L'' = 30/12
+
+
+# 60 s: compiling RMSProp's central flow on the quartic.
+@pytest.mark.slow
+def test_quartic_rmsprop_central_flow_rests_where_the_orbit_is_centred():
+    # The flow holds the effective sharpness at 2 with ν = L'² + L''²σ² and √ν = ηL''/2, so
+    # σ² = η²/4 − (L'/L'')², a relative (ηL'''/4L'')² ≈ 0.4% below the orbit's η²/4.
+    lr = 0.1
+    quartic, w0, optimizer, state = _rmsprop_at_the_local_minimum(lr)
+    sol = cf.central_flow(quartic, w0, optimizer, 40, opt_state0=state)
+    x = float(sol.w[-1])
+    slope, curvature, third = _quartic_derivatives(x)
+    nu = float(sol.opt_state.nu[-1, 0])
+    variance = float(sol.predicted_variances[-1, 0]) * lr / math.sqrt(nu)  # Σ = X P⁻¹
+    assert float(sol.effective_sharpness[-1]) == pytest.approx(2, abs=1e-6)
+    assert math.sqrt(nu) == pytest.approx(lr * curvature / 2, rel=1e-6)
+    assert slope + 0.5 * variance * third == pytest.approx(0, abs=1e-8)
+    assert variance == pytest.approx(lr**2 / 4 - (slope / curvature) ** 2, rel=1e-5)
+    orbit = [cf.discrete_run(quartic, w0, optimizer, n, opt_state0=state) for n in (2000, 2001)]
+    mean_loss = np.mean([float(quartic(run.w)) for run in orbit])
+    assert float(sol.predicted_loss[-1]) == pytest.approx(mean_loss, rel=1e-4)
 
 
 # --- configs -------------------------------------------------------------------------------
