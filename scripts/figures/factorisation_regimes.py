@@ -5,10 +5,13 @@ Left: the rate per step against ηy. Sub-critical (ηy < 1), the residual ab −
 |1 − ηS∞| per step, S∞ the sharpness of the minimum GD reaches, against what the central
 flow predicts (it ends at ηS = min(ηS_GF, 2), S_GF the gradient flow's limit);
 super-critical, the distance to the period-2 orbit shrinks at the square root of the
-orbit's larger two-step multiplier. Middle: the sharpness of the limit. Right: at ηy = 1
-the loss falls as a power law, k L_k → y²/4 (y²/8 from a balanced start).
+orbit's larger two-step multiplier. Second: the effective sharpness of the limit, GD's
+against gradient flow's and the central flow's (closed form, and solved at a few η).
+Third: at ηy = 1 the loss falls as a power law, k L_k → y²/4 (y²/8 from a balanced
+start). Fourth, super-critical: GD's mean loss on its orbit, (y² − 1/η²)/4, against the
+central flow's predicted loss at rest, 2(y² − 1/η²)/9 (closed forms, and measured).
 
-    python scripts/figures/factorisation_regimes.py   # seconds on a CPU
+    python scripts/figures/factorisation_regimes.py   # under a minute on a CPU
 
 Writes docs/figures/factorisation_regimes.png (`--out`; needs the `figures` extra).
 """
@@ -34,6 +37,8 @@ SUPERCRITICAL = np.linspace(1.02, 1.22, 21)
 CHUNK, CHUNKS = 10, 1000  # GD runs of 10,000 steps, the iterate kept every 10
 FIT = (1e-11, 1e-5)  # the fitted range of distances: past the transient, above round-off
 CRITICAL_STEPS = 100_000
+CENTRAL = {"sub": ([0.5, 0.8, 0.9, 0.95], 80), "super": ([1.05, 1.1, 1.15, 1.2], 200)}
+"""The η at which the central flow is solved, and its horizon: long enough to come to rest."""
 
 
 def _rate(distances: np.ndarray, steps: np.ndarray) -> float:
@@ -63,15 +68,25 @@ def _trajectories(lrs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate(losses, axis=1), np.stack(a, 1), np.stack(b, 1)
 
 
+def _central_flows(lrs: list[float], t1: float) -> tuple[np.ndarray, np.ndarray]:
+    """The central flow of GD from `PROBLEM.w0` at each η of `lrs`: its effective
+    sharpness and predicted loss at `t1`."""
+    solutions = [cf.central_flow(PROBLEM, PROBLEM.w0, cf.GD(lr), t1) for lr in lrs]
+    sharpness = np.array([float(sol.effective_sharpness[-1]) for sol in solutions])
+    return sharpness, np.array([float(sol.predicted_loss[-1]) for sol in solutions])
+
+
 def measure() -> dict[str, np.ndarray]:
-    """The measured and predicted rates and limit sharpnesses, and the critical losses."""
+    """The measured and predicted rates and limit sharpnesses, the critical losses, and
+    the central flows' ends."""
     steps = np.arange(CHUNKS + 1) * CHUNK
     losses, a, b = _trajectories(SUBCRITICAL)
     limit = a[:, -1] ** 2 + b[:, -1] ** 2  # the sharpness a² + b² of the minimum reached
     residuals = np.sqrt(2 * losses)
     sub_measured = [_rate(r, np.arange(r.size)) for r in residuals]
     flow_limit = PROBLEM.sharpness_at_minimum(PROBLEM.a0**2 - PROBLEM.b0**2)
-    _, a, b = _trajectories(SUPERCRITICAL)
+    losses, a, b = _trajectories(SUPERCRITICAL)
+    super_mean_loss = losses[:, -2:].mean(axis=1)
     super_measured = []
     for lr, a_lr, b_lr in zip(SUPERCRITICAL, a, b):
         x1, x2 = PROBLEM.period_two_orbit(lr)
@@ -88,14 +103,17 @@ def measure() -> dict[str, np.ndarray]:
         "sub_limit": SUBCRITICAL * limit,
         "sub_flow_limit": SUBCRITICAL * flow_limit,
         "super_measured": np.array(super_measured),
+        "super_mean_loss": super_mean_loss,
         "critical": np.asarray(critical),
+        "central_sub_sharpness": _central_flows(*CENTRAL["sub"])[0],
+        "central_super_loss": _central_flows(*CENTRAL["super"])[1],
     }
 
 
 def draw(result: dict[str, np.ndarray]):
     """The three panels."""
-    figure = _figure_class()(figsize=(14, 4.2), layout="constrained")
-    rates, sharpness, critical = figure.subplots(1, 3)
+    figure = _figure_class()(figsize=(12, 8.4), layout="constrained")
+    (rates, sharpness), (critical, averaged) = figure.subplots(2, 2)
     y = PROBLEM.y
     fine = np.linspace(SUPERCRITICAL[0] - 0.02, SUPERCRITICAL[-1], 200)
     along, across = np.array([PROBLEM.period_two_multipliers(lr) for lr in fine]).T
@@ -123,6 +141,14 @@ def draw(result: dict[str, np.ndarray]):
         "C2--",
         label="central flow's: min(ηS_GF, 2)",
     )
+    lrs, _ = CENTRAL["sub"]
+    sharpness.plot(
+        np.array(lrs) * y,
+        result["central_sub_sharpness"],
+        "C2s",
+        mfc="none",
+        label="central flow, solved",
+    )
     sharpness.plot(SUBCRITICAL * y, result["sub_limit"], "C0o", ms=4, label="GD's")
     sharpness.plot(SUBCRITICAL * y, 2 * SUBCRITICAL * y, "k:", lw=1, label="ηS_min = 2ηy")
     sharpness.axhline(2, color="k", lw=0.8)
@@ -144,6 +170,26 @@ def draw(result: dict[str, np.ndarray]):
     critical.set_title("critical (ηy = 1): the loss falls as 1/k", fontsize=10)
     critical.set_ylim(0.05, 1)
     critical.legend(fontsize=7)
+
+    dense = np.linspace(1, SUPERCRITICAL[-1], 100)
+    excess = y**2 - 1 / dense**2
+    averaged.plot(dense * y, excess / 4, "C1-", label="GD's orbit: (y² − 1/η²)/4")
+    averaged.plot(SUPERCRITICAL * y, result["super_mean_loss"], "C1o", ms=4, label="GD, measured")
+    averaged.plot(dense * y, 2 * excess / 9, "C2--", label="central flow: 2(y² − 1/η²)/9")
+    lrs, _ = CENTRAL["super"]
+    averaged.plot(
+        np.array(lrs) * y,
+        result["central_super_loss"],
+        "C2s",
+        mfc="none",
+        label="central flow, solved",
+    )
+    averaged.set_xlabel("ηy = ηS_min/2  (1: critical)")
+    averaged.set_ylabel("time-averaged loss")
+    averaged.set_title(
+        "super-critical: the central flow predicts 8/9 of GD's mean loss", fontsize=10
+    )
+    averaged.legend(fontsize=7)
     return figure
 
 
@@ -170,6 +216,13 @@ def main() -> None:
         f"critical: k L_k at k = {k}: {k * result['critical'][0, -1]:.4f} (y²/4 = "
         f"{PROBLEM.y**2 / 4}), balanced {k * result['critical'][1, -1]:.4f} (y²/8)"
     )
+    for lr, value in zip(CENTRAL["sub"][0], result["central_sub_sharpness"]):
+        print(f"central flow at η = {lr}: effective sharpness {value:.6f} at the end")
+    for lr, value in zip(CENTRAL["super"][0], result["central_super_loss"]):
+        closed = 2 * (PROBLEM.y**2 - 1 / lr**2) / 9
+        print(
+            f"central flow at η = {lr}: predicted loss {value:.6f} (2(y² − 1/η²)/9 = {closed:.6f})"
+        )
     out = pathlib.Path(args.out or ROOT / "docs" / "figures" / "factorisation_regimes.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     draw(result).savefig(out, dpi=110)
