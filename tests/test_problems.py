@@ -210,6 +210,12 @@ def test_scalar_factorisation_supercritical_converges_to_the_period_two_orbit():
         orbit = [0.5 * (x**2 - problem.y) ** 2 for x in problem.period_two_orbit(lr)]
         np.testing.assert_allclose(sorted(losses[-2:]), sorted(orbit), rtol=1e-10)
         assert np.mean(orbit) == pytest.approx((problem.y**2 - 1 / lr**2) / 4)
+    # Beyond ηy = √5 − 1 = 1.236 the multiplier along a = b is below −1 and the orbit
+    # has doubled: at η = 1.24 the losses repeat every 4 steps, not every 2.
+    assert problem.period_two_multipliers(1.24)[0] < -1 < problem.period_two_multipliers(1.23)[0]
+    losses = np.asarray(cf.discrete_losses(problem, problem.w0, cf.GD(1.24), 4000))[-8:]
+    np.testing.assert_allclose(losses[4:], losses[:4], rtol=1e-9)
+    assert np.all(np.abs(losses[2:4] / losses[:2] - 1) > 0.01)
 
 
 def test_scalar_factorisation_central_flow_ends_at_sharpness_two_over_lr():
