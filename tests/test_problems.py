@@ -218,6 +218,9 @@ def test_scalar_factorisation_supercritical_converges_to_the_period_two_orbit():
     assert np.all(np.abs(losses[2:4] / losses[:2] - 1) > 0.01)
 
 
+# 12 s on an idle machine, 30 s on a busy one: compiling the central flow for this loss.
+# scripts/figures/factorisation_regimes.py solves and prints the same flows at more η.
+@pytest.mark.slow
 def test_scalar_factorisation_central_flow_ends_at_sharpness_two_over_lr():
     # Sub-critical with a transient (η = 0.9): the central flow ends at the minimum with
     # ηS = 2 exactly, q = √(4/η² − 4y²); GD's limit is flatter. Super-critical (η = 1.1):
@@ -352,7 +355,7 @@ def test_quartic_rmsprop_oscillates_about_the_local_minimum_by_exactly_the_lr():
     assert centre - 3 == pytest.approx(-1.25 * lr**2 / 4, rel=0.01)  # L'''/L'' = 30/12
 
 
-# 60 s: compiling RMSProp's central flow on the quartic.
+# 45 to 60 s: compiling RMSProp's central flow for the quartic.
 @pytest.mark.slow
 def test_quartic_rmsprop_central_flow_rests_where_the_orbit_is_centred():
     # The flow holds the effective sharpness at 2 with ν = L'² + L''²σ² and √ν = ηL''/2, so
