@@ -236,11 +236,16 @@ def test_declarations_agree_with_the_signatures():
 
 
 def test_problem_declarations_agree_with_the_signatures():
-    from centralflows.problems import LeastSquares, Quartic, Toy
+    from centralflows.problems import LeastSquares, Quartic, ScalarFactorisation, Toy
     from centralflows.problems import _declared as problem_declared
     from centralflows.problems._zoo import _MAKERS
 
-    classes = {"toy": Toy, "least_squares": LeastSquares, "quartic": Quartic}
+    classes = {
+        "toy": Toy,
+        "least_squares": LeastSquares,
+        "quartic": Quartic,
+        "scalar_factorisation": ScalarFactorisation,
+    }
     assert list(problem_declared.DECLARED) == list(_MAKERS) == list(classes)
     for name, options in problem_declared.DECLARED.items():
         assert signature_mismatches(options, classes[name]) == [], name

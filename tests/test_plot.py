@@ -392,13 +392,18 @@ FIGURES = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "figures"
 
 
 @pytest.mark.parametrize(
-    "script", [FIGURES / "loss_across_architectures.py", FIGURES.parent / "regime_map.py"]
+    "script, options",
+    [
+        (FIGURES / "loss_across_architectures.py", ["--small"]),
+        (FIGURES / "factorisation_regimes.py", []),
+        (FIGURES.parent / "regime_map.py", ["--small"]),
+    ],
 )
-def test_a_figure_script_without_matplotlib_names_the_extra(script, monkeypatch):
+def test_a_figure_script_without_matplotlib_names_the_extra(script, options, monkeypatch):
     for module in ("matplotlib", "matplotlib.figure"):
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     monkeypatch.syspath_prepend(str(FIGURES))
-    monkeypatch.setattr(sys, "argv", [script.name, "--small"])  # refused before it runs
+    monkeypatch.setattr(sys, "argv", [script.name, *options])  # refused before it runs
     with pytest.raises(ImportError, match=r"pip install 'centralflows\[figures\]'"):
         runpy.run_path(str(script), run_name="__main__")
 
@@ -433,6 +438,29 @@ def test_figure_scripts_draw_a_given_run_file(
     monkeypatch.setattr(sys, "argv", [script, "--run", str(path), "--out", str(out)])
     runpy.run_path(str(FIGURES / script), run_name="__main__")
     assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 10_000
+
+
+def test_factorisation_regimes_fits_rates_and_draws_four_panels(tmp_path):
+    # The script's rate fit and drawing, without its GD runs and central flows.
+    script = runpy.run_path(str(FIGURES / "factorisation_regimes.py"))
+    steps = np.arange(400.0)
+    assert script["_rate"](3 * 0.9**steps, steps) == pytest.approx(0.9, rel=1e-12)
+    assert np.isnan(script["_rate"](np.ones(10), np.arange(10.0)))  # nothing in the fit range
+    sub, sup = script["SUBCRITICAL"], script["SUPERCRITICAL"]
+    central = [len(lrs) for lrs, _ in script["CENTRAL"].values()]
+    result = {
+        **{key: np.full(sub.size, 0.5) for key in ("sub_measured", "sub_predicted")},
+        **{key: np.full(sub.size, 1.5) for key in ("sub_central", "sub_limit", "sub_flow_limit")},
+        "super_measured": np.full(sup.size, 0.9),
+        "super_mean_loss": np.full(sup.size, 0.01),
+        "critical": np.full((2, script["CRITICAL_STEPS"] + 1), 1e-5),
+        "central_sub_sharpness": np.full(central[0], 2.0),
+        "central_super_loss": np.full(central[1], 0.01),
+    }
+    figure = script["draw"](result)
+    assert len(figure.axes) == 4
+    figure.savefig(tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_cli_smooth_default_is_the_functions():

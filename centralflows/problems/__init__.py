@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from .._lazy import attach
 
 if TYPE_CHECKING:
+    from ._factorisation import ScalarFactorisation as ScalarFactorisation
     from ._least_squares import LeastSquares as LeastSquares
     from ._problem import AbstractProblem as AbstractProblem
     from ._quartic import Quartic as Quartic
@@ -17,6 +18,7 @@ _EXPORTS = {
     "LeastSquares": "._least_squares",
     "AbstractProblem": "._problem",
     "Quartic": "._quartic",
+    "ScalarFactorisation": "._factorisation",
     "Toy": "._toy",
     "PROBLEMS": "._zoo",
     "ProblemSpec": "._zoo",

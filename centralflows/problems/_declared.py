@@ -23,4 +23,9 @@ DECLARED: dict[str, dict[str, Option]] = {
         "width": option(16, at_least(1, "the hidden width, used when depth >= 2")),
     },
     "quartic": {"x0": option(4.0, _real)},
+    "scalar_factorisation": {
+        "y": option(1.0, _positive),
+        "a0": option(1.5, _real),
+        "b0": option(0.5, _real),
+    },
 }

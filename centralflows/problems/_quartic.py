@@ -19,6 +19,8 @@ class Quartic(AbstractProblem):
     at the local minimum 3. GD's first step goes to $4 - 31η$: for η from 0.07 to 0.13
     it crosses the maximum and then converges to the global minimum (stable there for
     η < 2/14.90 ≈ 0.134); for η ≤ 0.065 it converges to 3; from η ≈ 0.15 it diverges.
+    RMSProp's first step is exactly η (ν starts at $g_0^2$), so it, and sign descent,
+    cross the maximum on their first step iff η > 4 − 1.843 ≈ 2.157 (docs/problems.md).
     """
 
     x0: float = 4.0

@@ -5,6 +5,7 @@ from jaxtyping import PRNGKeyArray
 
 from .._options import Option
 from ._declared import DECLARED
+from ._factorisation import ScalarFactorisation
 from ._least_squares import LeastSquares
 from ._problem import AbstractProblem
 from ._quartic import Quartic
@@ -34,6 +35,7 @@ _MAKERS: dict[str, Callable[..., AbstractProblem]] = {
     "toy": _without_key(Toy),
     "least_squares": LeastSquares,
     "quartic": _without_key(Quartic),
+    "scalar_factorisation": _without_key(ScalarFactorisation),
 }
 
 # The options are declared in `_declared.py`, jax-free, for the command line.
