@@ -96,6 +96,19 @@ def default_job(tmp_path_factory):
     return path
 
 
+def test_pages_hold_no_control_characters():
+    # A LaTeX command written into a page from a Python string without an r prefix turns
+    # into one: "\\nabla" into a line break and "abla", "\\frac" into a form feed.
+    pages = sorted(DOCS.rglob("*.md")) + [ROOT / "README.md"]
+    bad = {
+        f"{page.relative_to(ROOT)}:{number}"
+        for page in pages
+        for number, line in enumerate(page.read_bytes().decode().split("\n"), 1)
+        if re.search(r"[\x00-\x08\x0b-\x1f]", line)
+    }
+    assert not bad, sorted(bad)
+
+
 def test_the_markers_are_known():
     for path in TESTED:
         text = path.read_text()
