@@ -1,5 +1,6 @@
 """The central flow without its curvature penalty, and RMSProp's stationary ν."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
@@ -11,7 +12,7 @@ from centralflows._config import ConfigError, load_config
 from centralflows._flows import CentralFlow, FlowState
 from centralflows._stationary import stationary_nu
 
-from .helpers import small_mlp_objective
+from .helpers import dense_hessian, small_mlp_objective
 
 # The toy L = ½ a(y) x² + b y, a(y) = s0 − c y, at x = 0 under Scalar RMSProp (eps = 0),
 # where H = diag(a, 0), ∇L = (0, b), P = √ν/η and the effective sharpness is λ = a q,
@@ -74,6 +75,32 @@ def test_toy_stationary_nu_is_the_root_of_the_closed_form(penalty):
     y_bar = FlowState(y.w, type(y.opt_state)(y.opt_state.count, solution.nu))
     drift = flow.terms(y_bar, jnp.array([[1.0, 0.0], [0.0, 0.0]])).derivative.opt_state.nu
     assert abs(float(drift)) < 1e-10 * C2 * float(solution.nu)
+
+
+def test_stationary_nu_solves_its_fixed_point_with_two_active_directions():
+    # The small MLP at w0 with ν = ∇L² (RMSProp's initial state), at an η that puts the
+    # second effective eigenvalue at 8: ν̄ holds two directions (X of rank 2), whose Ritz
+    # values meet near 2, where the Ritz vectors are ill-defined.
+    objective, w0 = small_mlp_objective(seed=1)
+    grad = objective.grad(w0)
+    root = jnp.sqrt(jnp.sqrt(grad**2) + 1e-8)  # (η P)^½ at ν = ∇L²
+    values, vectors = jnp.linalg.eigh(dense_hessian(objective, w0) / jnp.outer(root, root))
+    optimizer = cf.RMSProp(lr=8 / float(values[-2]), beta2=BETA2, eps=1e-8)
+    basis = (vectors[:, :-5:-1] / root[:, None]).T  # the top four eigenvectors of P⁻¹H
+    y = FlowState(w0, optimizer.init(w0, grad))
+    flow = CentralFlow(objective, optimizer, TAU, 4)
+    solution = stationary_nu(flow, y, basis)
+    assert solution.result == optx.RESULTS.successful
+    assert float(solution.residual) < 1e-8
+    variances = np.linalg.eigvalsh(solution.X)
+    assert np.sum(variances > 1e-3 * variances[-1]) == 2
+    # The flow's own terms at ν̄ (Rayleigh–Ritz at P(ν̄), its SDCP) see ν stop.
+    y_bar = FlowState(w0, eqx.tree_at(lambda s: s.nu, y.opt_state, solution.nu))
+    terms = flow.terms(y_bar, basis)
+    drift = terms.derivative.opt_state.nu
+    assert float(jnp.max(jnp.abs(drift))) < 1e-8 * C2 * float(jnp.max(solution.nu))
+    assert np.sum(np.linalg.eigvalsh(terms.X) > 1e-3 * variances[-1]) == 2
+    assert abs(float(terms.ritz.values[1]) - 2) < 0.1
 
 
 def test_the_ablated_flow_is_refused_for_gd_before_any_computation(monkeypatch, tmp_path):
