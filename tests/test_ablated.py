@@ -10,6 +10,7 @@ import scipy.optimize
 import centralflows as cf
 from centralflows._config import ConfigError, load_config
 from centralflows._flows import CentralFlow, FlowState
+from centralflows._integrate import FlowOptions
 from centralflows._stationary import stationary_nu
 
 from .helpers import dense_hessian, small_mlp_objective
@@ -118,6 +119,24 @@ def test_the_ablated_flow_is_refused_for_gd_before_any_computation(monkeypatch, 
         load_config(config, ['run.processes=["central_no_penalty"]'])
 
 
+def test_the_stationary_flow_is_refused_for_gd_before_any_computation(monkeypatch, tmp_path):
+    objective = cf.Objective.from_function(toy_loss, jnp.zeros(2))
+    with pytest.raises(ValueError, match="not for GD: GD has no ν"):
+        stationary_nu(CentralFlow(objective, cf.GD(0.1), TAU, 1), None, jnp.eye(2))
+    monkeypatch.setattr(
+        "centralflows._run._check_start", lambda *a: pytest.fail("computed before refusing")
+    )
+    with pytest.raises(ValueError, match="not for GD"):
+        cf.run(toy_loss, jnp.zeros(2), cf.GD(0.1), steps=5, processes=["central_stationary"])
+    config = tmp_path / "gd.toml"
+    config.write_text('[opt]\nname = "gd"\nlr = 0.1\n[problem]\nname = "toy"\n')
+    with pytest.raises(ConfigError, match='"central_stationary", which is undefined'):
+        load_config(config, ['run.processes=["central_stationary"]'])
+    config.write_text(config.read_text().replace('"gd"\nlr = 0.1', '"rmsprop"\nlr = 0.1'))
+    with pytest.raises(ConfigError, match="defined without the modified-equation term"):
+        load_config(config, ['run.processes=["central_stationary"]', "central.modified=true"])
+
+
 def test_the_ablated_rmsprop_flow_holds_the_edge_of_stability():
     objective, w0 = small_mlp_objective()
     optimizer = cf.RMSProp(lr=0.003, beta2=0.9, eps=1e-8)
@@ -132,3 +151,32 @@ def test_the_ablated_rmsprop_flow_holds_the_edge_of_stability():
     assert np.median(np.abs(after - 2)) < 0.01
     assert np.all(flow["sdcp_residual"][np.isfinite(flow["sdcp_residual"])] < 1e-8)
     assert np.all(np.isfinite(flow["train_loss"]))
+
+
+def test_the_stationary_flow_holds_the_edge_and_the_central_flow_logs_its_distance():
+    # At η = 0.02 RMSProp's initial ν = ∇L² puts S_eff at 5.7: ν̄(w0) must hold it at 2.
+    objective, w0 = small_mlp_objective()
+    optimizer = cf.RMSProp(lr=0.02, beta2=BETA2, eps=1e-8)
+    run = cf.run(
+        objective,
+        w0,
+        optimizer,
+        steps=4,
+        processes=["central", "central_stationary"],
+        central=FlowOptions(stationary_nu=True),
+        progress=False,
+    )
+    central, stationary = run["central"], run["central_stationary"]
+    assert central["effective_hessian_eigs"][0, 0] > 5
+    # ν = ν̄(w) at every step: S_eff at 2, up to the relaxation's offset.
+    np.testing.assert_allclose(stationary["effective_hessian_eigs"][:, 0], 2, atol=0.1)
+    assert stationary["eos_time"][-1] == 0
+    # The central flow's log of ν̄ at w0 is the stationary flow's start.
+    np.testing.assert_allclose(
+        central["stationary_nu_sharpness"][0], stationary["effective_hessian_eigs"][0, 0], rtol=1e-6
+    )
+    assert np.all(central["stationary_nu_residual"] < 1e-6)
+    cosine = central["stationary_nu_cosine"]
+    assert np.all((cosine > 0) & (cosine <= 1 + 1e-12))
+    # ν starts at ∇L², far below ν̄ where the edge is crossed.
+    assert central["stationary_nu_distance"][0] > 0.1
