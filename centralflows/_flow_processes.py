@@ -53,7 +53,7 @@ Vector = Float[Array, " n"]
 Count = int | Int[Array, ""]  # a critical-set size: traced inside the compiled programs
 _MAX_SEGMENTS = 16  # events handled per unit of time before stopping (StopReason.chatter)
 _SOLVER_STATS = ("solver_steps", "rejected_steps", "rhs_evals", "segments")
-_STATIONARY_SWEEPS = 4  # solves of ν̄ in a span grown by what turned critical at P(ν̄)
+_STATIONARY_SWEEPS = 8  # solves of ν̄, each in the tracked span refreshed at the last
 _stationary_nu = eqx.filter_jit(stationary_nu)  # one program per basis width
 
 
@@ -676,19 +676,24 @@ class CentralFlowProcess(AbstractFlowProcess):
     def stationary_point(self, state: FlowProcessState) -> tuple[FlowProcessState, StationaryNu]:
         """`state` with ν set to ν̄(w) (`stationary_nu`) and its tracked eigenpairs
         refreshed (and grown) at P(ν̄). ν̄ is solved in the span of the tracked directions
-        the flow works in; directions that turn critical at P(ν̄) then join that span and
-        ν̄ is solved again, until the critical set at ν̄ is the one it was solved in (at
-        most `_STATIONARY_SWEEPS` times)."""
+        the flow works in; directions that turn critical at P(ν̄) lie partly outside it,
+        so ν̄ is solved again in the span refreshed at P(ν̄), until the effective
+        sharpness there moves by less than 1% (at most `_STATIONARY_SWEEPS` solves)."""
+        sharpness, found = np.inf, None
         for _ in range(_STATIONARY_SWEEPS):
             k = self.critical_size(state)
             field = self.central_field(critical_count(k))
             solution = _stationary_nu(field, state.y, self.basis(state, k))
+            if not np.all(np.isfinite(np.asarray(solution.nu))) and found is not None:
+                break  # a failed solve (float32 in an ill-conditioned span): keep the last
             y = FlowState(state.y.w, eqx.tree_at(lambda s: s.nu, state.y.opt_state, solution.nu))
             state = eqx.tree_at(lambda s: s.y, state, y)
             state = grow(self, AbstractFlowProcess.refresh(self, state, state.tracking))
-            if self.critical_size(state) <= k:
+            found = (state, solution)
+            previous, sharpness = sharpness, float(state.tracking.effective.values[0])
+            if abs(sharpness - previous) < 0.01 * sharpness:
                 break
-        return state, solution
+        return found
 
     @np.errstate(invalid="ignore")
     def _stationary_record(self, state: FlowProcessState) -> dict[str, np.ndarray]:

@@ -62,7 +62,8 @@ def _mean_square(optimizer, grad: Vector, hessian_vectors: Basis, x: Matrix):
     square = optimizer._square  # the quantity ν averages
     second = lambda h_a, h_b: half_mixed_derivative(square, grad, h_a, h_b)
     pairs = jax.vmap(jax.vmap(second, (None, 0)), (0, None))(hessian_vectors, hessian_vectors)
-    return square(grad) + jnp.einsum("ab,ab...->...", x, pairs)
+    # ≥ g² for X ⪰ 0; floored at 0, which float32 round-off can cross where g and H u vanish.
+    return jnp.maximum(square(grad) + jnp.einsum("ab,ab...->...", x, pairs), 0)
 
 
 def _with_nu(state, nu):

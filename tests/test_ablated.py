@@ -1,5 +1,7 @@
 """The central flow without its curvature penalty, and RMSProp's stationary ν."""
 
+import pathlib
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,12 @@ import scipy.optimize
 
 import centralflows as cf
 from centralflows._config import ConfigError, load_config
+from centralflows._experiment import (
+    make_eig_config,
+    make_flow_options,
+    make_optimizer,
+    make_problem,
+)
 from centralflows._flows import CentralFlow, FlowState
 from centralflows._integrate import FlowOptions
 from centralflows._stationary import stationary_nu
@@ -137,6 +145,34 @@ def test_the_stationary_flow_is_refused_for_gd_before_any_computation(monkeypatc
         load_config(config, ['run.processes=["central_stationary"]', "central.modified=true"])
 
 
+@pytest.mark.slow  # two flows on digits: 4 min on a shared 2-core CPU, most of it compiling
+def test_without_the_penalty_the_digits_mlp_holds_the_edge_and_trains_slower():
+    # The digits MLP of rmsprop-mlp-digits-small.toml, halved (100 images, width 16) at
+    # twice the learning rate: both flows start at the edge (10 warm-up steps), and the
+    # loss without the penalty is 1.0% higher at step 10, 2.5% at 20, 7.1% at 60 (float32).
+    config = pathlib.Path(__file__).parents[1] / "configs" / "rmsprop-mlp-digits-small.toml"
+    cfg = load_config(config, ["opt.lr=0.006", "data.n=100", "model.width=16"])
+    objective, w0 = make_problem(cfg)
+    run = cf.run(
+        objective,
+        w0,
+        make_optimizer(cfg["opt"]),
+        steps=20,
+        processes=["central", "central_no_penalty"],
+        eig=make_eig_config(cfg["eig"]),
+        central=make_flow_options(cfg)[0],
+        warm_start=cfg["run"]["warm_start"],
+        progress=False,
+    )
+    central, ablated = run["central"], run["central_no_penalty"]
+    for flow in (central, ablated):
+        assert flow["eos_time"][-1] == 0
+        np.testing.assert_allclose(flow["effective_hessian_eigs"][5:, 0], 2, atol=0.01)
+    ratio = ablated["train_loss"] / central["train_loss"]
+    assert ratio[-1] > 1.015
+    assert np.all(np.diff(ratio[5:]) > 0)  # the gap grows
+
+
 def test_the_ablated_rmsprop_flow_holds_the_edge_of_stability():
     objective, w0 = small_mlp_objective()
     optimizer = cf.RMSProp(lr=0.003, beta2=0.9, eps=1e-8)
@@ -153,6 +189,7 @@ def test_the_ablated_rmsprop_flow_holds_the_edge_of_stability():
     assert np.all(np.isfinite(flow["train_loss"]))
 
 
+@pytest.mark.slow  # the stationary flow's programs take minutes to compile on a shared CPU
 def test_the_stationary_flow_holds_the_edge_and_the_central_flow_logs_its_distance():
     # At η = 0.02 RMSProp's initial ν = ∇L² puts S_eff at 5.7: ν̄(w0) must hold it at 2.
     objective, w0 = small_mlp_objective()
@@ -161,7 +198,7 @@ def test_the_stationary_flow_holds_the_edge_and_the_central_flow_logs_its_distan
         objective,
         w0,
         optimizer,
-        steps=4,
+        steps=2,
         processes=["central", "central_stationary"],
         central=FlowOptions(stationary_nu=True),
         progress=False,
@@ -171,9 +208,10 @@ def test_the_stationary_flow_holds_the_edge_and_the_central_flow_logs_its_distan
     # ν = ν̄(w) at every step: S_eff at 2, up to the relaxation's offset.
     np.testing.assert_allclose(stationary["effective_hessian_eigs"][:, 0], 2, atol=0.1)
     assert stationary["eos_time"][-1] == 0
-    # The central flow's log of ν̄ at w0 is the stationary flow's start.
+    # The central flow's log of ν̄ at w0 is the stationary flow's start (both by sweeps of
+    # LOBPCG, to its tolerance, from different starting vectors).
     np.testing.assert_allclose(
-        central["stationary_nu_sharpness"][0], stationary["effective_hessian_eigs"][0, 0], rtol=1e-6
+        central["stationary_nu_sharpness"][0], stationary["effective_hessian_eigs"][0, 0], rtol=1e-3
     )
     assert np.all(central["stationary_nu_residual"] < 1e-6)
     cosine = central["stationary_nu_cosine"]
