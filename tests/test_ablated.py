@@ -148,8 +148,10 @@ def test_the_stationary_flow_is_refused_for_gd_before_any_computation(monkeypatc
 @pytest.mark.slow  # two flows on digits: 4 min on a shared 2-core CPU, most of it compiling
 def test_without_the_penalty_the_digits_mlp_holds_the_edge_and_trains_slower():
     # The digits MLP of rmsprop-mlp-digits-small.toml, halved (100 images, width 16) at
-    # twice the learning rate: both flows start at the edge (10 warm-up steps), and the
-    # loss without the penalty is 1.0% higher at step 10, 2.5% at 20, 7.1% at 60 (float32).
+    # twice the learning rate: both flows start at the edge (10 warm-up steps). With this
+    # float64 draw of the network the loss without the penalty is 0.16% lower at step 2,
+    # then higher from step 7 on, by 0.14% at step 10 and 0.39% at 20, the gap growing
+    # (float32's draw: 1.0% and 2.5%); the flows' error is of order rtol = 1e-5.
     config = pathlib.Path(__file__).parents[1] / "configs" / "rmsprop-mlp-digits-small.toml"
     cfg = load_config(config, ["opt.lr=0.006", "data.n=100", "model.width=16"])
     objective, w0 = make_problem(cfg)
@@ -169,8 +171,8 @@ def test_without_the_penalty_the_digits_mlp_holds_the_edge_and_trains_slower():
         assert flow["eos_time"][-1] == 0
         np.testing.assert_allclose(flow["effective_hessian_eigs"][5:, 0], 2, atol=0.01)
     ratio = ablated["train_loss"] / central["train_loss"]
-    assert ratio[-1] > 1.015
-    assert np.all(np.diff(ratio[5:]) > 0)  # the gap grows
+    assert ratio[-1] > 1.002, ratio
+    assert np.all(np.diff(ratio[8:]) > 0), ratio  # the gap grows
 
 
 def test_the_ablated_rmsprop_flow_holds_the_edge_of_stability():
