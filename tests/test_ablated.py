@@ -193,7 +193,7 @@ def test_the_ablated_rmsprop_flow_holds_the_edge_of_stability():
 
 @pytest.mark.slow  # the stationary flow's programs take minutes to compile on a shared CPU
 def test_the_stationary_flow_holds_the_edge_and_the_central_flow_logs_its_distance():
-    # At η = 0.02 RMSProp's initial ν = ∇L² puts S_eff at 5.7: ν̄(w0) must hold it at 2.
+    # At η = 0.02 RMSProp's initial ν = ∇L² puts S_eff at 5.7: ν̄(w0) holds it at 2.
     objective, w0 = small_mlp_objective()
     optimizer = cf.RMSProp(lr=0.02, beta2=BETA2, eps=1e-8)
     run = cf.run(
@@ -218,5 +218,7 @@ def test_the_stationary_flow_holds_the_edge_and_the_central_flow_logs_its_distan
     assert np.all(central["stationary_nu_residual"] < 1e-6)
     cosine = central["stationary_nu_cosine"]
     assert np.all((cosine > 0) & (cosine <= 1 + 1e-12))
-    # ν starts at ∇L², far below ν̄ where the edge is crossed.
-    assert central["stationary_nu_distance"][0] > 0.1
+    # ν = ∇L² starts next to ν̄(w0) (X raises few coordinates), then lags as ν̄ follows
+    # the falling gradient (float32: ‖ν − ν̄‖/‖ν̄‖ 0.001, 0.88, 2.3 at t = 0, 1, 2).
+    distance = central["stationary_nu_distance"]
+    assert distance[0] < 0.01 and distance[-1] > 0.5
