@@ -145,7 +145,7 @@ def test_the_stationary_flow_is_refused_for_gd_before_any_computation(monkeypatc
         load_config(config, ['run.processes=["central_stationary"]', "central.modified=true"])
 
 
-@pytest.mark.slow  # two flows on digits: 4 min on a shared 2-core CPU, most of it compiling
+@pytest.mark.slow  # two flows on digits: 2¼-4 min on a shared 2-core CPU, mostly compiling
 def test_without_the_penalty_the_digits_mlp_holds_the_edge_and_trains_slower():
     # The digits MLP of rmsprop-mlp-digits-small.toml, halved (100 images, width 16) at
     # twice the learning rate: both flows start at the edge (10 warm-up steps). With this
