@@ -40,7 +40,14 @@ def _one_of(*options: str) -> _Key:
     )
 
 
-_PROCESSES = ("discrete", "midpoint", "central", "central_no_penalty", "stable")
+_PROCESSES = (
+    "discrete",
+    "midpoint",
+    "central",
+    "central_no_penalty",
+    "central_stationary",
+    "stable",
+)
 
 _SCHEMA: dict[str, dict[str, _Key]] = {
     "opt": {
@@ -127,6 +134,11 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         ),
         "modified": _Key(
             bool, False, "a boolean (add the modified-equation term along stable directions)"
+        ),
+        "stationary_nu": _Key(
+            bool,
+            False,
+            "a boolean (log how far the flow's ν is from its stationary value; RMSProp family)",
         ),
     },
     "stable": {
@@ -250,13 +262,24 @@ def check_config(raw: Mapping) -> tuple[dict[str, dict[str, Any]], list[str]]:
             f"data.name = {_format(cfg['data']['name'])} gives {data.inputs}"
         )
     processes = cfg["run"]["processes"]
-    ablated = isinstance(processes, list) and "central_no_penalty" in processes
-    if ablated and cfg["opt"]["name"] == "gd":
+    listed = lambda name: isinstance(processes, list) and name in processes
+    if listed("central_no_penalty") and cfg["opt"]["name"] == "gd":
         problems.append(
             'run.processes lists "central_no_penalty", which is undefined for opt.name = "gd": '
             "GD's preconditioner does not adapt, so without the curvature penalty nothing "
             'holds S_eff at 2 (GD without the penalty is the "stable" process); use '
             '"scalar_rmsprop" or "rmsprop"'
+        )
+    if listed("central_stationary") and cfg["opt"]["name"] == "gd":
+        problems.append(
+            'run.processes lists "central_stationary", which is undefined for opt.name = "gd": '
+            "the stationary flow holds RMSProp's ν at its fixed point ν̄(w), and GD has no ν; "
+            'use "scalar_rmsprop" or "rmsprop"'
+        )
+    if listed("central_stationary") and cfg["central"]["modified"] is True:
+        problems.append(
+            'run.processes lists "central_stationary", which is defined without the '
+            "modified-equation term; set central.modified = false"
         )
     devices = cfg["run"]["devices"]
     if "problem" in cfg and _has_type(devices, int) and devices > 1:

@@ -59,7 +59,8 @@ def make_flow_options(cfg: Mapping[str, Mapping[str, Any]]) -> tuple[FlowOptions
         solver = {"bosh3": dfx.Bosh3, "tsit5": dfx.Tsit5}[central["solver"]]()
         options = FlowOptions(solver, controller, tau=central["tau"], **limits)
     flow = lambda section: dataclasses.replace(options, modified=cfg[section]["modified"])
-    return flow("central"), flow("stable")
+    central_options = dataclasses.replace(flow("central"), stationary_nu=central["stationary_nu"])
+    return central_options, flow("stable")
 
 
 _CPU_DEVICES_HINT = (

@@ -40,12 +40,21 @@ from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import grow, initial_opt_state
 from ._sdcp import complementarity_margins, rank_branch
+from ._stationary import (
+    StationaryFlow,
+    StationaryNu,
+    check_stationary,
+    has_stationary_nu,
+    stationary_nu,
+)
 from ._stop import StopReason, stop_code
 
 Vector = Float[Array, " n"]
 Count = int | Int[Array, ""]  # a critical-set size: traced inside the compiled programs
 _MAX_SEGMENTS = 16  # events handled per unit of time before stopping (StopReason.chatter)
 _SOLVER_STATS = ("solver_steps", "rejected_steps", "rhs_evals", "segments")
+_STATIONARY_SWEEPS = 8  # solves of ν̄, each in the tracked span refreshed at the last
+_stationary_nu = eqx.filter_jit(stationary_nu)  # one program per basis width
 
 
 class FlowProcessState(eqx.Module):
@@ -651,8 +660,63 @@ class CentralFlowProcess(AbstractFlowProcess):
         )
         return record
 
+    @property
+    def logs_stationary_nu(self) -> bool:
+        """Whether the records compare ν with its stationary value ν̄(w) (`stationary_nu`)."""
+        return (
+            self.options.stationary_nu
+            and has_stationary_nu(self.optimizer)
+            and not self.options.modified
+        )
+
+    def central_field(self, num_critical: Count) -> CentralFlow:
+        """The central flow whose stationary ν `stationary_point` solves for."""
+        return self.field(num_critical)
+
+    def stationary_point(self, state: FlowProcessState) -> tuple[FlowProcessState, StationaryNu]:
+        """`state` with ν set to ν̄(w) (`stationary_nu`) and its tracked eigenpairs
+        refreshed (and grown) at P(ν̄). ν̄ is solved in the span of the tracked directions
+        the flow works in; directions that turn critical at P(ν̄) lie partly outside it,
+        so ν̄ is solved again in the span refreshed at P(ν̄), until the effective
+        sharpness there moves by less than 1% (at most `_STATIONARY_SWEEPS` solves)."""
+        sharpness, found = np.inf, None
+        for _ in range(_STATIONARY_SWEEPS):
+            k = self.critical_size(state)
+            field = self.central_field(critical_count(k))
+            solution = _stationary_nu(field, state.y, self.basis(state, k))
+            if not np.all(np.isfinite(np.asarray(solution.nu))) and found is not None:
+                break  # a failed solve (float32 in an ill-conditioned span): keep the last
+            y = FlowState(state.y.w, eqx.tree_at(lambda s: s.nu, state.y.opt_state, solution.nu))
+            state = eqx.tree_at(lambda s: s.y, state, y)
+            state = grow(self, AbstractFlowProcess.refresh(self, state, state.tracking))
+            found = (state, solution)
+            previous, sharpness = sharpness, float(state.tracking.effective.values[0])
+            if abs(sharpness - previous) < 0.01 * sharpness:
+                break
+        return found
+
+    @np.errstate(invalid="ignore")
+    def _stationary_record(self, state: FlowProcessState) -> dict[str, np.ndarray]:
+        """How far ν is from ν̄(w): their cosine similarity, ‖ν − ν̄‖ / ‖ν̄‖, ν̄'s
+        residual and the effective sharpness at P(ν̄) (NaN once stopped)."""
+        names = ("cosine", "distance", "residual", "sharpness")
+        if not np.isnan(float(state.stop_time)):
+            return {f"stationary_nu_{name}": np.asarray(np.nan) for name in names}
+        stationary, solution = self.stationary_point(state)
+        nu, nu_bar = (np.ravel(np.asarray(x)) for x in (state.y.opt_state.nu, solution.nu))
+        norm = np.linalg.norm(nu_bar)
+        values = (
+            nu @ nu_bar / (np.linalg.norm(nu) * norm),
+            np.linalg.norm(nu - nu_bar) / norm,
+            solution.residual,
+            stationary.tracking.effective.values[0],
+        )
+        return {f"stationary_nu_{n}": np.asarray(v) for n, v in zip(names, values)}
+
     def observe(self, state, num_critical, point=None):
         record = super().observe(state, num_critical, point)
+        if self.logs_stationary_nu:
+            record.update(self._stationary_record(state))
         m = state.tracking.effective.capacity  # both padded with NaN to eig.max_neigs
         for name in ("predicted_variances", "_critical_vectors"):
             value = record[name]
@@ -686,8 +750,49 @@ class CentralNoPenaltyFlowProcess(CentralFlowProcess):
         )
 
 
+class StationaryFlowProcess(CentralFlowProcess):
+    """RMSProp's stationary flow (`StationaryFlow`): the central flow with ν held at
+    its stationary value ν̄(w) at every `w`. The ν in its state is set to ν̄(w) wherever
+    the tracked eigenpairs are refreshed (every integer time and event), so that its
+    preconditioner, effective eigenvalues and `opt.*` series are those at ν̄. Refused
+    for GD (no ν) and with the modified-equation term."""
+
+    name: ClassVar[str] = "central_stationary"
+
+    def __check_init__(self):
+        self.check_optimizer(self.optimizer)
+        if self.options.modified:
+            raise ValueError(
+                "The stationary flow (`central_stationary`) is defined without the "
+                "modified-equation term; set `[central] modified = false`."
+            )
+
+    @classmethod
+    def check_optimizer(cls, optimizer: AbstractOptimizer) -> None:
+        check_stationary(optimizer)
+
+    @property
+    def logs_stationary_nu(self) -> bool:
+        return False  # ν is ν̄
+
+    def central_field(self, num_critical: Count) -> CentralFlow:
+        return super().field(num_critical)
+
+    def field(self, num_critical: Count) -> StationaryFlow:
+        return StationaryFlow(self.central_field(num_critical))
+
+    def refresh(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
+        """ν ← ν̄(w), with the tracked eigenpairs at P(ν̄) (`stationary_point`)."""
+        state = eqx.tree_at(lambda s: s.tracking, state, tracking)
+        return self.stationary_point(state)[0]
+
+    def retrack(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
+        return AbstractFlowProcess.refresh(self, state, tracking)  # at the ν just set
+
+
 FLOW_PROCESSES: dict[str, type[AbstractFlowProcess]] = {
     "central": CentralFlowProcess,
     "central_no_penalty": CentralNoPenaltyFlowProcess,
+    "central_stationary": StationaryFlowProcess,
     "stable": StableFlowProcess,
 }

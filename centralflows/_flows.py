@@ -1,5 +1,7 @@
 """Stable and central flows: vector fields `(t, y, args) -> dy/dt` for diffrax."""
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -175,6 +177,19 @@ def check_penalty_free(optimizer: AbstractOptimizer) -> None:
         )
 
 
+class CriticalSpace(eqx.Module):
+    """The critical directions of a central flow at a point, as `CentralFlow.terms`
+    uses them: rows past `num_critical` (`critical` false) are zero."""
+
+    critical: Bool[Array, " m"]
+    ritz: RitzPairs  # all Ritz pairs of the basis used (the critical ones first)
+    vectors: Basis  # U: the critical Ritz vectors, P-orthonormal
+    hessian_vectors: Basis  # H U
+    third: Float[Array, "m m n"]  # G_ij = ∇_w(u_iᵀ H(w) u_j)
+    loss: Scalar
+    grad: Vector
+
+
 class CentralTerms(eqx.Module):
     """Everything the central flow computes at one point (for logging and predictions)."""
 
@@ -247,23 +262,18 @@ class CentralFlow(eqx.Module):
         if not self.penalty:
             check_penalty_free(self.optimizer)
 
-    def terms(self, y: FlowState, basis: Basis) -> CentralTerms:
-        """All terms of the central flow at `y`, with the critical space from `basis`.
-
-        The matrices (`X`, `alpha`, `operator`) have as many rows as `basis`; those past
-        `num_critical` are padding (X zero there), and cost no products.
-        """
+    def critical_space(self, y: FlowState, basis: Basis) -> CriticalSpace:
+        """The critical directions at `y` (the top `num_critical` Ritz pairs in `basis`)
+        and what the flow needs of `w` along them: the gradient and the third-order terms."""
         size = basis.shape[0]
         k = self.num_critical
         critical = jnp.arange(size) < k
         w, s = y.w, y.opt_state
         loss, grad = self.objective.value_and_grad(w)
-        p_fn = lambda state: preconditioner_diagonal(self.optimizer.preconditioner(state, w))
-        p_diag = p_fn(s)
+        p_diag = preconditioner_diagonal(self.optimizer.preconditioner(s, w))
         used = used_rows(basis) & (k > 0)  # the Ritz pairs serve the critical space only
         ritz = ritz_pairs(hessian_rows(self.objective, w, basis, used), basis, p_diag, used)
         u, hu = (jnp.where(critical[:, None], x, 0) for x in (ritz.vectors, ritz.hessian_vectors))
-        lam = jnp.where(critical, ritz.values, 0)
 
         # G_ij = ∇_w(u_iᵀ H(w) u_j) with U held fixed, one third-order product per pair
         # i ≤ j < k (the ½∇⟨H, Σ⟩ of paper eqs. 19 and 34): the gradient of a Hessian-vector
@@ -276,21 +286,24 @@ class CentralFlow(eqx.Module):
         pairs = jax.lax.map(lambda ij: pair(*ij), (rows, cols))
         third = jnp.zeros((size, size, w.size), w.dtype).at[rows, cols].set(pairs)
         third = third.at[cols, rows].set(pairs)
+        return CriticalSpace(critical, ritz, u, hu, third, loss, grad)
 
-        correction = jnp.zeros_like(w)
-        if self.modified:
-            # Stable directions only: P-orthogonal to the critical ones (UᵀPU = I).
-            correction = modified_correction(self.objective, self.optimizer, y, grad / p_diag)
-            correction = correction - ((u * p_diag) @ correction) @ u
-
+    def rates(
+        self, w: Vector, s: PyTree, space: CriticalSpace, correction: Vector
+    ) -> Callable[[Float[Array, "k k"]], tuple[Vector, PyTree, Float[Array, "k k"]]]:
+        """`X -> (dw/dt, ds/dt, dM/dt)` at `(w, s)` for `Σ = Uᵀ X U` on the critical
+        vectors `U` of `space` (held fixed: `dM/dt = 2 Uᵀ dP U − Uᵀ dH U`), affine in `X`."""
+        grad, u, third = space.grad, space.vectors, space.third
+        p_fn = lambda state: preconditioner_diagonal(self.optimizer.preconditioner(state, w))
+        p_diag = p_fn(s)
         drift = lambda g: self.optimizer.drift(s, g)
         # ½ ∂²/∂a∂b f(s, g + a h_i + b h_j): the E_δ correction for g → g + Hδ.
         second_order_drift = lambda h_i, h_j: half_mixed_derivative(drift, grad, h_i, h_j)
+        hu = space.hessian_vectors
         drift_pairs = jax.vmap(jax.vmap(second_order_drift, (None, 0)), (0, None))(hu, hu)
         base_drift = drift(grad)
 
         def rates(x):
-            """(dw/dt, ds/dt, dM/dt) for a given X: affine in X."""
             penalty = 0.5 * jnp.einsum("ij,ijn->n", x, third) if self.penalty else 0
             dw = -(grad + penalty) / p_diag + correction
             ds = jtu.tree_map(
@@ -300,6 +313,29 @@ class CentralFlow(eqx.Module):
             dm = 2 * (u * dp) @ u.T - jnp.einsum("ijn,n->ij", third, dw)
             return dw, ds, dm
 
+        return rates
+
+    def terms(self, y: FlowState, basis: Basis) -> CentralTerms:
+        """All terms of the central flow at `y`, with the critical space from `basis`.
+
+        The matrices (`X`, `alpha`, `operator`) have as many rows as `basis`; those past
+        `num_critical` are padding (X zero there), and cost no products.
+        """
+        w, s = y.w, y.opt_state
+        space = self.critical_space(y, basis)
+        critical, ritz, u, hu = space.critical, space.ritz, space.vectors, space.hessian_vectors
+        lam = jnp.where(critical, ritz.values, 0)
+        p_diag = preconditioner_diagonal(self.optimizer.preconditioner(s, w))
+        grad, loss = space.grad, space.loss
+
+        correction = jnp.zeros_like(w)
+        if self.modified:
+            # Stable directions only: P-orthogonal to the critical ones (UᵀPU = I).
+            correction = modified_correction(self.objective, self.optimizer, y, grad / p_diag)
+            correction = correction - ((u * p_diag) @ correction) @ u
+
+        rates = self.rates(w, s, space, correction)
+        size = len(critical)
         zero = jnp.zeros((size, size), w.dtype)
         a = rates(zero)[2]
         operator = jax.jacfwd(lambda x: rates(x)[2])(zero)

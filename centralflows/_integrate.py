@@ -49,6 +49,9 @@ class FlowOptions(eqx.Module):
       optimizer's iterates to second order in the step: for GD, the gradient flow of
       `L + (η/4)‖∇L‖²` before the edge of stability. One more Hessian-vector product
       per right-hand side; a static field (one set of programs per setting).
+    - `stationary_nu`: log, along a central flow of Scalar RMSProp or RMSProp, how far
+      its ν is from the stationary ν̄(w) (`stationary_nu_cosine`, `_distance`,
+      `_residual`), at the cost of one more solve per unit of time; a static field.
     """
 
     solver: dfx.AbstractSolver = dfx.Bosh3()
@@ -61,6 +64,7 @@ class FlowOptions(eqx.Module):
     guard: int = eqx.field(default=2, static=True)
     adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint()
     modified: bool = eqx.field(default=False, static=True)
+    stationary_nu: bool = eqx.field(default=False, static=True)
 
     def __check_init__(self):
         for name in ("dt0", "tau", "sdcp_threshold", "max_seff"):

@@ -22,12 +22,20 @@ if TYPE_CHECKING:
 
 _THRESHOLD = "threshold"  # the gid of the stability threshold's line
 _CLIP = 2.5  # the sharpness panel's y axis ends at most this many thresholds up
-_PROCESSES = ("discrete", "midpoint", "central", "central_no_penalty", "stable")
+_PROCESSES = (
+    "discrete",
+    "midpoint",
+    "central",
+    "central_no_penalty",
+    "central_stationary",
+    "stable",
+)
 _COLORS = {
     "discrete": "0.15",
     "midpoint": "tab:green",
     "central": "tab:blue",
     "central_no_penalty": "tab:purple",
+    "central_stationary": "tab:cyan",
     "stable": "tab:red",
 }
 _NAMES = {
@@ -35,6 +43,7 @@ _NAMES = {
     "midpoint": "midpoint",
     "central": "central flow",
     "central_no_penalty": "central flow, no penalty",
+    "central_stationary": "stationary flow",
     "stable": "stable flow",
 }
 _INSTALL = "pip install 'centralflows[figures]'"
@@ -231,6 +240,7 @@ def _outputs(ax: "Axes", view: _View) -> None:
         "midpoint": "-.",
         "central": "--",
         "central_no_penalty": (0, (5, 1, 1, 1)),
+        "central_stationary": (0, (3, 1, 1, 1, 1, 1)),
         "stable": ":",
     }
     for p in view.processes("train_outputs"):

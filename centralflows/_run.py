@@ -44,7 +44,16 @@ from ._stop import StopReason, describe_stop, is_failure, stop_code, stop_messag
 
 _PACKAGES = ("centralflows", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix")
 _PACKAGES += ("numpy", "h5py")
-_ALL_PROCESSES = ("discrete", "midpoint", "central", "central_no_penalty", "stable")
+_ALL_PROCESSES = (
+    "discrete",
+    "midpoint",
+    "central",
+    "central_no_penalty",
+    "central_stationary",
+    "stable",
+)
+
+_CENTRAL_OPTIONS = ("central", "central_no_penalty", "central_stationary")  # use `central=`
 
 
 def package_versions() -> dict[str, str]:
@@ -598,7 +607,7 @@ def run(
             "processes": list(names),
             "optimizer": repr(optimizer),
             "eig": dataclasses.asdict(eig),
-            "central": repr(central) if {"central", "central_no_penalty"} & set(names) else None,
+            "central": repr(central) if set(_CENTRAL_OPTIONS) & set(names) else None,
             "stable": repr(stable) if "stable" in names else None,
             "dtype": str(w.dtype),
             "num_params": int(w.size),
@@ -633,7 +642,7 @@ def run(
         w, opt_state = _warm_start(objective, optimizer, w, opt_state, warm_start)
 
     scanned = tuple(PROCESSES[n](objective, optimizer, eig) for n in names if n in PROCESSES)
-    options = {"central": central, "central_no_penalty": central, "stable": stable}
+    options = {**dict.fromkeys(_CENTRAL_OPTIONS, central), "stable": stable}
     flows = tuple(
         FLOW_PROCESSES[n](objective, optimizer, eig, options[n])
         for n in names
