@@ -27,7 +27,7 @@ from ._discrete import discrete_steps
 from ._eigen import EigConfig, preconditioner_diagonal
 from ._flow_processes import FLOW_PROCESSES
 from ._integrate import FlowOptions
-from ._objective import Objective, objective_and_start
+from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import PROCESSES, AbstractProcess, grow
 from ._regimes import SolverError, last_finite
@@ -40,6 +40,7 @@ from ._runfile import (
     load_checkpoint,
     load_run,
 )
+from ._solve import prepare
 from ._stop import StopReason, describe_stop, is_failure, stop_code, stop_messages, stop_reason_of
 
 _PACKAGES = ("centralflows", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix")
@@ -588,7 +589,10 @@ def run(
     if out is not None:
         check_writable(out)  # before any computation
     enable_compilation_cache(compilation_cache)
-    objective, w, _ = objective_and_start(loss, w0)
+    # The file records the optimizer as given; its scalars as arrays compute the run, so
+    # that runs differing only in hyperparameters (a sweep over η) share compiled programs.
+    given = optimizer
+    objective, optimizer, w, _ = prepare(loss, w0, optimizer, None)
     loss0, opt_state = _check_start(objective, optimizer, w, warm_start + (steps or 0) + 1)
     key = jr.key(0) if key is None else key
     limit = _loss_limit(divergence_factor, loss0)
@@ -596,7 +600,7 @@ def run(
     setup = _json(
         {
             "processes": list(names),
-            "optimizer": repr(optimizer),
+            "optimizer": repr(given),
             "eig": dataclasses.asdict(eig),
             "central": repr(central) if {"central", "central_no_penalty"} & set(names) else None,
             "stable": repr(stable) if "stable" in names else None,
