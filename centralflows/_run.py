@@ -534,6 +534,9 @@ def run(
     - `central`, `stable`: how the central (and `central_no_penalty`) and stable flows
       are integrated.
     - `out`: the run file to write (`None`: a temporary file, read back and deleted).
+      In a program of several processes (`jax.distributed.initialize`), process 0
+      writes it; the others (which read its checkpoint to resume) each write a temporary
+      file, read back and deleted, holding the rows this call computed.
     - `overwrite`: replace an existing `out`.
     - `chunk`: steps per compiled chunk.
     - `key`: PRNG key for the initial eigenvector guesses (default `jr.key(0)`).
@@ -586,7 +589,10 @@ def run(
     for name in names:
         if name in FLOW_PROCESSES:
             FLOW_PROCESSES[name].check_optimizer(optimizer)
-    if out is not None:
+    # In a program of several processes (`jax.distributed.initialize`), each runs this
+    # same call; process 0 alone writes `out`, the others a temporary file.
+    writes_out = jax.process_index() == 0
+    if out is not None and writes_out:
         check_writable(out)  # before any computation
     enable_compilation_cache(compilation_cache)
     # The file records the optimizer as given; its scalars as arrays compute the run, so
@@ -627,7 +633,7 @@ def run(
                 stacklevel=2,
             )
             return load_run(path)
-    elif path is not None and path.exists() and not overwrite:
+    elif path is not None and path.exists() and not overwrite and writes_out:
         raise FileExistsError(
             f"Run file {str(path)!r} already exists; pass `overwrite=True` "
             "(`--overwrite` on the command line) to replace it."
@@ -666,9 +672,9 @@ def run(
         tempfile.TemporaryDirectory() as tmp,
         tqdm(total=steps, initial=min(t, steps), disable=not progress, unit="step") as bar,
     ):
-        path = path if path is not None else pathlib.Path(tmp) / "run.h5"
+        path = path if path is not None and writes_out else pathlib.Path(tmp) / "run.h5"
         writer = None
-        if stored is not None and checkpoint is not None:
+        if stored is not None and checkpoint is not None and writes_out:
             resumed = stored.attrs.get("resumed", []) + [
                 {
                     "from_step": checkpoint.step,

@@ -256,13 +256,20 @@ def _run_file_path(args: argparse.Namespace) -> pathlib.Path:
     return pathlib.Path(args.out or "runs") / f"{name}.h5"
 
 
+def _writes_files() -> bool:
+    """Whether this process writes run files: it is alone, or process 0 of a program of
+    several (`jax.distributed.initialize`, which imports jax before the CLI runs)."""
+    jax = sys.modules.get("jax")
+    return jax is None or jax.process_index() == 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from ._runfile import check_writable
 
     resume = args.resume is not None
     cfg = _resumed_config(args) if resume else _new_config(args)
     path = _run_file_path(args)
-    if not args.dry_run:
+    if not args.dry_run and _writes_files():
         check_writable(path)  # before the model is built and compiled
         if not resume and path.exists() and not args.overwrite:
             raise FileExistsError(
