@@ -307,10 +307,9 @@ class Objective(eqx.Module):
         return jax.jvp(self.grad, (w,), (v,))[1]
 
     def hvps(self, w: Vector, vs: Vectors) -> Vectors:
-        """$H(w)v_i$ for each row $v_i$: `hvp` mapped over the rows, the gradient's own
-        computation done once for all (it does not depend on them). Unlike a stored
-        linearisation, this holds one chunk's intermediates at a time."""
-        return jax.vmap(lambda v: self.hvp(w, v))(vs)
+        """$H(w)v_i$ for each row $v_i$, linearising the gradient once."""
+        _, hvp = jax.linearize(self.grad, w)
+        return jax.vmap(hvp)(vs)
 
     def third_order(self, w: Vector, u: Vector, v: Vector) -> Vector:
         """$\\nabla_w (u^\\top H(w) v)$, with `u`, `v` held fixed."""
