@@ -86,8 +86,9 @@ def main():
             "eig_hvps": float(np.nansum(central["eig_hvps"])),
             "eos_time": float(np.asarray(central["eos_time"])[-1]),
             "predicted_loss_end": float(np.asarray(central["predicted_loss"])[-1]),
-            "top_effective_eigs_end": np.asarray(central["effective_hessian_eigs"])[-1, :2]
-            .tolist(),
+            "top_effective_eigs_end": np.asarray(central["effective_hessian_eigs"])[
+                -1, :2
+            ].tolist(),
         }
         print(variant, json.dumps(results[variant]), flush=True)
     reference = paths[args.variants[0]]
