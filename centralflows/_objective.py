@@ -67,10 +67,12 @@ def _chunked_sum(
         return jtu.tree_map(jnp.add, total, masked_sum(batched(chunk_data), chunk_mask)), None
 
     # Start from the first chunk's sum (not from zeros, which would not vary over the
-    # devices that a sum inside `jax.shard_map` runs on).
+    # devices that a sum inside `jax.shard_map` runs on). Each chunk is rematerialised
+    # when differentiated: reverse mode through the scan keeps only the running sums, not
+    # every chunk's intermediates, so derivatives too hold one chunk's at a time.
     first = masked_sum(batched(jtu.tree_map(lambda x: x[0], chunks)), mask[0])
     rest = jtu.tree_map(lambda x: x[1:], (chunks, mask))
-    total, _ = jax.lax.scan(_body, first, rest)
+    total, _ = jax.lax.scan(jax.checkpoint(_body), first, rest)
     return total
 
 

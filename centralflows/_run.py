@@ -27,7 +27,7 @@ from ._discrete import discrete_steps
 from ._eigen import EigConfig, preconditioner_diagonal
 from ._flow_processes import FLOW_PROCESSES
 from ._integrate import FlowOptions
-from ._objective import Objective, objective_and_start
+from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import PROCESSES, AbstractProcess, grow
 from ._regimes import SolverError, last_finite
@@ -40,6 +40,7 @@ from ._runfile import (
     load_checkpoint,
     load_run,
 )
+from ._solve import prepare
 from ._stop import StopReason, describe_stop, is_failure, stop_code, stop_messages, stop_reason_of
 
 _PACKAGES = ("centralflows", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix")
@@ -542,6 +543,9 @@ def run(
     - `central`, `stable`: how the central (and `central_no_penalty`) and stable flows
       are integrated.
     - `out`: the run file to write (`None`: a temporary file, read back and deleted).
+      In a program of several processes (`jax.distributed.initialize`), process 0
+      writes it; the others (which read its checkpoint to resume) each write a temporary
+      file, read back and deleted, holding the rows this call computed.
     - `overwrite`: replace an existing `out`.
     - `chunk`: steps per compiled chunk.
     - `key`: PRNG key for the initial eigenvector guesses (default `jr.key(0)`).
@@ -594,10 +598,16 @@ def run(
     for name in names:
         if name in FLOW_PROCESSES:
             FLOW_PROCESSES[name].check_optimizer(optimizer)
-    if out is not None:
+    # In a program of several processes (`jax.distributed.initialize`), each runs this
+    # same call; process 0 alone writes `out`, the others a temporary file.
+    writes_out = jax.process_index() == 0
+    if out is not None and writes_out:
         check_writable(out)  # before any computation
     enable_compilation_cache(compilation_cache)
-    objective, w, _ = objective_and_start(loss, w0)
+    # The file records the optimizer as given; its scalars as arrays compute the run, so
+    # that runs differing only in hyperparameters (a sweep over η) share compiled programs.
+    given = optimizer
+    objective, optimizer, w, _ = prepare(loss, w0, optimizer, None)
     loss0, opt_state = _check_start(objective, optimizer, w, warm_start + (steps or 0) + 1)
     key = jr.key(0) if key is None else key
     limit = _loss_limit(divergence_factor, loss0)
@@ -605,7 +615,7 @@ def run(
     setup = _json(
         {
             "processes": list(names),
-            "optimizer": repr(optimizer),
+            "optimizer": repr(given),
             "eig": dataclasses.asdict(eig),
             "central": repr(central) if set(_CENTRAL_OPTIONS) & set(names) else None,
             "stable": repr(stable) if "stable" in names else None,
@@ -632,7 +642,7 @@ def run(
                 stacklevel=2,
             )
             return load_run(path)
-    elif path is not None and path.exists() and not overwrite:
+    elif path is not None and path.exists() and not overwrite and writes_out:
         raise FileExistsError(
             f"Run file {str(path)!r} already exists; pass `overwrite=True` "
             "(`--overwrite` on the command line) to replace it."
@@ -671,9 +681,9 @@ def run(
         tempfile.TemporaryDirectory() as tmp,
         tqdm(total=steps, initial=min(t, steps), disable=not progress, unit="step") as bar,
     ):
-        path = path if path is not None else pathlib.Path(tmp) / "run.h5"
+        path = path if path is not None and writes_out else pathlib.Path(tmp) / "run.h5"
         writer = None
-        if stored is not None and checkpoint is not None:
+        if stored is not None and checkpoint is not None and writes_out:
             resumed = stored.attrs.get("resumed", []) + [
                 {
                     "from_step": checkpoint.step,

@@ -9,9 +9,12 @@ A sweep folder holds
     logs/NAME.log     each run's output (every attempt appended)
     slurm/            submitit's files, for a sweep submitted to SLURM
 
-Everything here is plain Python (no jax): the parent process expands and validates the
-grid, decides what each run still needs from its run file, and starts each run as a
-`centralflows run` subprocess, locally or inside a SLURM job (through submitit).
+Everything here but the worker of `run_shared` is plain Python (no jax): the parent
+process expands and validates the grid, decides what each run still needs from its run
+file, and starts each run as a `centralflows run` subprocess, locally or inside a SLURM
+job (through submitit). Locally, runs of the discrete-time processes that differ only in
+`[opt]` instead run in turn in one process per worker (`python -m centralflows._sweep`),
+sharing their problem and compiled programs.
 """
 
 import concurrent.futures
@@ -343,6 +346,28 @@ def run_state(directory: str | os.PathLike, name: str) -> State:
     return "broken" if checkpoint is None else "resumable"
 
 
+def _action(state: State) -> str:
+    """What a run in `state` needs: `"skip"`, `"busy"`, `"resume"`, `"restart"` or `"start"`."""
+    return {
+        "complete": "skip",
+        "running": "busy",
+        "resumable": "resume",
+        "broken": "restart",
+        "missing": "start",
+    }[state]
+
+
+def _run_argv(directory: pathlib.Path, name: str, action: str) -> list[str]:
+    """The `centralflows` arguments that take run `name` through `action`."""
+    if action == "resume":
+        argv = ["run", "--resume", str(run_file(directory, name))]
+    else:
+        argv = ["run", str(_config_path(directory, name))]
+        argv += ["--out", str(run_file(directory, name).parent), "--name", name]
+        argv += ["--overwrite"] if action == "restart" else []
+    return [*argv, "--quiet"]
+
+
 def run_one(
     directory: str | os.PathLike,
     name: str,
@@ -363,18 +388,11 @@ def run_one(
     `started`, `ended`.
     """
     directory = pathlib.Path(directory).resolve()
-    state = run_state(directory, name)
-    attempt: dict[str, Any] = {"action": None, "exit_status": None, "started": _now()}
-    if state in ("complete", "running"):
-        return {**attempt, "action": "skip" if state == "complete" else "busy", "ended": _now()}
-    if state == "resumable":
-        argv = ["run", "--resume", str(run_file(directory, name))]
-    else:
-        argv = ["run", str(_config_path(directory, name))]
-        argv += ["--out", str(run_file(directory, name).parent), "--name", name]
-        argv += ["--overwrite"] if state == "broken" else []
-    argv.append("--quiet")
-    attempt["action"] = {"resumable": "resume", "broken": "restart"}.get(state, "start")
+    action = _action(run_state(directory, name))
+    attempt: dict[str, Any] = {"action": action, "exit_status": None, "started": _now()}
+    if action in ("skip", "busy"):
+        return {**attempt, "ended": _now()}
+    argv = _run_argv(directory, name, action)
     log = _log_path(directory, name)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
@@ -391,6 +409,174 @@ def run_one(
         status = process.wait()
         out.write(f"# exit status {status}\n")
     return {**attempt, "exit_status": status, "ended": _now()}
+
+
+_DISCRETE_TIME = frozenset({"discrete", "midpoint"})  # the processes of one compiled scan
+
+
+def _problem_key(config: Mapping[str, Any]) -> str | None:
+    """What a run's problem and compiled programs depend on: its config but `[opt]`, for a
+    run of the discrete-time processes alone (`None` for one with a flow)."""
+    if not set(config["run"]["processes"]) <= _DISCRETE_TIME:
+        return None
+    return json.dumps({s: t for s, t in config.items() if s != "opt"}, sort_keys=True)
+
+
+def tasks(
+    configs: Mapping[str, Mapping[str, Any]], names: Sequence[str], jobs: int, share: bool = True
+) -> list[list[str]]:
+    """The runs `names` as the tasks of a local sweep, each task one process.
+
+    Runs of the discrete-time processes alone (`discrete`, `midpoint`) whose configs
+    differ only in `[opt]` (a grid over η, β₂, ε) share their problem and, their
+    hyperparameters being inputs of the compiled programs, every program: with `share`,
+    they are dealt in turn to at most `jobs` tasks, each running its runs one after the
+    other (see [`run_shared`][]). Every other run is a task of its own.
+
+    **Arguments:**
+
+    - `configs`: each run's config, by name.
+    - `names`: the runs to do, in order.
+    - `jobs`: the number of parallel workers.
+    - `share`: group the runs that can share a process (`False`: a process per run).
+
+    **Returns:** the tasks, in the order of their first runs in `names`.
+    """
+    groups: dict[str, list[str]] = {}
+    out = []
+    for name in names:
+        key = _problem_key(configs[name]) if share else None
+        if key is None:
+            out.append([name])
+        else:
+            groups.setdefault(key, []).append(name)
+    for group in groups.values():
+        shares = min(jobs, len(group))
+        out += [group[i::shares] for i in range(shares)]
+    return sorted(out, key=lambda task: names.index(task[0]))
+
+
+def run_shared(
+    directory: str | os.PathLike,
+    names: Sequence[str],
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+    on_begin: Callable[[str], None] | None = None,
+    on_end: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Brings the runs `names` of a sweep to completion one after the other in one
+    subprocess, which builds their problem once and so compiles their programs once:
+    each run is what [`run_one`][] makes of it (skipped, resumed, restarted or
+    started, its output appended to its log), and its run file the same. The runs must
+    share their problem (see [`tasks`][]).
+
+    **Arguments:**
+
+    - `directory`, `names`: the sweep folder and the runs.
+    - `on_start`: called with the subprocess once it has started.
+    - `on_begin`: called with each run's name as the subprocess starts on it.
+    - `on_end`: called with each run's name and attempt as it ends.
+
+    **Returns:** each run's attempt, as [`run_one`][] returns it. A run the subprocess
+    began but did not end (it was killed) has the subprocess's exit status; one it never
+    reached has no attempt.
+    """
+    directory = pathlib.Path(directory).resolve()
+    log = _log_path(directory, names[0]).with_name(f"shared_{names[0]}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    attempts, current = {}, None
+    with log.open("a") as errors:
+        errors.write(f"# {_now()}: the runs {', '.join(names)} in one process\n")
+        errors.flush()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "centralflows._sweep", str(directory), *names],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        if on_start is not None:
+            on_start(process)
+        assert process.stdout is not None
+        for line in process.stdout:
+            message = json.loads(line)
+            name = message.pop("name")
+            if "ended" not in message:
+                current = (name, message)
+                if on_begin is not None:
+                    on_begin(name)
+                continue
+            current = None
+            attempts[name] = message
+            if on_end is not None:
+                on_end(name, message)
+        status = process.wait()
+        errors.write(f"# exit status {status}\n")
+    if current is not None:
+        name, attempt = current
+        attempts[name] = {**attempt, "exit_status": status, "ended": _now()}
+        if on_end is not None:
+            on_end(name, attempts[name])
+    return attempts
+
+
+def _run_in_turn(directory: pathlib.Path, names: Sequence[str]) -> None:
+    """The subprocess of [`run_shared`][]: each run as `centralflows run` would do it,
+    the problem built once per distinct [`_problem_key`][]. Writes a JSON line to stdout
+    as each run begins (its name, action and start time) and as it ends (its attempt)."""
+    import contextlib
+    import traceback
+
+    import jax
+
+    from ._cache import enable_compilation_cache
+    from ._config import load_config
+    from ._experiment import make_problem
+    from .cli import report_error, run_config
+
+    def say(name: str, attempt: Mapping[str, Any]) -> None:
+        print(json.dumps({"name": name, **attempt}), flush=True)
+
+    enable_compilation_cache(True)
+    problems: dict[str | None, Any] = {}
+    for name in names:
+        action = _action(run_state(directory, name))
+        attempt: dict[str, Any] = {"action": action, "exit_status": None, "started": _now()}
+        if action in ("skip", "busy"):
+            say(name, {**attempt, "ended": _now()})
+            continue
+        say(name, attempt)
+        argv = _run_argv(directory, name, action)
+        with (
+            _log_path(directory, name).open("a") as out,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(out),
+        ):
+            others = ", ".join(n for n in names if n != name)
+            print(
+                f"# {attempt['started']}: centralflows {' '.join(argv)} (in one process "
+                f"with {others})"
+            )
+            try:
+                config = load_config(_config_path(directory, name))
+                key = _problem_key(config)
+                if key not in problems:
+                    jax.config.update("jax_enable_x64", config["run"]["precision"] == "float64")
+                    problems[key] = make_problem(config)
+                status = run_config(
+                    config,
+                    run_file(directory, name),
+                    problems[key],
+                    resume=action == "resume",
+                    overwrite=action == "restart",
+                    command=f"centralflows {' '.join(argv)}",
+                )
+            except Exception as error:
+                status = report_error(error)
+                if status is None:  # a bug
+                    traceback.print_exc()
+                    status = 1
+            print(f"# exit status {status}", flush=True)
+        say(name, {**attempt, "exit_status": status, "ended": _now()})
 
 
 def _status(state: State, attempt: Mapping[str, Any] | None) -> str:
@@ -444,10 +630,13 @@ def run_local(
     names: Sequence[str],
     *,
     jobs: int,
+    share: bool = True,
     report: Callable[[str], None] = lambda line: None,
 ) -> dict[str, dict[str, Any]]:
-    """Runs `names` of a sweep in `jobs` parallel subprocesses (see [`run_one`][]),
-    recording each start and end in the index.
+    """Runs `names` of a sweep in `jobs` parallel subprocesses, recording each start and
+    end in the index: a subprocess per run (see [`run_one`][]), but for runs that share
+    their problem, which with `share` run in turn in one subprocess per worker (see
+    [`tasks`][] and [`run_shared`][]).
 
     **Returns:** each run's attempt.
 
@@ -457,52 +646,53 @@ def run_local(
     """
     sweep = Sweep(directory)
     stopping = threading.Event()
-    running: dict[str, subprocess.Popen] = {}
+    lock = threading.Lock()
+    running: dict[int, subprocess.Popen] = {}
     results: dict[str, dict[str, Any]] = {}
 
-    def started(name: str, process: subprocess.Popen) -> None:
-        running[name] = process
+    def started(process: subprocess.Popen) -> None:
+        running[process.pid] = process
         if stopping.is_set():
             process.terminate()
 
-    def work(name: str) -> dict[str, Any] | None:
-        if stopping.is_set():
-            return None
+    def begin(name: str) -> None:
         sweep.update(name, status="running")
-        attempt = run_one(directory, name, on_start=lambda p: started(name, p))
-        running.pop(name, None)
-        return attempt
+
+    def end(name: str, attempt: dict[str, Any]) -> None:
+        status = _status(run_state(directory, name), attempt)
+        sweep.update(name, attempt, status=status)
+        with lock:
+            results[name] = attempt
+            done = len(results)
+        times = [datetime.datetime.fromisoformat(attempt[k]) for k in ("started", "ended")]
+        took = (times[1] - times[0]).total_seconds()
+        report(
+            f"[{done}/{len(names)}] {name}: {status} ({attempt['action']}, exit status "
+            f"{attempt['exit_status']}, {took:.0f} s; log: {_log_path(sweep.directory, name)})"
+        )
+
+    def work(task: list[str]) -> None:
+        if stopping.is_set():
+            return
+        if len(task) > 1:
+            run_shared(directory, task, on_start=started, on_begin=begin, on_end=end)
+            return
+        begin(task[0])
+        end(task[0], run_one(directory, task[0], on_start=started))
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs))
-    futures = {pool.submit(work, name): name for name in names}
+    configs = {name: sweep.entry(name)["config"] for name in names}
+    futures = [pool.submit(work, task) for task in tasks(configs, names, jobs, share)]
     try:
-        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            name = futures[future]
-            attempt = future.result()
-            if attempt is None:
-                continue
-            results[name] = attempt
-            status = _status(run_state(directory, name), attempt)
-            sweep.update(name, attempt, status=status)
-            times = [datetime.datetime.fromisoformat(attempt[k]) for k in ("started", "ended")]
-            took = times[1] - times[0]
-            code = attempt["exit_status"]
-            report(
-                f"[{done}/{len(names)}] {name}: {status} ({attempt['action']}, exit status "
-                f"{code}, {took.total_seconds():.0f} s; log: {_log_path(sweep.directory, name)})"
-            )
+        for future in concurrent.futures.as_completed(futures):
+            future.result()
     except KeyboardInterrupt:
         stopping.set()
         for process in list(running.values()):
             process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
-        for future, name in futures.items():
-            if future.done() and not future.cancelled() and future.exception() is None:
-                attempt = future.result()
-                if attempt is not None and name not in results:
-                    results[name] = attempt
-                    sweep.update(name, attempt, status=_status(run_state(directory, name), attempt))
-            elif sweep.entry(name)["status"] == "running":
+        for name in names:
+            if name not in results and sweep.entry(name)["status"] == "running":
                 sweep.update(name, status="interrupted")
         raise
     pool.shutdown(wait=True)
@@ -592,3 +782,7 @@ def table(directory: str | os.PathLike) -> str:
         for line in [header, *rows]
     ]
     return "\n".join([f"sweep: {directory} ({len(index['runs'])} runs)", *lines])
+
+
+if __name__ == "__main__":  # the subprocess of `run_shared`
+    _run_in_turn(pathlib.Path(sys.argv[1]), sys.argv[2:])

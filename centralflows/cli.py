@@ -256,13 +256,20 @@ def _run_file_path(args: argparse.Namespace) -> pathlib.Path:
     return pathlib.Path(args.out or "runs") / f"{name}.h5"
 
 
+def _writes_files() -> bool:
+    """Whether this process writes run files: it is alone, or process 0 of a program of
+    several (`jax.distributed.initialize`, which imports jax before the CLI runs)."""
+    jax = sys.modules.get("jax")
+    return jax is None or jax.process_index() == 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from ._runfile import check_writable
 
     resume = args.resume is not None
     cfg = _resumed_config(args) if resume else _new_config(args)
     path = _run_file_path(args)
-    if not args.dry_run:
+    if not args.dry_run and _writes_files():
         check_writable(path)  # before the model is built and compiled
         if not resume and path.exists() and not args.overwrite:
             raise FileExistsError(
@@ -283,23 +290,63 @@ def _run(args: argparse.Namespace) -> int:
     elif cache.lower() != "off":
         enable_compilation_cache(cache)
 
-    from ._experiment import (
-        make_eig_config,
-        make_flow_options,
-        make_optimizer,
-        make_problem,
+    from ._experiment import make_problem
+
+    return run_config(
+        cfg,
+        path,
+        make_problem(cfg),
+        resume=resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        strict=args.strict,
+        stop_on_divergence=args.stop_on_divergence,
+        command=" ".join(sys.argv),
     )
+
+
+def run_config(
+    cfg: dict,
+    path: pathlib.Path,
+    problem: tuple,
+    *,
+    resume: bool,
+    overwrite: bool = False,
+    progress: bool = False,
+    strict: bool = False,
+    stop_on_divergence: bool = False,
+    command: str = "",
+) -> int:
+    """What `centralflows run` does once its config is read: run `cfg` on `problem`,
+    writing (or resuming) the run file `path`, and print its summary.
+
+    **Arguments:**
+
+    - `cfg`: the validated config (jax set up for its precision).
+    - `path`: the run file.
+    - `problem`: `(objective, w0)`, as `make_problem(cfg)` builds it; runs whose configs
+      differ only in `[opt]` can share one, and with it their compiled programs.
+    - `resume`, `overwrite`, `progress`, `strict`, `stop_on_divergence`: as the options
+      of `centralflows run`.
+    - `command`: the command line recorded in a new run file.
+
+    **Returns:** the exit status: 0, or 3 when a process diverged or a flow's solver
+    failed.
+    """
+    import jax
+
+    from ._experiment import make_eig_config, make_flow_options, make_optimizer
     from ._run import run
 
     optimizer = make_optimizer(cfg["opt"])
     eig = make_eig_config(cfg["eig"])
-    objective, w0 = make_problem(cfg)
+    objective, w0 = problem
     central, stable = make_flow_options(cfg)
     if resume:
         attrs = {"config": cfg}
         print(f"resuming {path}", file=sys.stderr)
     else:
-        attrs = {"config": cfg, "command": " ".join(sys.argv)}
+        attrs = {"config": cfg, "command": command}
         print(f"writing {path}", file=sys.stderr)
     result = run(
         objective,
@@ -312,19 +359,19 @@ def _run(args: argparse.Namespace) -> int:
         central=central,
         stable=stable,
         out=path,
-        overwrite=args.overwrite,
+        overwrite=overwrite,
         chunk=cfg["run"]["chunk"],
         key=jax.random.key(cfg["run"]["seed"]),
         attrs=attrs,
-        progress=not args.quiet,
+        progress=progress,
         warm_start=cfg["run"]["warm_start"],
-        stop_on_divergence=args.stop_on_divergence,
+        stop_on_divergence=stop_on_divergence,
         divergence_factor=cfg["run"]["divergence_factor"] or None,
-        strict=args.strict,
+        strict=strict,
         checkpoint_every=cfg["checkpoint"]["frequency"],
         checkpoint_at=cfg["checkpoint"]["steps"],
         resume=resume,
-        compilation_cache=False,  # set above, before the problem was built
+        compilation_cache=False,  # set by the caller, before the problem was built
     )
     print(_summary(result))
     print(result.path)
@@ -596,12 +643,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_summary(load_run(args.run_file)))
         return 0
     except Exception as error:
-        status = _exit_status(error)
+        status = report_error(error)
         if status is None:  # a bug: the traceback
             raise
+        return status
+
+
+def report_error(error: Exception) -> int | None:
+    """Print `error` in one line, as `main` reports it, and return its exit status;
+    `None`, printing nothing, for an error that is a bug (its traceback is the report)."""
+    status = _exit_status(error)
+    if status is not None:
         message = error.strerror if isinstance(error, OSError) else None
         print(f"centralflows: error: {message or error}", file=sys.stderr)
-        return status
+    return status
 
 
 def _exit_status(error: Exception) -> int | None:

@@ -27,6 +27,9 @@ DEVICES = 4
 # 42 training and 13 test examples (neither divides over 4 devices: padded and masked), in
 # chunks of 4 per device; at η = 0.9, GD's effective sharpness crosses 2 near step 43.
 NUM, NUM_TEST, CHUNK, LR, WARM_START = 42, 13, 4, 0.9, 38
+# RMSProp's effective sharpness crosses 2 near step 24 (its central flow's onset: 5.85
+# units after this warm start).
+RMSPROP, RMSPROP_WARM_START = cf.RMSProp(0.03, beta2=0.99, eps=1e-8), 18
 
 
 # Solvers' residuals, themselves of the order of round-off: not compared.
@@ -75,14 +78,14 @@ def derivatives() -> dict[str, float]:
     return {name: _relative(a[name], b[name]) for name in a}
 
 
-def _run(objective, w, processes, steps, **kwargs):
+def _run(objective, w, processes, steps, optimizer, warm_start, **kwargs):
     return cf.run(
         objective,
         w,
-        cf.GD(LR),
+        optimizer,
         steps=steps,
         processes=processes,
-        warm_start=WARM_START,
+        warm_start=warm_start,
         save_w_every=1,
         eig=cf.EigConfig(tol=1e-10, max_iters=500),
         progress=False,
@@ -90,24 +93,25 @@ def _run(objective, w, processes, steps, **kwargs):
     )
 
 
-def _compare_runs(processes, steps) -> dict[str, float]:
+def _compare_runs(processes, steps, optimizer=cf.GD(LR), warm_start=WARM_START) -> dict[str, float]:
     """`processes` run for `steps` steps on one device and on four, the latter also
     interrupted at half way and resumed, which must give it bit for bit; and resuming it
     on one device must be refused, naming the devices."""
     one, many, w = _objectives()
-    a = _run(one, w, processes, steps)
-    b = _run(many, w, processes, steps)
+    setup = dict(processes=processes, optimizer=optimizer, warm_start=warm_start)
+    a = _run(one, w, steps=steps, **setup)
+    b = _run(many, w, steps=steps, **setup)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "run.h5"
-        assert _run(many, w, processes, steps // 2, out=path).attrs["devices"] == DEVICES
+        assert _run(many, w, steps=steps // 2, out=path, **setup).attrs["devices"] == DEVICES
         try:
-            _run(one, w, processes, steps, out=path, resume=True)
+            _run(one, w, steps=steps, out=path, resume=True, **setup)
         except ValueError as e:
             assert "devices: the file has 4, this call gives 1" in str(e), e
         else:
             raise AssertionError("resumed a 4-device run on one device")
-        resumed = _run(many, w, processes, steps, out=path, resume=True)
+        resumed = _run(many, w, steps=steps, out=path, resume=True, **setup)
         for group in processes:
             for field, series in a[group].items():
                 assert np.array_equal(b[group][field], resumed[group][field], equal_nan=True)
@@ -128,6 +132,18 @@ def central() -> dict[str, float]:
     return _compare_runs(("central",), 8)
 
 
+def stable() -> dict[str, float]:
+    """The stable flow (GD's gradient flow) past where its effective sharpness crosses
+    2, through a checkpoint and resume."""
+    return _compare_runs(("stable",), 8)
+
+
+def rmsprop() -> dict[str, float]:
+    """RMSProp's discrete iterates and its central flow through the flow's EOS onset
+    event, through a checkpoint and resume."""
+    return _compare_runs(("discrete", "central"), 8, RMSPROP, RMSPROP_WARM_START)
+
+
 def flow_gradient() -> dict[str, float]:
     """`jax.grad` of the central flow's final loss (past its EOS onset) w.r.t. η."""
     one, many, w = _objectives()
@@ -143,7 +159,7 @@ def flow_gradient() -> dict[str, float]:
     return {"d loss(6) / d lr": _relative(*grads)}
 
 
-CHECKS = {f.__name__: f for f in (derivatives, discrete, central, flow_gradient)}
+CHECKS = {f.__name__: f for f in (derivatives, discrete, central, stable, rmsprop, flow_gradient)}
 
 if __name__ == "__main__":
     assert jax.device_count() == DEVICES, jax.devices()

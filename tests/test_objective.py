@@ -210,6 +210,45 @@ def test_chunked_matches_unchunked(chunk_reference, num, chunk):
     assert np.isclose(correct, round(correct))
 
 
+def _temp_bytes(objective: Objective, w) -> dict[str, int]:
+    """XLA's temporary buffers (compiled memory analysis, nothing run) of the gradient,
+    three batched HVPs and a third-order term."""
+    arrays, static = eqx.partition(objective, eqx.is_array)
+    vs = jnp.ones((3, w.size))
+    programs = {
+        "grad": (lambda o, w, vs: o.grad(w)),
+        "hvps": (lambda o, w, vs: o.hvps(w, vs)),
+        "third": (lambda o, w, vs: o.third_order(w, vs[0], vs[1])),
+    }
+    out = {}
+    for name, fn in programs.items():
+        jitted = jax.jit(lambda a, w, vs, fn=fn: fn(eqx.combine(a, static), w, vs))
+        out[name] = jitted.lower(arrays, w, vs).compile().memory_analysis().temp_size_in_bytes
+    return out
+
+
+def test_chunks_bound_the_memory_of_derivatives():
+    # A wide layer (2 inputs -> 512 tanh units) makes each example's intermediates 256
+    # times its data: with chunks of 25, 16 times the examples must leave the derivatives'
+    # temporary memory (which may copy the data once) about the same; all at once it grows
+    # with them (which shows the measure sees intermediates).
+    key = jax.random.key(0)
+    params = {"W1": jnp.ones((2, 512)) / 2, "b1": jnp.zeros(512), "W2": jnp.ones((512, 1)) / 512}
+    params["b2"] = jnp.zeros(1)
+    w = jfu.ravel_pytree(params)[0]
+    temp = {}
+    for num in (100, 1600):
+        x = jax.random.normal(key, (num, 2))
+        data = (x, jnp.sum(x, axis=1, keepdims=True))
+        for chunk in (25, None):
+            objective = Objective.supervised(_mse, params, data, chunk_size=chunk)
+            temp[num, chunk] = _temp_bytes(objective, w)
+    data_bytes = 1600 * 3 * 8
+    for name in ("grad", "hvps", "third"):
+        assert temp[1600, None][name] > 8 * temp[100, None][name], (name, temp)
+        assert temp[1600, 25][name] < 1.5 * temp[100, 25][name] + 2 * data_bytes, (name, temp)
+
+
 def _normalized_mse(p, x, y):
     # Inputs normalised to unit length: a common preprocessing, NaN at x = 0.
     return _mse(p, x / jnp.linalg.norm(x), y)

@@ -22,6 +22,7 @@ import pytest
 
 import centralflows as cf
 from centralflows import _sweep
+from centralflows._compiles import count_compiles
 from centralflows._config import config_to_toml, load_config
 from centralflows._regimes import classify, last_finite
 from centralflows.cli import main
@@ -149,6 +150,59 @@ def test_a_sweep_finishes_and_only_its_unfinished_runs_recompute(tiny, tmp_path,
         assert row[2:7] == ["done", "10/10", "discrete", "stable", "-"]
         assert row[7] == f"{last_finite(series['train_loss']):.4g}"
         assert row[8] == f"{last_finite(series['test_loss']):.4g}"
+
+
+def test_runs_that_share_a_problem_run_in_one_process(tiny, tmp_path, capsys):
+    """A grid over the optimizer's hyperparameters of discrete-only runs: its runs run in
+    turn in one process (one problem, one set of compiled programs) and write the run
+    files that a process per run writes; skip and resume work as for those."""
+    out = tmp_path / "sweep"
+    argv = ["sweep", tiny, "--grid", "opt.lr=0.3,0.5", "--out", str(out), "--jobs", "1"]
+    names = ["opt.lr=0.3", "opt.lr=0.5"]
+    configs = {name: load_config(tiny, [name]) for name in names}
+    assert _sweep.tasks(configs, names, jobs=1) == [names]
+    assert _sweep.tasks(configs, names, jobs=2) == [[names[0]], [names[1]]]
+    assert _sweep.tasks(configs, names, jobs=1, share=False) == [[names[0]], [names[1]]]
+    flows = {n: load_config(tiny, [n, 'run.processes=["discrete", "stable"]']) for n in names}
+    assert _sweep.tasks(flows, names, jobs=1) == [[names[0]], [names[1]]]
+    seeds = {n: load_config(tiny, [f"run.seed={i}"]) for i, n in enumerate(names)}
+    assert _sweep.tasks(seeds, names, jobs=1) == [[names[0]], [names[1]]]
+
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert (out / "logs" / f"shared_{names[0]}.log").is_file()
+    assert "(in one process with opt.lr=0.5)" in (out / "logs" / f"{names[0]}.log").read_text()
+    files = [_sweep.run_file(out, name) for name in names]
+    for name, path in zip(names, files):
+        assert _sweep.run_state(out, name) == "complete"
+        # The same run, from `centralflows run` in a process of its own making.
+        alone = ["run", tiny, "--set", name, "--out", str(tmp_path / "alone"), "--name", name]
+        assert main([*alone, "--quiet"]) == 0
+        shared, single = cf.load_run(path), cf.load_run(tmp_path / "alone" / f"{name}.h5")
+        assert shared.attrs["optimizer"] == single.attrs["optimizer"]
+        for field, series in single["discrete"].items():  # equal to round-off
+            np.testing.assert_allclose(shared["discrete"][field], series, rtol=1e-12, atol=0)
+    capsys.readouterr()
+
+    # One run file lost, one cut after a checkpoint: the one process starts the first,
+    # resumes the second (bit-identically), and compiles the chunk program once for both.
+    uncut = cf.load_run(files[1])["discrete"]["train_loss"]
+    files[0].unlink()
+    _cut_after_checkpoint_10(files[1])
+    with count_compiles() as counts:
+        _sweep._run_in_turn(out, names)
+    said = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(m["name"], m["action"], m["exit_status"]) for m in said] == [
+        (names[0], "start", None),
+        (names[0], "start", 0),
+        (names[1], "resume", None),
+        (names[1], "resume", 0),
+    ]
+    assert counts.programs["jit(_advance_chunk)"] == 1  # a program per learning rate: 2
+    np.testing.assert_array_equal(cf.load_run(files[1])["discrete"]["train_loss"], uncut)
+    assert [_sweep.run_state(out, name) for name in names] == ["complete"] * 2
+    assert main(argv) == 0  # nothing left to run
+    assert "2 finished or running, 0 to run" in capsys.readouterr().err
 
 
 def test_a_prepared_folder_lists_its_pending_runs(tiny, tmp_path, capsys):
