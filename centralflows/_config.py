@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._options import Option as _Key
+from ._process_names import PROCESS_NAMES
 from .data._declared import DECLARED as DATASETS  # plain data: no jax is imported
 from .models._declared import DECLARED as ARCHITECTURES
 from .problems._declared import DECLARED as PROBLEMS
@@ -39,15 +40,6 @@ def _one_of(*options: str) -> _Key:
         options.__contains__,
     )
 
-
-_PROCESSES = (
-    "discrete",
-    "midpoint",
-    "central",
-    "central_no_penalty",
-    "central_stationary",
-    "stable",
-)
 
 _SCHEMA: dict[str, dict[str, _Key]] = {
     "opt": {
@@ -93,8 +85,8 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "processes": _Key(
             list,
             ["discrete", "midpoint"],
-            "a non-empty list of distinct names from " + ", ".join(map(_format, _PROCESSES)),
-            lambda v: 0 < len(v) == len(set(v)) and set(v) <= set(_PROCESSES),
+            "a non-empty list of distinct names from " + ", ".join(map(_format, PROCESS_NAMES)),
+            lambda v: 0 < len(v) == len(set(v)) and set(v) <= set(PROCESS_NAMES),
             item=str,
         ),
         "chunk": _Key(int, 25, "an integer >= 1", lambda v: v >= 1),

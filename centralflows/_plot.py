@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._process_names import PROCESS_NAMES
 from ._regimes import last_finite
 from ._runfile import Run, load_run
 
@@ -22,14 +23,6 @@ if TYPE_CHECKING:
 
 _THRESHOLD = "threshold"  # the gid of the stability threshold's line
 _CLIP = 2.5  # the sharpness panel's y axis ends at most this many thresholds up
-_PROCESSES = (
-    "discrete",
-    "midpoint",
-    "central",
-    "central_no_penalty",
-    "central_stationary",
-    "stable",
-)
 _COLORS = {
     "discrete": "0.15",
     "midpoint": "tab:green",
@@ -66,7 +59,7 @@ class _View:
 
     def processes(self, field: str) -> list[str]:
         """The processes, in their standard order, that log `field`."""
-        return [p for p in _PROCESSES if p in self.run and field in self.run[p]]
+        return [p for p in PROCESS_NAMES if p in self.run and field in self.run[p]]
 
     def values(self, group: str, field: str) -> np.ndarray:
         """The series `group/field` over the rows written (the rows not shown included,
@@ -341,7 +334,7 @@ def _missing(run: Run, needs: Sequence[str]) -> list[str]:
     for name in needs:
         group, field = name.split("/", 1)
         if group == "*":
-            found = any(p in run and field in run[p] for p in _PROCESSES)
+            found = any(p in run and field in run[p] for p in PROCESS_NAMES)
         elif field == "*":
             found = group in run and len(run[group]) > 0
         else:

@@ -29,6 +29,7 @@ from ._flow_processes import FLOW_PROCESSES
 from ._integrate import FlowOptions
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
+from ._process_names import PROCESS_NAMES
 from ._processes import PROCESSES, AbstractProcess, grow
 from ._regimes import SolverError, last_finite
 from ._runfile import (
@@ -45,14 +46,6 @@ from ._stop import StopReason, describe_stop, is_failure, stop_code, stop_messag
 
 _PACKAGES = ("centralflows", "jax", "jaxlib", "equinox", "diffrax", "lineax", "optimistix")
 _PACKAGES += ("numpy", "h5py")
-_ALL_PROCESSES = (
-    "discrete",
-    "midpoint",
-    "central",
-    "central_no_penalty",
-    "central_stationary",
-    "stable",
-)
 
 _CENTRAL_OPTIONS = ("central", "central_no_penalty", "central_stationary")  # use `central=`
 
@@ -74,15 +67,15 @@ def _check_processes(processes: Sequence[str]) -> tuple[str, ...]:
     if not processes:
         raise ValueError("`processes` must name at least one process.")
     for name in processes:
-        if name not in _ALL_PROCESSES:
-            close = difflib.get_close_matches(str(name), _ALL_PROCESSES, n=1)
+        if name not in PROCESS_NAMES:
+            close = difflib.get_close_matches(str(name), PROCESS_NAMES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"unknown process {name!r}{hint} Valid processes: {', '.join(_ALL_PROCESSES)}."
+                f"unknown process {name!r}{hint} Valid processes: {', '.join(PROCESS_NAMES)}."
             )
     if len(set(processes)) != len(processes):
         raise ValueError(f"`processes` lists a process twice: {list(processes)}.")
-    return tuple(sorted(processes, key=_ALL_PROCESSES.index))
+    return tuple(sorted(processes, key=PROCESS_NAMES.index))
 
 
 def _pairs(names: Sequence[str]) -> list[tuple[str, str]]:
