@@ -86,6 +86,7 @@ def test_toy_stationary_nu_is_the_root_of_the_closed_form(penalty):
     assert abs(float(drift)) < 1e-10 * C2 * float(solution.nu)
 
 
+@pytest.mark.slow  # 10 s
 def test_stationary_nu_solves_its_fixed_point_with_two_active_directions():
     # The small MLP at w0 with ν = ∇L² (RMSProp's initial state), at an η that puts the
     # second effective eigenvalue at 8: ν̄ holds two directions (X of rank 2), whose Ritz
@@ -175,6 +176,7 @@ def test_without_the_penalty_the_digits_mlp_holds_the_edge_and_trains_slower():
     assert np.all(np.diff(ratio[8:]) > 0), ratio  # the gap grows
 
 
+@pytest.mark.slow  # 37 s; the digits ablation (also slow) checks the same and more
 def test_the_ablated_rmsprop_flow_holds_the_edge_of_stability():
     objective, w0 = small_mlp_objective()
     optimizer = cf.RMSProp(lr=0.003, beta2=0.9, eps=1e-8)

@@ -255,6 +255,7 @@ def test_predicted_vectors_extrapolate_a_smooth_path_and_return_to_an_oscillatio
     np.testing.assert_array_equal(predicted_vectors(last, before, 1.0, p, 1)[1], last[1])
 
 
+@pytest.mark.slow  # 26 s (12 refreshes, each against a plain solve)
 def test_refreshes_along_a_path_start_from_the_prediction():
     # GD iterates on the small MLP: each refresh warm-started from the prediction costs
     # fewer products than from the last vectors alone, and finds the same eigenpairs.

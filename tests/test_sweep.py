@@ -152,6 +152,7 @@ def test_a_sweep_finishes_and_only_its_unfinished_runs_recompute(tiny, tmp_path,
         assert row[8] == f"{last_finite(series['test_loss']):.4g}"
 
 
+@pytest.mark.slow  # 12 s
 def test_runs_that_share_a_problem_run_in_one_process(tiny, tmp_path, capsys):
     """A grid over the optimizer's hyperparameters of discrete-only runs: its runs run in
     turn in one process (one problem, one set of compiled programs) and write the run
