@@ -119,12 +119,10 @@ def main():
     eig_hvps = float(np.mean([r["eig_hvps"] for r in records]))
     k, m = int(np.median(ks)), int(np.median(ms))
     # Per right-hand-side evaluation: one gradient, b = k + guard HVPs (Rayleigh-Ritz),
-    # one third-order product per critical pair; the event test adds b HVPs per step (a
-    # tracked eigenvalue entering the critical set) and one (the smallest tracked one
-    # crossing eig.track_threshold).
+    # one third-order product per critical pair, and, for the event conditions that come
+    # with it at the edge of stability, one HVP (the smallest tracked vector's quotient).
     b = min(k + central_options.guard, m)
-    steps = float(np.mean([r["solver_steps"] for r in records]))
-    hvps_per_unit = eig_hvps + rhs * b + steps * (b + 1)
+    hvps_per_unit = eig_hvps + rhs * (b + 1)
     third_per_unit = rhs * k * (k + 1) / 2
     result = {
         "config": args.config,

@@ -337,7 +337,17 @@ class AbstractFlowProcess(eqx.Module):
             conditions,
             dt_max,
             start,
+            None if events is None else self.watch(events, num_critical),
         )
+
+    def watch(
+        self, events: ArmedEvents, num_critical: Count
+    ) -> Callable[[FlowState, Basis], tuple[FlowState, Float[Array, " e"]]] | None:
+        """`(y, basis) -> (dy/dt, conditions)`: the vector field with the event
+        conditions from the same evaluation, where that saves one of their own (`None`:
+        the stable flow's conditions cost products its vector field does not make)."""
+        del events, num_critical
+        return None
 
     def max_step(self, state: FlowProcessState) -> float:
         """The longest stable step from `state`: its modes decay at the effective
@@ -557,6 +567,23 @@ class CentralFlowProcess(AbstractFlowProcess):
 
     def relaxation_rate(self):
         return 1 / float(self.options.tau)  # the stability constraint's Baumgarte rate
+
+    def watch(self, events, num_critical):
+        """While the rank slots are armed (something is critical), the flow's terms give
+        the Ritz values and the rank margins, and one more product the track slot's: the
+        conditions then come with each evaluation of the vector field. Otherwise they
+        are NaN (evaluated when needed, from one batch of products)."""
+        field, conditions = self.field(num_critical), self.conditions(events, num_critical)
+        slots = self.slots(num_critical)
+        rank_armed = events.armed[slots.index("activate")] | events.armed[slots.index("deactivate")]
+
+        def watch(y, basis):
+            terms = field.terms(y, basis)
+            unknown = lambda: jnp.full(len(slots), jnp.nan, y.w.dtype)
+            values = jax.lax.cond(rank_armed, lambda: conditions(y, basis, terms), unknown)
+            return terms.derivative, values
+
+        return watch
 
     def critical_size(self, state):
         values = np.asarray(state.tracking.effective.values)  # NaN past the tracked count

@@ -118,11 +118,14 @@ class _FirstStep(dfx.AbstractStepSizeController):
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         del dt0
         first = jnp.minimum(jnp.minimum(self.dt0, self.dt_max), self.t_end - t0)
-        t_next, state = self.controller.init(terms, t0, t1, y0, first, args, func, error_order)
+        t_next, state = self.controller.init(
+            terms, t0, t1, _unwatched(y0), first, args, func, error_order
+        )
         return t_next, (state, self.dt0)
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
         state, proposed = state
+        y0, y1_candidate, y_error = map(_unwatched, (y0, y1_candidate, y_error))
         keep, next_t0, next_t1, jump, state, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, state
         )
@@ -144,6 +147,85 @@ def _reuses_last_stage(solver: dfx.AbstractSolver) -> bool:
     """Whether `solver` keeps the vector field at a step's end as the next one's first
     stage (first same as last), so that a known value there saves an evaluation."""
     return isinstance(solver, dfx.AbstractRungeKutta) and solver.tableau.fsal
+
+
+class _Watched(eqx.Module):
+    """A flow's state with the event conditions at it, NaN where they are not known."""
+
+    y: FlowState
+    conditions: Float[Array, " e"]
+
+
+class _WatchedField(eqx.Module):
+    """The vector field of a `_Watched` state: `watch(y, basis) -> (dy/dt, conditions)`
+    gives the derivative and, from the same evaluation, the conditions at `y` (NaN where
+    they do not come with it)."""
+
+    watch: Callable[[FlowState, Basis], tuple[FlowState, Float[Array, " e"]]]
+
+    def __call__(self, t, state: _Watched, basis: Basis) -> _Watched:
+        del t
+        return _Watched(*self.watch(state.y, basis))
+
+
+class _Unwatched(dfx.AbstractLocalInterpolation):
+    """A step's dense output of a `_Watched` state, the conditions NaN: inside the step
+    they are not known (the interpolated slot is not their value)."""
+
+    inner: dfx.AbstractLocalInterpolation
+    t0: Scalar
+    t1: Scalar
+
+    def evaluate(self, t0, t1=None, left=True) -> _Watched:
+        y = self.inner.evaluate(t0, t1, left)
+        return _Watched(y.y, jnp.full_like(y.conditions, jnp.nan))
+
+
+class _Watching(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
+    """A first-same-as-last Runge–Kutta `solver` on a `_Watched` state: the conditions at
+    a step's end are the ones its last stage gave (which is evaluated at the step's end,
+    and starts the next step), so watching for events costs no evaluation of its own;
+    the step's error is the flow state's alone."""
+
+    solver: dfx.AbstractRungeKutta
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        def interpolation(*, t0, t1, **dense_info):
+            inner = self.solver.interpolation_cls(t0=t0, t1=t1, **dense_info)
+            return _Unwatched(inner, t0, t1)
+
+        return interpolation
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        y1, y_error, dense_info, solver_state, result = self.solver.step(
+            terms, t0, t1, y0, args, solver_state, made_jump
+        )
+        _, last_stage = solver_state
+        y1 = _Watched(y1.y, last_stage.conditions)
+        y_error = _Watched(y_error.y, jnp.zeros_like(y_error.conditions))
+        return y1, y_error, dense_info, solver_state, result
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+
+def _unwatched(y):
+    """The flow's state of a `_Watched` state (`y` itself otherwise)."""
+    return y.y if isinstance(y, _Watched) else y
 
 
 class Segment(eqx.Module):
@@ -169,6 +251,7 @@ def integrate_segment(
     conditions: Callable[[FlowState, Basis], Float[Array, " e"]] | None = None,
     dt_max: Scalar | float = jnp.inf,
     start: SegmentStart | None = None,
+    watch: Callable[[FlowState, Basis], tuple[FlowState, Float[Array, " e"]]] | None = None,
 ) -> Segment:
     """Integrate `field` from `t0` to `t1`, stopping early where the first of `conditions`
     rises through 0.
@@ -188,9 +271,14 @@ def integrate_segment(
       crosses 0 upwards the segment ends, the time located by bisection on the solver's
       dense output (Newton can leave the step and fail). The condition that stopped it
       is the largest there.
+    - `watch`: `(y, basis) -> (dy/dt, conditions)`, `field` with `conditions` from the
+      same evaluation (NaN where they do not come with it). With a first-same-as-last
+      solver, the conditions at a step's end are then those of its last stage, rather
+      than an evaluation of their own.
 
     **Returns:** a `Segment`.
     """
+    watched = conditions is not None and watch is not None and _reuses_last_stage(options.solver)
     constant = isinstance(options.stepsize_controller, dfx.ConstantStepSize)
     if constant:
         dt0, dt_max = options.dt0, jnp.inf
@@ -208,6 +296,12 @@ def integrate_segment(
             """The largest condition; at `t0`, the known one (the initial sign)."""
             if known is not None and t is kwargs.get("t0"):
                 return known  # diffrax's initial call (at its own `t0`): no copy traced
+            if watched:
+                # Known at a step's end where its last stage gave them; else (inside
+                # the step, for the bisection) evaluated.
+                value = lambda: jnp.max(conditions(y.y, args))
+                unknown = jnp.any(jnp.isnan(y.conditions))
+                return jax.lax.cond(unknown, value, lambda: jnp.max(y.conditions))
             value = lambda: jnp.max(conditions(y, args))
             return value() if known is None else jax.lax.cond(t == t0, lambda: known, value)
 
@@ -219,16 +313,24 @@ def integrate_segment(
             optx.Bisection(rtol=max(1e-12, 4 * eps), atol=max(1e-9, 1e3 * eps), flip=False),
             direction=True,
         )
-    solver_state = None
-    if start is not None and _reuses_last_stage(options.solver):
+    term, solver, y_start, solver_state = dfx.ODETerm(field), options.solver, y0, None
+    if watched:
+        if start is None:
+            derivative, known_conditions = watch(y0, basis)
+        else:
+            derivative, known_conditions = start.derivative, start.conditions
+        term, solver = dfx.ODETerm(_WatchedField(watch)), _Watching(options.solver)
+        y_start = _Watched(y0, known_conditions)
+        solver_state = (jnp.array(False), _Watched(derivative, known_conditions))
+    elif start is not None and _reuses_last_stage(options.solver):
         solver_state = (jnp.array(False), start.derivative)  # the first stage is known
     solution = dfx.diffeqsolve(
-        dfx.ODETerm(field),
-        options.solver,
+        term,
+        solver,
         t0,
         t1,
         None,
-        y0,
+        y_start,
         basis,
         saveat=dfx.SaveAt(t1=True, controller_state=True),
         stepsize_controller=_FirstStep(
@@ -240,7 +342,7 @@ def integrate_segment(
         adjoint=options.adjoint,
         throw=False,
     )
-    y_end = jtu.tree_map(lambda x: x[-1], solution.ys)
+    y_end = _unwatched(jtu.tree_map(lambda x: x[-1], solution.ys))
     fired = jnp.array(-1)
     if event is not None:
         fired = jax.lax.cond(

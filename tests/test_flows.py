@@ -127,6 +127,42 @@ def test_parameters_in_another_precision_than_jax_default_are_refused(flow):
         flow(toy_loss, w0, cf.GD(ETA), 10)
 
 
+def test_watched_conditions_at_a_step_end_come_from_its_last_stage():
+    # dw/dt = −w from w = 1; the condition e^{−1/2} − w rises through 0 at t = 1/2. With a
+    # `watch` giving the conditions with the vector field, Bosh3's last stage (at the
+    # step's end) gives them there: only the bisection and naming the event evaluate them.
+    calls = {"conditions": 0}
+    count = lambda: calls.__setitem__("conditions", calls["conditions"] + 1)
+
+    values = lambda y: jnp.stack([np.exp(-0.5) - y.w[0], -jnp.inf])
+
+    def conditions(y, basis):
+        jax.debug.callback(count)
+        return values(y)
+
+    field = lambda t, y, basis: FlowState(-y.w, jnp.zeros(1))
+    watch = lambda y, basis: (field(None, y, basis), values(y))
+    options = cf.FlowOptions(stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10))
+    y0, basis = FlowState(jnp.ones(1), jnp.zeros(1)), jnp.zeros((1, 1))
+    ends, counts = [], []
+    for w in (None, watch):
+        calls["conditions"] = 0
+        end = _flow_processes.integrate_segment(
+            field, y0, 0.0, 2.0, 0.1, basis, options, conditions, watch=w
+        )
+        ends.append(end)
+        counts.append(calls["conditions"])
+    plain, watched = ends
+    assert int(plain.event) == int(watched.event) == 0
+    assert int(plain.steps) == int(watched.steps) > 5
+    np.testing.assert_allclose([plain.t, watched.t], 0.5, atol=1e-8)
+    assert float(plain.t) == float(watched.t)
+    np.testing.assert_array_equal(plain.y.w, watched.y.w)
+    # Without the watch: once at the start and after every step (accepted or rejected).
+    assert counts[0] - counts[1] == 1 + int(plain.steps)
+    assert counts[1] > 0  # the bisection still evaluates them inside the step
+
+
 def two_direction_loss(w):
     # Two oscillating directions x1, x2 whose sharpnesses both depend on y1, y2.
     a1 = 1.0 - 1.0 * w[2] - 0.5 * w[3]
