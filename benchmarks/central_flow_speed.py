@@ -3,7 +3,10 @@
 Both are measured in this one process, from the same point in the EOS phase (the discrete
 GD iterate at `--start`), with eigen tracking every step, compilation excluded (the first
 calls are timed separately). Also reports the gradient and Hessian-vector-product cost,
-right-hand-side evaluations per unit time, and where the central flow's time goes.
+right-hand-side evaluations per unit time, and where the central flow's time goes; and
+the unit against the same unit with its event conditions evaluated on their own after
+each step, rather than taken from the solver's stages (the two alternate from the same
+states, the path continuing from the first).
 
     python benchmarks/central_flow_speed.py --start 250 --units 30
 Writes benchmarks/results/central_flow_speed.json.
@@ -38,6 +41,20 @@ from centralflows._run import _advance_chunk  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NO_LIMIT = jnp.asarray(jnp.inf)  # no loss limit: only a non-finite loss stops a process
+
+
+class UnwatchedCentralFlowProcess(CentralFlowProcess):
+    """The central flow with its event conditions evaluated after each step."""
+
+    def watch(self, events, num_critical):
+        return None
+
+
+def timed_unit(process, state, t):
+    start = time.perf_counter()
+    state, _, record = process.advance_unit(state, t)
+    jax.block_until_ready(state.y.w)
+    return state, record, time.perf_counter() - start
 
 
 def main():
@@ -96,21 +113,26 @@ def main():
 
     # Central flow from the same point: per unit time, compile excluded.
     process = CentralFlowProcess(objective, optimizer, eig, central_options)
+    unwatched = UnwatchedCentralFlowProcess(objective, optimizer, eig, central_options)
     state = process.init(w_start, jr.key(3))
     state = eqx.tree_at(lambda s: s.eos_time, state, jnp.asarray(0.0))  # already at EOS
     compile_start = time.perf_counter()
     for t in range(3):
         state, _, _ = process.advance_unit(state, t)
     compile_central = time.perf_counter() - compile_start
-    units, breakdown = [], []
+    for t in range(3):
+        unwatched.advance_unit(state, t)
+    units, units_unwatched, distances, breakdown = [], [], [], []
     records = []
     for t in range(3, 3 + args.units):
         start = time.perf_counter()
         observed, k, *_ = process.observe_now(state, t)  # the breakdown only
         breakdown.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        state, _, record = process.advance_unit(state, t)
-        units.append(time.perf_counter() - start)
+        alone, _, seconds = timed_unit(unwatched, state, t)
+        units_unwatched.append(seconds)
+        state, record, seconds = timed_unit(process, state, t)
+        units.append(seconds)
+        distances.append(float(jnp.linalg.norm(state.y.w - alone.y.w)))
         records.append({**record, "k": k, "m": int(observed.tracking.effective.count)})
     central_unit = float(np.median(units))
     rhs = float(np.mean([r["rhs_evals"] for r in records]))
@@ -139,6 +161,12 @@ def main():
         "central_unit_ms": 1e3 * central_unit,
         "ratio_central_unit_over_discrete_step": central_unit / discrete_step,
         "central_observe_ms (LOBPCG refresh + logged terms)": 1e3 * float(np.median(breakdown)),
+        "central_unit_ms_conditions_evaluated_after_each_step": 1e3
+        * float(np.median(units_unwatched)),
+        "ratio_central_unit_over_conditions_after_each_step": float(
+            np.median(np.array(units) / np.array(units_unwatched))
+        ),
+        "largest_distance_from_conditions_after_each_step": max(distances),
         "central_rhs_evals_per_unit": rhs,
         "central_critical_k_median": k,
         "central_tracked_m_median": m,

@@ -20,6 +20,12 @@ by `hvp` vmapped over it.
     nice -n 10 python benchmarks/memory_scale.py                    # the default points
     nice -n 10 python benchmarks/memory_scale.py --points 2000:100 --widths 1 8 \
         --out benchmarks/results/memory_scale-widths.json
+    nice -n 10 python benchmarks/memory_scale.py --compiled-only \
+        --points 500:100 2000:100 8000:100 2000:400 8000:400 2000:0 \
+        --out benchmarks/results/memory_scale-compiled.json
+
+With `--compiled-only` the programs are compiled but not run: XLA's analysis alone, in
+minutes rather than hours on a CPU.
 
 Writes benchmarks/results/memory_scale.json (`--out` elsewhere).
 """
@@ -52,8 +58,9 @@ def _vmapped_products(objective, w, block):
     return jax.vmap(lambda v: objective.hvp(w, v))(block)
 
 
-def measure(examples: int, chunk: int, widths: list[int], data: str) -> dict:
-    """In this process: the programs' memory at one (examples, chunk size) point."""
+def measure(examples: int, chunk: int, widths: list[int], data: str, run: bool = True) -> dict:
+    """In this process: the programs' memory at one (examples, chunk size) point (XLA's
+    analysis alone unless `run`)."""
     import equinox as eqx
     import jax
 
@@ -80,16 +87,17 @@ def measure(examples: int, chunk: int, widths: list[int], data: str) -> dict:
         jitted = jax.jit(lambda a, *args, fn=fn: fn(eqx.combine(a, static), *args))
         compiled = jitted.lower(arrays, *args).compile()
         analysis = compiled.memory_analysis()
-        pathlib.Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-        before = _status("VmRSS")
-        jax.block_until_ready(compiled(arrays, *args))
         out["programs"][name] = {
             "temp_mib": analysis.temp_size_in_bytes / MIB,
             "argument_mib": analysis.argument_size_in_bytes / MIB,
             "output_mib": analysis.output_size_in_bytes / MIB,
-            "peak_rss_over_before_mib": (_status("VmHWM") - before) / MIB,
-            "rss_before_mib": before / MIB,
         }
+        if run:
+            pathlib.Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+            before = _status("VmRSS")
+            jax.block_until_ready(compiled(arrays, *args))
+            out["programs"][name]["peak_rss_over_before_mib"] = (_status("VmHWM") - before) / MIB
+            out["programs"][name]["rss_before_mib"] = before / MIB
     return out
 
 
@@ -104,11 +112,15 @@ def main() -> None:
     )
     parser.add_argument("--widths", type=int, nargs="+", default=[4])
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/memory_scale.json"))
+    parser.add_argument(
+        "--compiled-only", action="store_true", help="compile the programs but do not run them"
+    )
     parser.add_argument("--point", nargs=3, metavar=("N", "CHUNK", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:  # a child: one point, as JSON on stdout
         examples, chunk, data = args.point
-        print(json.dumps(measure(int(examples), int(chunk), args.widths, data)))
+        run = not args.compiled_only
+        print(json.dumps(measure(int(examples), int(chunk), args.widths, data, run)))
         return
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -118,19 +130,24 @@ def main() -> None:
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"config": str(CONFIG.relative_to(ROOT)), "precision": "float64", "results": []}
+    record["compiled_only"] = args.compiled_only
     with tempfile.TemporaryDirectory() as tmp:
         data = synthetic_cifar10(pathlib.Path(tmp), max(n for n, _ in points), 100, 4)
         for examples, chunk in points:
             argv = [sys.executable, __file__, "--point", str(examples), str(chunk), str(data)]
             argv += ["--widths", *map(str, args.widths)]
+            argv += ["--compiled-only"] if args.compiled_only else []
             done = subprocess.run(argv, capture_output=True, text=True)
             if done.returncode != 0:
                 result = {"examples": examples, "chunk_size": chunk, "error": done.stderr[-2000:]}
                 print(f"n={examples} chunk={chunk}: failed", flush=True)
             else:
                 result = json.loads(done.stdout.strip().splitlines()[-1])
+                peak = lambda p: (
+                    f", peak +{p['peak_rss_over_before_mib']:.0f}" if "rss_before_mib" in p else ""
+                )
                 cells = ", ".join(
-                    f"{name}: temp {p['temp_mib']:.0f}, peak +{p['peak_rss_over_before_mib']:.0f}"
+                    f"{name}: temp {p['temp_mib']:.0f}{peak(p)}"
                     for name, p in result["programs"].items()
                 )
                 print(f"n={examples} chunk={chunk} (MiB): {cells}", flush=True)
