@@ -3,10 +3,9 @@ form."""
 
 import math
 
-import jax.numpy as jnp
 from jaxtyping import Array, Float, Scalar
 
-from ._problem import AbstractProblem
+from ._problem import AbstractProblem, default_float
 
 
 class ScalarFactorisation(AbstractProblem):
@@ -56,8 +55,7 @@ class ScalarFactorisation(AbstractProblem):
     @property
     def w0(self) -> dict[str, Float[Array, ""]]:
         """The start `{"a": a0, "b": b0}`."""
-        dtype = jnp.result_type(float)  # the default float precision
-        return {"a": jnp.asarray(self.a0, dtype), "b": jnp.asarray(self.b0, dtype)}
+        return {"a": default_float(self.a0), "b": default_float(self.b0)}
 
     def __call__(self, params: dict[str, Float[Array, ""]]) -> Scalar:
         return 0.5 * (params["a"] * params["b"] - self.y) ** 2

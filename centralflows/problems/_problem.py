@@ -3,8 +3,14 @@
 import abc
 
 import equinox as eqx
+import jax.numpy as jnp
 from equinox import AbstractVar
-from jaxtyping import PyTree, Scalar
+from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar
+
+
+def default_float(value: ArrayLike) -> Float[Array, "..."]:
+    """`value` as an array of JAX's default float precision (float64 where x64 is on)."""
+    return jnp.asarray(value, jnp.result_type(float))
 
 
 class AbstractProblem(eqx.Module):

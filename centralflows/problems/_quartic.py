@@ -3,10 +3,9 @@
 import math
 from typing import ClassVar
 
-import jax.numpy as jnp
 from jaxtyping import Array, Float, Scalar
 
-from ._problem import AbstractProblem
+from ._problem import AbstractProblem, default_float
 
 
 class Quartic(AbstractProblem):
@@ -31,7 +30,7 @@ class Quartic(AbstractProblem):
     @property
     def w0(self) -> Float[Array, ""]:
         """The start `x0`, a scalar array."""
-        return jnp.asarray(self.x0, jnp.result_type(float))
+        return default_float(self.x0)
 
     def __call__(self, params: Float[Array, ""]) -> Scalar:
         x = params

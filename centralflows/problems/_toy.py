@@ -1,9 +1,8 @@
 """The two-parameter toy whose central flow is known in closed form."""
 
-import jax.numpy as jnp
 from jaxtyping import Array, Float, Scalar
 
-from ._problem import AbstractProblem
+from ._problem import AbstractProblem, default_float
 
 
 class Toy(AbstractProblem):
@@ -29,8 +28,7 @@ class Toy(AbstractProblem):
     @property
     def w0(self) -> dict[str, Float[Array, ""]]:
         """The start `{"x": x0, "y": y0}`."""
-        dtype = jnp.result_type(float)  # the default float precision
-        return {"x": jnp.asarray(self.x0, dtype), "y": jnp.asarray(self.y0, dtype)}
+        return {"x": default_float(self.x0), "y": default_float(self.y0)}
 
     def __call__(self, params: dict[str, Float[Array, ""]]) -> Scalar:
         x, y = params["x"], params["y"]
