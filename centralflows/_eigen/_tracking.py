@@ -115,14 +115,16 @@ def refresh_tracking(
     count = tracking.effective.count
     previous = tracking.previous
     alpha = path_coefficient(w, tracking.w, previous.w)
-    start = lambda last, before, p: predicted_vectors(last, before, alpha, p, count)
-    effective = tracking.effective.vectors
-    effective = start(effective, previous.effective, p_diag)
-    effective = track_eigs(hvps, p_diag, effective, config, count, iterate)
+
+    def refreshed(last: EigenState, before: Vectors, p: Vector) -> EigenState:
+        """The pairs of P⁻¹H (P = diag(p)) tracked from `last`, started at the prediction."""
+        start = predicted_vectors(last.vectors, before, alpha, p, count)
+        return track_eigs(hvps, p, start, config, count, iterate)
+
+    effective = refreshed(tracking.effective, previous.effective, p_diag)
     raw = tracking.raw
     if raw is not None:
-        ones = jnp.ones_like(p_diag)
-        raw = track_eigs(hvps, ones, start(raw.vectors, previous.raw, ones), config, count, iterate)
+        raw = refreshed(raw, previous.raw, jnp.ones_like(p_diag))
     # A refresh at the same point (a grown tracked set) keeps the point before.
     moved = jnp.any(w != tracking.w)
     visit = _visit(tracking.w, tracking.effective, tracking.raw)
