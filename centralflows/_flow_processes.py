@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from ._custom_types import Record
 from ._eigen import (
@@ -93,12 +93,6 @@ def _p_diag(optimizer: AbstractOptimizer, y: FlowState) -> Vector:
 
 
 @eqx.filter_jit
-def _rank_armed(events: ArmedEvents, slots: tuple[str, ...]) -> Bool[Array, ""]:
-    """Whether a rank slot (`"activate"`, `"deactivate"`) of `events` is armed: only
-    while something is critical, when the flow's terms hold the whole basis's Ritz pairs."""
-    return events.armed[slots.index("activate")] | events.armed[slots.index("deactivate")]
-
-
 def _state_record(state: FlowProcessState, p_diag: Vector) -> Record:
     """The logged eigen series, onset and stop of a flow at its current time."""
     record = eig_record(state.tracking, p_diag, True)
@@ -405,7 +399,11 @@ class AbstractFlowProcess(eqx.Module):
                     products = hessian_rows(self.objective, y.w, events.track_vectors, track_used)
                     return at_y.ritz.values, track_value(products), margins
 
-                rank_armed = _rank_armed(events, slots)
+                # The rank slots are armed only while something is critical, when the
+                # terms' Ritz pairs span the whole basis.
+                rank_armed = (
+                    events.armed[slots.index("activate")] | events.armed[slots.index("deactivate")]
+                )
                 ritz, track, margins = jax.lax.cond(rank_armed, from_terms, from_products)
             index = jnp.minimum(self.ritz_index(num_critical), jnp.sum(used_rows(basis)) - 1)
             out = {
@@ -577,12 +575,12 @@ class CentralFlowProcess(AbstractFlowProcess):
         are NaN (evaluated when needed, from one batch of products)."""
         field, conditions = self.field(num_critical), self.conditions(events, num_critical)
         slots = self.slots(num_critical)
+        rank_armed = events.armed[slots.index("activate")] | events.armed[slots.index("deactivate")]
 
         def watch(y, basis):
             terms = field.terms(y, basis)
             unknown = lambda: jnp.full(len(slots), jnp.nan, y.w.dtype)
-            given = lambda: conditions(y, basis, terms)
-            values = jax.lax.cond(_rank_armed(events, slots), given, unknown)
+            values = jax.lax.cond(rank_armed, lambda: conditions(y, basis, terms), unknown)
             return terms.derivative, values
 
         return watch
