@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from ._custom_types import Record
 from ._eigen import (
@@ -90,6 +90,12 @@ def _padded_rows(vectors: Basis, size: int, used: Count) -> Basis:
 def _p_diag(optimizer: AbstractOptimizer, y: FlowState) -> Vector:
     """The diagonal of `P` at `y` (one program for every flow)."""
     return preconditioner_diagonal(optimizer.preconditioner(y.opt_state, y.w))
+
+
+def _rank_armed(events: ArmedEvents, slots: tuple[str, ...]) -> Bool[Array, ""]:
+    """Whether a rank slot (`"activate"`, `"deactivate"`) of `events` is armed: only
+    while something is critical, when the flow's terms hold the whole basis's Ritz pairs."""
+    return events.armed[slots.index("activate")] | events.armed[slots.index("deactivate")]
 
 
 @eqx.filter_jit
@@ -399,11 +405,7 @@ class AbstractFlowProcess(eqx.Module):
                     products = hessian_rows(self.objective, y.w, events.track_vectors, track_used)
                     return at_y.ritz.values, track_value(products), margins
 
-                # The rank slots are armed only while something is critical, when the
-                # terms' Ritz pairs span the whole basis.
-                rank_armed = (
-                    events.armed[slots.index("activate")] | events.armed[slots.index("deactivate")]
-                )
+                rank_armed = _rank_armed(events, slots)
                 ritz, track, margins = jax.lax.cond(rank_armed, from_terms, from_products)
             index = jnp.minimum(self.ritz_index(num_critical), jnp.sum(used_rows(basis)) - 1)
             out = {
@@ -575,12 +577,12 @@ class CentralFlowProcess(AbstractFlowProcess):
         are NaN (evaluated when needed, from one batch of products)."""
         field, conditions = self.field(num_critical), self.conditions(events, num_critical)
         slots = self.slots(num_critical)
-        rank_armed = events.armed[slots.index("activate")] | events.armed[slots.index("deactivate")]
 
         def watch(y, basis):
             terms = field.terms(y, basis)
             unknown = lambda: jnp.full(len(slots), jnp.nan, y.w.dtype)
-            values = jax.lax.cond(rank_armed, lambda: conditions(y, basis, terms), unknown)
+            given = lambda: conditions(y, basis, terms)
+            values = jax.lax.cond(_rank_armed(events, slots), given, unknown)
             return terms.derivative, values
 
         return watch
