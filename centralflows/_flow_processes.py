@@ -375,52 +375,79 @@ class AbstractFlowProcess(eqx.Module):
         """`(y, basis, terms=None) -> c`, entry i rising through 0 where the event in
         slot i (`slots`) happens, and -inf where that slot is disarmed. While a rank slot
         is armed, the flow's terms at `y` (evaluated unless given) give the Ritz values
-        and one SDCP branch the rank margins (one more product gives the track slot's);
-        otherwise one batch of Hessian-vector products gives the Ritz and track values."""
-        slots = self.slots(num_critical)
+        and one SDCP branch the rank margins (`conditions_from_terms`); otherwise one
+        batch of Hessian-vector products gives the Ritz and track values
+        (`conditions_from_products`)."""
+        from_products = self.conditions_from_products(events, num_critical)
+        if "activate" not in self.slots(num_critical):
+            return lambda y, basis, terms=None: from_products(y, basis)
+        from_terms = self.conditions_from_terms(events, num_critical)
+        rank_armed = _rank_armed(events, self.slots(num_critical))
 
         def values(y, basis, terms=None):
-            p_diag, m = self.p_diag(y), len(basis)
-
-            def track_value(vectors_products):
-                return ritz_pairs(vectors_products, events.track_vectors, p_diag).values[0]
-
-            def from_products():
-                """Ritz and track values from one batch of products, no rank margins."""
-                spans = jnp.concatenate([basis, events.track_vectors])
-                used = used_rows(spans)
-                products = hessian_rows(self.objective, y.w, spans, used)
-                ritz = ritz_pairs(products[:m], basis, p_diag, used[:m]).values
-                return ritz, track_value(products[m:]), jnp.full(m, -jnp.inf, y.w.dtype)
-
-            if "activate" not in slots:
-                ritz, track, _ = from_products()
-            else:
-
-                def from_terms():
-                    """The rank margins, and the Ritz values the terms computed anyway."""
-                    at_y = self.field(num_critical).terms(y, basis) if terms is None else terms
-                    margins = self._margins(at_y, basis, num_critical, events.rank)
-                    track_used = used_rows(events.track_vectors)
-                    products = hessian_rows(self.objective, y.w, events.track_vectors, track_used)
-                    return at_y.ritz.values, track_value(products), margins
-
-                rank_armed = _rank_armed(events, slots)
-                ritz, track, margins = jax.lax.cond(rank_armed, from_terms, from_products)
-            index = jnp.minimum(self.ritz_index(num_critical), jnp.sum(used_rows(basis)) - 1)
-            out = {
-                "ritz": ritz[index] - events.threshold,
-                "track": track - events.track_threshold,
-            }
-            if "activate" in slots:
-                # z_{r+1} rises through 0 as X gains a direction, z_r falls as it loses one.
-                rank = events.rank
-                out["activate"] = margins[jnp.minimum(rank, num_critical - 1)]
-                out["deactivate"] = -margins[jnp.maximum(rank - 1, 0)]
-            value = jnp.stack([out[slot] for slot in slots])
-            return jnp.where(events.armed, value, -jnp.inf)
+            given = lambda: from_terms(y, basis, terms)
+            return jax.lax.cond(rank_armed, given, lambda: from_products(y, basis))
 
         return values
+
+    def conditions_from_products(
+        self, events: ArmedEvents, num_critical: Count
+    ) -> Callable[[FlowState, Basis], Float[Array, " s"]]:
+        """`(y, basis) -> c`, the `conditions` while no rank slot is armed: the Ritz and
+        track values from one batch of products (the rank slots' entries -inf)."""
+
+        def values(y, basis):
+            spans = jnp.concatenate([basis, events.track_vectors])
+            used = used_rows(spans)
+            products = hessian_rows(self.objective, y.w, spans, used)
+            m, p_diag = len(basis), self.p_diag(y)
+            ritz = ritz_pairs(products[:m], basis, p_diag, used[:m]).values
+            track = ritz_pairs(products[m:], events.track_vectors, p_diag).values[0]
+            margins = jnp.full(m, -jnp.inf, y.w.dtype)
+            return self._condition_values(events, num_critical, basis, ritz, track, margins)
+
+        return values
+
+    def conditions_from_terms(
+        self, events: ArmedEvents, num_critical: Count
+    ) -> Callable[..., Float[Array, " s"]]:
+        """`(y, basis, terms=None) -> c`, the `conditions` while a rank slot is armed
+        (something is critical, so that the terms' Ritz pairs span the whole basis): the
+        rank margins and Ritz values from the flow's terms at `y` (evaluated unless
+        given), and one more product for the track slot."""
+
+        def values(y, basis, terms=None):
+            at_y = self.field(num_critical).terms(y, basis) if terms is None else terms
+            margins = self._margins(at_y, basis, num_critical, events.rank)
+            track_used = used_rows(events.track_vectors)
+            products = hessian_rows(self.objective, y.w, events.track_vectors, track_used)
+            track = ritz_pairs(products, events.track_vectors, self.p_diag(y)).values[0]
+            ritz = at_y.ritz.values
+            return self._condition_values(events, num_critical, basis, ritz, track, margins)
+
+        return values
+
+    def _condition_values(
+        self,
+        events: ArmedEvents,
+        num_critical: Count,
+        basis: Basis,
+        ritz: Float[Array, " m"],
+        track: Scalar,
+        margins: Float[Array, " m"],
+    ) -> Float[Array, " s"]:
+        """The conditions of `events`' slots from the basis's Ritz values, the tracked
+        vector's quotient and the SDCP's rank margins."""
+        slots = self.slots(num_critical)
+        index = jnp.minimum(self.ritz_index(num_critical), jnp.sum(used_rows(basis)) - 1)
+        out = {"ritz": ritz[index] - events.threshold, "track": track - events.track_threshold}
+        if "activate" in slots:
+            # z_{r+1} rises through 0 as X gains a direction, z_r falls as it loses one.
+            rank = events.rank
+            out["activate"] = margins[jnp.minimum(rank, num_critical - 1)]
+            out["deactivate"] = -margins[jnp.maximum(rank - 1, 0)]
+        value = jnp.stack([out[slot] for slot in slots])
+        return jnp.where(events.armed, value, -jnp.inf)
 
     def observe_now(self, state: FlowProcessState, t: float) -> Observed:
         """Refresh (and grow) the tracked eigenpairs, plan the critical set, and log, at
@@ -575,17 +602,16 @@ class CentralFlowProcess(AbstractFlowProcess):
         the Ritz values and the rank margins, and one more product the track slot's: the
         conditions then come with each evaluation of the vector field. Otherwise they
         are NaN (evaluated when needed, from one batch of products)."""
-        field, conditions = self.field(num_critical), self.conditions(events, num_critical)
-        slots = self.slots(num_critical)
+        field, slots = self.field(num_critical), self.slots(num_critical)
+        from_terms = self.conditions_from_terms(events, num_critical)
 
-        def watch(y, basis):
+        def watched(y, basis):
             terms = field.terms(y, basis)
             unknown = lambda: jnp.full(len(slots), jnp.nan, y.w.dtype)
-            given = lambda: conditions(y, basis, terms)
-            values = jax.lax.cond(_rank_armed(events, slots), given, unknown)
-            return terms.derivative, values
+            given = lambda: from_terms(y, basis, terms)
+            return terms.derivative, jax.lax.cond(_rank_armed(events, slots), given, unknown)
 
-        return watch
+        return watched
 
     def critical_size(self, state):
         values = np.asarray(state.tracking.effective.values)  # NaN past the tracked count

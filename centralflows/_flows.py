@@ -272,7 +272,16 @@ class CentralFlow(eqx.Module):
         loss, grad = self.objective.value_and_grad(w)
         p_diag = preconditioner_diagonal(self.optimizer.preconditioner(s, w))
         used = used_rows(basis) & (k > 0)  # the Ritz pairs serve the critical space only
-        ritz = ritz_pairs(hessian_rows(self.objective, w, basis, used), basis, p_diag, used)
+        # While something is critical, over half the basis's rows are used (the rest are
+        # zero), so one batch is the cheapest way to multiply them; masked products would
+        # also compile them one at a time, a second copy of the products in every program
+        # that holds the terms.
+        products = jax.lax.cond(
+            k > 0,
+            lambda: jax.vmap(jax.linearize(self.objective.grad, w)[1])(basis),
+            lambda: jnp.zeros_like(basis),
+        )
+        ritz = ritz_pairs(products, basis, p_diag, used)
         u, hu = (jnp.where(critical[:, None], x, 0) for x in (ritz.vectors, ritz.hessian_vectors))
 
         # G_ij = ∇_w(u_iᵀ H(w) u_j) with U held fixed, one third-order product per pair
