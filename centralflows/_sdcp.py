@@ -200,15 +200,18 @@ def _smoothing_newton(
     jacobian = jax.jacfwd(lambda e, x: (residual(e, x),) * 2, argnums=(0, 1), has_aux=True)
     solve = lambda a, b: jnp.linalg.solve(a.reshape(b.size, b.size), b.reshape(-1))
 
+    def rounding(x):
+        """The rounding error of `F` at `x`."""
+        z = x - alpha - apply_operator(operator, x)
+        return 100 * jnp.finfo(x.dtype).eps * (jnp.linalg.norm(x) + jnp.linalg.norm(z))
+
     def newton_step(state):
         x = state.x
         f_x, f = newton_jacobian(x)
         new_x = x - solve(f_x, f).reshape(x.shape)
         # The watchdog: back to the best iterate, smoothed, once Newton stops progressing.
         merit = jnp.sum(f**2)
-        z = x - alpha - apply_operator(operator, x)
-        rounding = 100 * jnp.finfo(x.dtype).eps * (jnp.linalg.norm(x) + jnp.linalg.norm(z))
-        improved = (merit < (1 - sigma) * state.best_merit) | (merit <= rounding**2)
+        improved = (merit < (1 - sigma) * state.best_merit) | (merit <= rounding(x) ** 2)
         best_x = jnp.where(improved, x, state.best_x)
         best_merit = jnp.where(improved, merit, state.best_merit)
         stale = jnp.where(improved, 0, state.stale + 1)
@@ -262,8 +265,11 @@ def _smoothing_newton(
         )
 
     def converged(state):
-        small_step = jnp.max(jnp.abs(state.diff) / (atol + rtol * jnp.abs(state.x))) < 1
-        return small_step & (state.previous_residual < atol)
+        # Neither tolerance below the residual's rounding error (float32's is far above
+        # the default atol): else every solve would run to `max_steps`.
+        floor = jnp.maximum(atol, rounding(state.x))
+        small_step = jnp.max(jnp.abs(state.diff) / (floor + rtol * jnp.abs(state.x))) < 1
+        return small_step & (state.previous_residual < floor)
 
     def not_done(state):
         return ~converged(state) & ~state.stalled & (state.num_steps < max_steps)
@@ -340,7 +346,9 @@ def sdcp_solve(
     - `operator`: `(k, k, k, k)` tensor of the linear term.
     - `x0`: optional warm start.
     - `rtol`, `atol`, `max_steps`: the tolerances of optimistix's Cauchy criterion
-        (`|ΔX| < atol + rtol·|X|` and `|residual| < atol`) and the cap on all steps.
+        (`|ΔX| < atol + rtol·|X|` and `|residual| < atol`, `atol` raised to the
+        residual's rounding error where that is larger, as in float32) and the cap on
+        all steps.
 
     **Returns:** an `SDCPSolution`; `residual` is the max-norm of the natural residual,
     `result` `nonlinear_divergence` where the line search found no decrease (at the

@@ -111,15 +111,20 @@ def test_newtons_steps_are_taken_where_newton_converges(seed, k):
     np.testing.assert_allclose(sol.X, newton.value, rtol=1e-12, atol=1e-14)  # LU's rounding
 
 
-def test_float32():
-    # A positive definite instance that Newton alone does not solve (see above), with the
-    # default tolerances unattainable in float32: the residual at its rounding error.
-    alpha, operator = random_instance(31, 4)
+@pytest.mark.parametrize("seed, k", [(31, 4), (2, 5), (3, 8)])
+def test_float32(seed, k):
+    # Positive definite instances (the first one Newton alone does not solve, see above)
+    # with the default tolerances below float32's rounding: the residual at its rounding
+    # error, and the solve converged there rather than running to its step limit.
+    alpha, operator = random_instance(seed, k)
     with jax.enable_x64(False):
         sol = sdcp_solve(alpha.astype(jnp.float32), operator.astype(jnp.float32))
     assert sol.X.dtype == jnp.float32
     scale = (1 + np.abs(alpha).max()) * (1 + np.abs(operator).max() * np.abs(sol.X).max())
     assert float(sol.residual) <= 100 * np.finfo(np.float32).eps * scale
+    assert sol.result == optx.RESULTS.successful
+    assert int(sol.num_steps) < 64  # the default max_steps
+    np.testing.assert_allclose(sol.X, sdcp_solve(alpha, operator).X, atol=1e-4)
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
