@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ._cache import enable_compilation_cache
 from ._discrete import discrete_steps
 from ._eigen import EigConfig, preconditioner_diagonal
-from ._flow_processes import FLOW_PROCESSES
+from ._flow_processes import FLOW_PROCESSES, STATIONARY_TOLERANCE
 from ._integrate import FlowOptions
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
@@ -172,12 +172,12 @@ def _advance_flows(flows, states, t0: int, rows: int, limit: float = np.inf):
 
 
 _SDCP_TOLERANCE = 1e-6  # max-norm of the natural residual
-_PROBLEM_KINDS = ("eig", "sdcp")  # the kinds of `_solver_problems`
+_PROBLEM_KINDS = ("eig", "sdcp", "stationary")  # the kinds of `_solver_problems`
 
 
 def _solver_problems(records, t0: int, warm_start: int) -> list[tuple[str, str, str]]:
-    """`(process, kind, message)` for a chunk's eigensolves that did not converge and
-    SDCP solves above tolerance."""
+    """`(process, kind, message)` for a chunk's eigensolves that did not converge, SDCP
+    solves above tolerance and failed solves of the stationary ν̄."""
     problems = []
     for name, record in records.items():
         if "train_loss" not in record:  # distances, deltas
@@ -206,6 +206,17 @@ def _solver_problems(records, t0: int, warm_start: int) -> list[tuple[str, str, 
                 lambda rows, where: (
                     f"the SDCP residual exceeded {_SDCP_TOLERANCE:g} {where} (max "
                     f"{np.max(residual[rows]):.3g}; NaN if the SDCP's data were not finite)"
+                ),
+            )
+        if "stationary_nu_cosine" in record:
+            report(
+                "stationary",
+                np.isnan(record["stationary_nu_cosine"]),
+                lambda rows, where: (
+                    f"the solve of the stationary ν̄ failed {where} (Josephy–Newton's step "
+                    f"limit, or a residual above {STATIONARY_TOLERANCE:g}: see "
+                    "stationary_nu_residual); stationary_nu_cosine, _distance and _sharpness "
+                    "are NaN there"
                 ),
             )
     return problems
@@ -556,9 +567,10 @@ def run(
       where its loss exceeds this many times `|L(w0)|`, the loss at `w0` (a float > 1;
       `None`: only a non-finite loss or iterate stops a process). Past that point an
       iterate usually explodes, and eigen tracking on it only costs time.
-    - `strict`: raise `SolverError` (after writing the chunk) when LOBPCG did not converge
-      or an SDCP residual exceeds 1e-6, instead of warning once per process. Either way
-      the `eig_converged` and `sdcp_residual` series record every step.
+    - `strict`: raise `SolverError` (after writing the chunk) when LOBPCG did not converge,
+      an SDCP residual exceeds 1e-6 or a solve of the stationary ν̄ failed, instead of
+      warning once per process. Either way the `eig_converged`, `sdcp_residual` and
+      `stationary_nu_residual` series record every step.
     - `checkpoint_every`: write a checkpoint at every multiple of this many steps
       (0: only at the end). A checkpoint at step t holds the state at time t, from
       which rows t onwards are computed.

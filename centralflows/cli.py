@@ -78,7 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--strict",
         action="store_true",
-        help="fail when an eigensolve does not converge or an SDCP residual is too large",
+        help=(
+            "fail when an eigensolve does not converge, an SDCP residual is too large or a "
+            "solve of the stationary ν̄ fails"
+        ),
     )
     run.add_argument(
         "--dry-run",

@@ -3,6 +3,7 @@
 import pathlib
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
@@ -10,6 +11,7 @@ import pytest
 import scipy.optimize
 
 import centralflows as cf
+from centralflows import _flow_processes
 from centralflows._config import ConfigError, load_config
 from centralflows._experiment import (
     make_eig_config,
@@ -19,7 +21,8 @@ from centralflows._experiment import (
 )
 from centralflows._flows import CentralFlow, FlowState
 from centralflows._integrate import FlowOptions
-from centralflows._stationary import stationary_nu
+from centralflows._run import _solver_problems
+from centralflows._stationary import StationaryNu, stationary_nu
 
 from .helpers import dense_hessian, small_mlp_objective
 
@@ -224,3 +227,30 @@ def test_the_stationary_flow_holds_the_edge_and_the_central_flow_logs_its_distan
     # the falling gradient (float32: ‖ν − ν̄‖/‖ν̄‖ 0.001, 0.88, 2.3 at t = 0, 1, 2).
     distance = central["stationary_nu_distance"]
     assert distance[0] < 0.01 and distance[-1] > 0.5
+
+
+@pytest.mark.parametrize(
+    "residual, result",
+    [(0.8, optx.RESULTS.successful), (1e-9, optx.RESULTS.nonlinear_max_steps_reached)],
+)
+def test_a_failed_solve_of_the_stationary_nu_is_logged_as_such(monkeypatch, residual, result):
+    # A solve of ν̄ that reached Josephy–Newton's step limit, or whose residual is above
+    # STATIONARY_TOLERANCE, logs its residual and NaN for the rest (not a wrong cosine),
+    # and `_solver_problems` reports it (the run warns once, or with `strict` raises).
+    objective, optimizer, y = toy_point(-1.5, 0.0036)
+    options = FlowOptions(tau=TAU, stationary_nu=True)
+    process = _flow_processes.CentralFlowProcess(objective, optimizer, cf.EigConfig(), options)
+    state = process.init(y.w, jax.random.key(0), y.opt_state)
+    failed = StationaryNu(
+        jnp.asarray(0.004), jnp.zeros((2, 2)), jnp.asarray(residual), result, jnp.asarray(32)
+    )
+    monkeypatch.setattr(type(process), "stationary_point", lambda self, state: (state, failed))
+    record = process._stationary_record(state)
+    assert float(record["stationary_nu_residual"]) == residual
+    for name in ("cosine", "distance", "sharpness"):
+        assert np.isnan(record[f"stationary_nu_{name}"])
+    rows = {name: np.asarray([value]) for name, value in record.items()}
+    rows.update(train_loss=np.ones(1), eig_converged=np.ones(1), sdcp_residual=np.zeros(1))
+    [(name, kind, message)] = _solver_problems({"central": rows}, 0, 10)
+    assert (name, kind) == ("central", "stationary")
+    assert message.startswith("the solve of the stationary ν̄ failed at 1 step(s) from step 10")
