@@ -115,7 +115,7 @@ def _newton_root(
     params: PyTree,
     max_steps: int,
     rtol: float = 1e-10,
-    atol: float = 1e-12,
+    atol: float | Float[Array, ""] = 1e-12,
 ) -> tuple[Matrix, optx.RESULTS]:
     """A root of `residual(·, params)` by Newton's method (optimistix) from `x0`,
     symmetrized, differentiable in `params` by `_implicit_root`."""
@@ -179,6 +179,12 @@ class _SmoothingNewtonState(eqx.Module):
     stalled: Bool[Array, ""]
 
 
+def _rounding(x: Matrix, alpha: Matrix, operator: Operator) -> Float[Array, ""]:
+    """The rounding error of the natural residual `X − Π(X − α − B[X])` at `x`."""
+    z = x - alpha - apply_operator(operator, x)
+    return 100 * jnp.finfo(x.dtype).eps * (jnp.linalg.norm(x) + jnp.linalg.norm(z))
+
+
 def _smoothing_newton(
     alpha: Matrix, operator: Operator, x0: Matrix, max_steps: int, rtol: float, atol: float
 ) -> tuple[Matrix, optx.RESULTS, Int[Array, ""]]:
@@ -200,18 +206,14 @@ def _smoothing_newton(
     jacobian = jax.jacfwd(lambda e, x: (residual(e, x),) * 2, argnums=(0, 1), has_aux=True)
     solve = lambda a, b: jnp.linalg.solve(a.reshape(b.size, b.size), b.reshape(-1))
 
-    def rounding(x):
-        """The rounding error of `F` at `x`."""
-        z = x - alpha - apply_operator(operator, x)
-        return 100 * jnp.finfo(x.dtype).eps * (jnp.linalg.norm(x) + jnp.linalg.norm(z))
-
     def newton_step(state):
         x = state.x
         f_x, f = newton_jacobian(x)
         new_x = x - solve(f_x, f).reshape(x.shape)
         # The watchdog: back to the best iterate, smoothed, once Newton stops progressing.
         merit = jnp.sum(f**2)
-        improved = (merit < (1 - sigma) * state.best_merit) | (merit <= rounding(x) ** 2)
+        rounding = _rounding(x, alpha, operator)
+        improved = (merit < (1 - sigma) * state.best_merit) | (merit <= rounding**2)
         best_x = jnp.where(improved, x, state.best_x)
         best_merit = jnp.where(improved, merit, state.best_merit)
         stale = jnp.where(improved, 0, state.stale + 1)
@@ -267,7 +269,7 @@ def _smoothing_newton(
     def converged(state):
         # Neither tolerance below the residual's rounding error (float32's is far above
         # the default atol): else every solve would run to `max_steps`.
-        floor = jnp.maximum(atol, rounding(state.x))
+        floor = jnp.maximum(atol, _rounding(state.x, alpha, operator))
         small_step = jnp.max(jnp.abs(state.diff) / (floor + rtol * jnp.abs(state.x))) < 1
         return small_step & (state.previous_residual < floor)
 
@@ -419,4 +421,9 @@ def rank_branch(alpha: Matrix, operator: Operator, rank: Rank, x0: Matrix) -> Ma
     if isinstance(rank, int) and rank == 0:
         return jnp.zeros_like(alpha)
     residual = lambda x, p: natural_residual(x, *p)
-    return _newton_root(residual, x0, (alpha, _regularized(operator), rank), 64)[0]
+    operator = _regularized(operator)
+    # No tolerance below the residual's rounding error (float32's is far above the
+    # default atol): else every call would run to the step limit.
+    atol = jax.lax.stop_gradient(jnp.maximum(1e-12, _rounding(x0, alpha, operator)))
+    rtol = max(1e-10, 100 * float(jnp.finfo(alpha.dtype).eps))
+    return _newton_root(residual, x0, (alpha, operator, rank), 64, rtol, atol)[0]

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from centralflows import _sdcp
 from centralflows._sdcp import (
     _regularized,
     apply_operator,
@@ -225,6 +226,28 @@ def test_the_rank_branch_is_the_solution_at_its_own_rank(seed, k):
     assert np.all(np.asarray(margins[rank:]) <= 1e-10)
     branch = rank_branch(alpha, operator, rank, sol.X + 1e-3 * jnp.eye(k))
     np.testing.assert_allclose(branch, sol.X, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed, k", [(31, 4), (2, 5), (3, 8)])
+def test_the_rank_branch_in_float32_stops_at_its_rounding_error(monkeypatch, seed, k):
+    # From the SDCP's solution, at its own rank, Newton's first step lands on the branch;
+    # with the default tolerances below float32's rounding it would take all 64.
+    alpha, operator = random_instance(seed, k)
+    evaluations = []
+    counted = lambda x, *p: (
+        jax.debug.callback(lambda: evaluations.append(1)),
+        natural_residual(x, *p),
+    )[1]
+    monkeypatch.setattr(_sdcp, "natural_residual", counted)
+    with jax.enable_x64(False):
+        alpha, operator = alpha.astype(jnp.float32), operator.astype(jnp.float32)
+        sol = sdcp_solve(alpha, operator)
+        rank = int(np.sum(np.asarray(complementarity_margins(sol.X, alpha, operator)) > 0))
+        evaluations.clear()
+        branch = rank_branch(alpha, operator, rank, sol.X)
+    assert branch.dtype == jnp.float32
+    np.testing.assert_allclose(branch, sol.X, atol=1e-5)
+    assert 0 < len(evaluations) <= 4
 
 
 def test_the_rank_branch_continues_past_a_change_of_rank():
