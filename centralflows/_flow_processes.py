@@ -117,7 +117,8 @@ def _state_record(state: FlowProcessState, p_diag: Vector) -> Record:
 class PlannedSegment(NamedTuple):
     """One integrated segment, as planned from concrete values: from `t0` to `t1`
     (where `event`, if not `None`, stopped it), first step `dt`, no step longer than
-    `dt_max`, `num_critical` critical directions in the frozen `basis`."""
+    `dt_max`, `num_critical` critical directions in the frozen `basis`, of which X
+    spans `rank` (the SDCP's active rank)."""
 
     t0: float
     t1: float
@@ -126,6 +127,7 @@ class PlannedSegment(NamedTuple):
     basis: Basis
     event: Event | None
     dt_max: float = math.inf
+    rank: int = 0
 
 
 class Observed(NamedTuple):
@@ -206,8 +208,9 @@ class AbstractFlowProcess(eqx.Module):
         return _padded_rows(effective.vectors, size, critical_count(used))
 
     @abc.abstractmethod
-    def field(self, num_critical: Count) -> CentralFlow | StableFlow:
-        """The vector field with `num_critical` critical directions."""
+    def field(self, num_critical: Count, rank: Count | None = None) -> CentralFlow | StableFlow:
+        """The vector field with `num_critical` critical directions (X held at active
+        `rank` where given: `CentralFlow`)."""
 
     def critical_size(self, state: FlowProcessState) -> int:
         """How many tracked directions are critical (from concrete eigenvalues)."""
@@ -326,18 +329,20 @@ class AbstractFlowProcess(eqx.Module):
         events: ArmedEvents | None,
         dt_max: Scalar,
         terms: CentralTerms | None = None,
+        rank: Count | None = None,
     ) -> Segment:
         """Integrate from `(t0, y)` towards `t1` in the frozen `basis` in steps of at
         most `dt_max`, stopping where the first armed slot of `events` (if given) rises
         through 0; `Segment.event` is that slot's number. `terms`, the flow's terms at
-        `y` where known (`point_terms`), give its first stage and initial conditions."""
+        `y` where known (`point_terms`), give its first stage and initial conditions;
+        `rank`, where given, the active rank X is held at (`field`)."""
         conditions = None if events is None else self.conditions(events, num_critical)
         start = None
         if terms is not None:
             initial = None if conditions is None else conditions(y, basis, terms)
             start = SegmentStart(terms.derivative, initial)
         return integrate_segment(
-            self.field(num_critical),
+            self.field(num_critical, rank),
             y,
             t0,
             t1,
@@ -507,8 +512,9 @@ class AbstractFlowProcess(eqx.Module):
                 break
             fired = self.fired_event(events, k, int(segment.event))
             if trace is not None:
+                rank = next((e.rank for e in events if e.kind.changes_rank), 0)
                 trace.append(
-                    PlannedSegment(now, float(segment.t), state.dt, k, basis, fired, dt_max)
+                    PlannedSegment(now, float(segment.t), state.dt, k, basis, fired, dt_max, rank)
                 )
             state = eqx.tree_at(lambda s: (s.y, s.dt), state, (segment.y, segment.dt))
             now = float(segment.t)
@@ -550,8 +556,8 @@ class StableFlowProcess(AbstractFlowProcess):
     options: FlowOptions
     name: ClassVar[str] = "stable"
 
-    def field(self, num_critical: Count) -> StableFlow:
-        del num_critical
+    def field(self, num_critical: Count, rank: Count | None = None) -> StableFlow:
+        del num_critical, rank
         return StableFlow(self.objective, self.optimizer, self.options.modified)
 
     def plan(self, state, now, fired=None, margins=None):
@@ -589,12 +595,13 @@ class CentralFlowProcess(AbstractFlowProcess):
     options: FlowOptions
     name: ClassVar[str] = "central"
 
-    def field(self, num_critical: Count) -> CentralFlow:
+    def field(self, num_critical: Count, rank: Count | None = None) -> CentralFlow:
         return CentralFlow(
             self.objective,
             self.optimizer,
             self.options.tau,
             num_critical,
+            rank,
             modified=self.options.modified,
         )
 
@@ -805,12 +812,13 @@ class CentralNoPenaltyFlowProcess(CentralFlowProcess):
     def check_optimizer(cls, optimizer: AbstractOptimizer) -> None:
         check_penalty_free(optimizer)
 
-    def field(self, num_critical: Count) -> CentralFlow:
+    def field(self, num_critical: Count, rank: Count | None = None) -> CentralFlow:
         return CentralFlow(
             self.objective,
             self.optimizer,
             self.options.tau,
             num_critical,
+            rank,
             penalty=False,
             modified=self.options.modified,
         )
@@ -841,11 +849,11 @@ class StationaryFlowProcess(CentralFlowProcess):
     def logs_stationary_nu(self) -> bool:
         return False  # ν is ν̄
 
-    def central_field(self, num_critical: Count) -> CentralFlow:
-        return super().field(num_critical)
+    def central_field(self, num_critical: Count, rank: Count | None = None) -> CentralFlow:
+        return super().field(num_critical, rank)
 
-    def field(self, num_critical: Count) -> StationaryFlow:
-        return StationaryFlow(self.central_field(num_critical))
+    def field(self, num_critical: Count, rank: Count | None = None) -> StationaryFlow:
+        return StationaryFlow(self.central_field(num_critical, rank))
 
     def refresh(self, state: FlowProcessState, tracking: Tracking) -> FlowProcessState:
         """ν ← ν̄(w), with the tracked eigenpairs at P(ν̄) (`stationary_point`)."""

@@ -12,7 +12,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 from ._eigen import below, masked_products, preconditioner_diagonal
 from ._objective import Objective
 from ._optimizers import GD, AbstractOptimizer
-from ._sdcp import SDCPSolution, pad_sdcp, sdcp_solve
+from ._sdcp import SDCPSolution, pad_sdcp, rank_branch, sdcp_solve
 
 Vector = Float[Array, " n"]
 Basis = Float[Array, "m n"]
@@ -240,6 +240,12 @@ class CentralFlow(eqx.Module):
     first one. The term enters `dM/dt` like the rest of `dw/dt`, so `X` still holds the
     stability constraint.
 
+    With `rank`, `X` is held on the SDCP's branch of that active rank (`rank_branch`):
+    the SDCP's solution while it has that rank, continued smoothly past a change of it.
+    Between two changes of rank this is the same flow, but a solver stage evaluated off
+    the path cannot switch `X`'s rank (where it does, the step's derivative takes the
+    other branch's over the whole step): a replay differentiates the flow in this form.
+
     ??? cite "Reference"
         ```bibtex
         @inproceedings{cohen2025central,
@@ -255,6 +261,7 @@ class CentralFlow(eqx.Module):
     optimizer: AbstractOptimizer
     tau: float | Scalar
     num_critical: int | Int[Array, ""]  # at most the basis's rows; may be traced
+    rank: int | Int[Array, ""] | None = None  # X's rank held (None: X solves the SDCP)
     penalty: bool = eqx.field(default=True, static=True)
     modified: bool = eqx.field(default=False, static=True)
 
@@ -352,7 +359,7 @@ class CentralFlow(eqx.Module):
         m = jnp.diag(2 - lam)  # Uᵀ(2P − H)U with UᵀPU = I, UᵀHU = Λ
         alpha, operator = pad_sdcp(a + m / self.tau, operator, critical)
         sdcp = sdcp_solve(alpha, operator)
-        x = sdcp.X
+        x = sdcp.X if self.rank is None else rank_branch(alpha, operator, self.rank, sdcp.X)
         dw, ds, _ = rates(x)
         hh = hu @ hu.T
         return CentralTerms(

@@ -125,10 +125,11 @@ def _observe(
 @eqx.filter_jit
 @eqx.filter_checkpoint
 def _velocity(
-    process: AbstractFlowProcess, num_critical: Count, y: FlowState, basis: Basis
+    process: AbstractFlowProcess, num_critical: Count, rank: Count, y: FlowState, basis: Basis
 ) -> FlowState:
-    """The vector field at `y` (recomputed in reverse mode rather than kept)."""
-    return process.field(num_critical)(None, y, basis)
+    """The vector field at `y`, X held at active `rank` (recomputed in reverse mode rather
+    than kept)."""
+    return process.field(num_critical, rank)(None, y, basis)
 
 
 @eqx.filter_jit
@@ -137,12 +138,13 @@ def _condition_and_rate(
     process: AbstractFlowProcess,
     events: ArmedEvents,
     num_critical: Count,
+    rank: Count,
     y: FlowState,
     basis: Basis,
 ) -> tuple[Scalar, Scalar, FlowState]:
     """The condition of the one event armed in `events` at `y`, its rate of change along
-    the flow, and the flow's velocity there. The event is data, so that one program
-    serves every event.
+    the flow, and the flow's velocity there (X held at active `rank`). The event is
+    data, so that one program serves every event.
 
     The rate carries no derivative: it is Newton's slope, and the event time's
     implicit derivative `−dc / (dc/dt)` holds it fixed. Its own derivative is second
@@ -151,7 +153,7 @@ def _condition_and_rate(
     their zero gap: NaN, which any cotangent reaching the rate, even a zero one (e.g.
     from the untaken side of a `jnp.where`), would carry into the gradient."""
     conditions = process.conditions(events, num_critical)
-    velocity = _velocity(process, num_critical, y, basis)
+    velocity = _velocity(process, num_critical, rank, y, basis)
     value, rate = jax.jvp(lambda x: jnp.max(conditions(x, basis)), (y,), (velocity,))
     return value, jax.lax.stop_gradient(rate), velocity
 
@@ -172,7 +174,9 @@ def _through_event(
     The solve located the event on the solver's dense output; here Newton's method on
     the event condition `c` stops the integration just before it (so that no solver
     step straddles the switch of vector field, whose derivative would then be taken
-    over the whole step), and the event time is extrapolated linearly from there:
+    over the whole step; for the same reason X is held at the segment's active rank,
+    as no stage, evaluated off the path, may switch it), and the event time is
+    extrapolated linearly from there:
     `t_e = t − c / (dc/dt)`, whose derivative is the implicit one, `−dc / (dc/dt)`.
     The next segment starts at its planned time, so its start is moved back along the
     new vector field to there: the state's derivative jumps by `(f_before − f_after)
@@ -186,25 +190,25 @@ def _through_event(
     from at its planned start (`None` basis if the flow stopped at the event), and the
     event time.
     """
-    k = critical_count(segment.num_critical)
+    k, rank = critical_count(segment.num_critical), critical_count(segment.rank)
     armed = process.arm((segment.event,), k, y.w)
 
     def integrate(t1):
         t0, dt_max = jnp.asarray(segment.t0), jnp.asarray(segment.dt_max)
-        return process.segment(y, segment.dt, basis, t0, t1, k, None, dt_max).y
+        return process.segment(y, segment.dt, basis, t0, t1, k, None, dt_max, rank=rank).y
 
     # Newton's method on the event time, to a point just before the event (c < 0): a
     # solver step that straddled the switch would differentiate the new vector field's
     # terms over the whole step. c is only as accurate as the solve, so the event time
     # is then extrapolated linearly from there, which also carries its derivative.
-    # Past an active-rank event the vector field is no longer the one whose rate c uses,
-    # so a Newton step from there can crawl: after two points past it in a row, bisect
-    # between the last times known to lie before and after it.
+    # Where c creeps through 0, Newton's steps from past the event can crawl: after two
+    # points past it in a row, bisect between the last times known to lie before and
+    # after it.
     t_end, before, after, past = segment.t1, segment.t0, None, 0
     for i in range(_NEWTON_STEPS):
         window = _EVENT_TOLERANCE * 2.0 ** max(0, i - 2)
         end = integrate(jnp.asarray(t_end))
-        value, rate, velocity = _condition_and_rate(process, armed, k, end, basis)
+        value, rate, velocity = _condition_and_rate(process, armed, k, rank, end, basis)
         gap = float(jax.lax.stop_gradient(value / rate))
         if -window < gap <= 0:
             break
@@ -247,9 +251,10 @@ def _through_event(
     if following is None or following.t0 != segment.t1:  # the flow stopped here
         return end, None, t_event
     end = _axpy(delta, velocity, end)
-    before = _velocity(process, k, end, basis)
+    before = _velocity(process, k, rank, end, basis)
     next_basis = _basis(process, end, following.basis)
-    after = _velocity(process, critical_count(following.num_critical), end, next_basis)
+    k_after, rank_after = (critical_count(n) for n in (following.num_critical, following.rank))
+    after = _velocity(process, k_after, rank_after, end, next_basis)
     # Zero, but its derivative moves the old field's share of the jump to the event:
     # `(f_before(y_e) − f_after(y_e)) dt_e`, right to O(δ²) rather than O(δ).
     at_event = jtu.tree_map(jnp.subtract, before, velocity)
@@ -263,12 +268,13 @@ def _unit(
     y: FlowState,
     times: tuple[Scalar, Scalar, Scalar, Scalar],
     num_critical: Count,
+    rank: Count,
     basis: Basis,
 ) -> FlowState:
     """Integrate an event-free segment from `y` over `times = (t0, t1, dt, dt_max)` in
-    `basis`."""
+    `basis`, X held at active `rank`."""
     t0, t1, dt, dt_max = times
-    return process.segment(y, dt, basis, t0, t1, num_critical, None, dt_max).y
+    return process.segment(y, dt, basis, t0, t1, num_critical, None, dt_max, rank=rank).y
 
 
 def replay(
@@ -302,7 +308,7 @@ def replay(
                 # critical); either way computed here, so that one program serves both a
                 # basis carried across an event and one made at the segment's start.
                 basis = _basis(process, y, segment.basis) if k > 0 else segment.basis
-            y = _unit(process, y, span, critical_count(k), basis)
+            y = _unit(process, y, span, critical_count(k), critical_count(segment.rank), basis)
             basis = None
             continue
         if basis is None:
