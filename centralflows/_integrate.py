@@ -188,6 +188,16 @@ class _Watching(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
     the step's error is the flow state's alone."""
 
     solver: dfx.AbstractRungeKutta
+    # What diffrax's adjoints set on a Runge–Kutta solver for forward-mode autodiff (how
+    # its stages loop), handed on to `solver`.
+    scan_kind: str | None = None
+
+    def _inner(self) -> dfx.AbstractRungeKutta:
+        if self.scan_kind is None:
+            return self.solver
+        return eqx.tree_at(
+            lambda s: s.scan_kind, self.solver, self.scan_kind, is_leaf=lambda x: x is None
+        )
 
     @property
     def term_structure(self):
@@ -208,10 +218,10 @@ class _Watching(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         return self.solver.error_order(terms)
 
     def init(self, terms, t0, t1, y0, args):
-        return self.solver.init(terms, t0, t1, y0, args)
+        return self._inner().init(terms, t0, t1, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        y1, y_error, dense_info, solver_state, result = self.solver.step(
+        y1, y_error, dense_info, solver_state, result = self._inner().step(
             terms, t0, t1, y0, args, solver_state, made_jump
         )
         _, last_stage = solver_state
@@ -220,7 +230,7 @@ class _Watching(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         return y1, y_error, dense_info, solver_state, result
 
     def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
+        return self._inner().func(terms, t0, y0, args)
 
 
 def _unwatched(y):
