@@ -40,7 +40,7 @@ from ._integrate import FlowOptions, Segment, SegmentStart, integrate_segment
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import grow, initial_opt_state
-from ._sdcp import complementarity_margins, rank_branch
+from ._sdcp import complementarity_margins, rank_branch, sdcp_tolerance
 from ._stationary import (
     StationaryFlow,
     StationaryNu,
@@ -689,7 +689,11 @@ class CentralFlowProcess(AbstractFlowProcess):
         `rank` (default: at its solution): while X has rank r, the r first are positive
         and the rest negative. With r = 0 the first is `−λ_min(α)`, positive once X = 0
         no longer solves the SDCP (the EOS onset)."""
-        x = terms.X if rank is None else rank_branch(terms.alpha, terms.operator, rank, terms.X)
+        if rank is None:
+            x = terms.X
+        else:
+            tolerance = sdcp_tolerance(terms.sdcp)
+            x = rank_branch(terms.alpha, terms.operator, rank, terms.X, tolerance)
         critical = jnp.arange(len(basis)) < num_critical
         return complementarity_margins(x, terms.alpha, terms.operator, critical)
 

@@ -12,7 +12,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 from ._eigen import below, masked_products, preconditioner_diagonal
 from ._objective import Objective
 from ._optimizers import GD, AbstractOptimizer
-from ._sdcp import SDCPSolution, pad_sdcp, rank_branch, sdcp_solve
+from ._sdcp import SDCPSolution, pad_sdcp, rank_branch, sdcp_solve, sdcp_tolerance
 
 Vector = Float[Array, " n"]
 Basis = Float[Array, "m n"]
@@ -359,7 +359,10 @@ class CentralFlow(eqx.Module):
         m = jnp.diag(2 - lam)  # Uᵀ(2P − H)U with UᵀPU = I, UᵀHU = Λ
         alpha, operator = pad_sdcp(a + m / self.tau, operator, critical)
         sdcp = sdcp_solve(alpha, operator)
-        x = sdcp.X if self.rank is None else rank_branch(alpha, operator, self.rank, sdcp.X)
+        if self.rank is None:
+            x = sdcp.X
+        else:
+            x = rank_branch(alpha, operator, self.rank, sdcp.X, sdcp_tolerance(sdcp))
         dw, ds, _ = rates(x)
         hh = hu @ hu.T
         return CentralTerms(

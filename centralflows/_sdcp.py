@@ -175,6 +175,7 @@ class _SmoothingNewtonState(eqx.Module):
     stale: Int[Array, ""]  # Newton steps since best_merit last decreased
     diff: Matrix  # the last step, and max(ε, |F_ε|) where it was taken
     previous_residual: Float[Array, ""]
+    earlier_residual: Float[Array, ""]  # the step before's `previous_residual`
     num_steps: Int[Array, ""]
     stalled: Bool[Array, ""]
 
@@ -230,6 +231,7 @@ def _smoothing_newton(
             stale=stale,
             diff=new_x - x,
             previous_residual=jnp.max(jnp.abs(f)),
+            earlier_residual=state.previous_residual,
             num_steps=state.num_steps + 1,
         )
 
@@ -262,16 +264,18 @@ def _smoothing_newton(
             smoothing=e + t * de,
             diff=t * dx,
             previous_residual=jnp.maximum(e, jnp.max(jnp.abs(f))),
+            earlier_residual=state.previous_residual,
             num_steps=state.num_steps + 1,
             stalled=~accepted,
         )
 
     def converged(state):
-        # Neither tolerance below the residual's rounding error (float32's is far above
-        # the default atol): else every solve would run to `max_steps`.
-        floor = jnp.maximum(atol, _rounding(state.x, alpha, operator))
-        small_step = jnp.max(jnp.abs(state.diff) / (floor + rtol * jnp.abs(state.x))) < 1
-        return small_step & (state.previous_residual < floor)
+        small_step = jnp.max(jnp.abs(state.diff) / (atol + rtol * jnp.abs(state.x))) < 1
+        # At the residual's rounding error Newton stops converging (in float32 far above
+        # the default atol): a step that did not halve a residual below that is the end.
+        residual, earlier = state.previous_residual, state.earlier_residual
+        rounded = (residual < _rounding(state.x, alpha, operator)) & (residual > earlier / 2)
+        return (small_step & (residual < atol)) | rounded
 
     def not_done(state):
         return ~converged(state) & ~state.stalled & (state.num_steps < max_steps)
@@ -279,7 +283,7 @@ def _smoothing_newton(
     zero, inf = jnp.zeros((), x0.dtype), jnp.full((), jnp.inf, x0.dtype)
     never = jnp.full_like(x0, jnp.inf)
     init = _SmoothingNewtonState(
-        x0, zero, zero, x0, inf, jnp.array(0), never, inf, jnp.array(0), jnp.array(False)
+        x0, zero, zero, x0, inf, jnp.array(0), never, inf, inf, jnp.array(0), jnp.array(False)
     )
     newton = jax.lax.while_loop(lambda s: not_done(s) & (s.target == 0), newton_step, init)
     final = jax.lax.while_loop(not_done, smoothing_step, newton)
@@ -348,9 +352,9 @@ def sdcp_solve(
     - `operator`: `(k, k, k, k)` tensor of the linear term.
     - `x0`: optional warm start.
     - `rtol`, `atol`, `max_steps`: the tolerances of optimistix's Cauchy criterion
-        (`|ΔX| < atol + rtol·|X|` and `|residual| < atol`, `atol` raised to the
-        residual's rounding error where that is larger, as in float32) and the cap on
-        all steps.
+        (`|ΔX| < atol + rtol·|X|` and `|residual| < atol`) and the cap on all steps. The
+        solve also ends where a residual below its rounding error (as in float32, above
+        the default `atol`) fails to halve.
 
     **Returns:** an `SDCPSolution`; `residual` is the max-norm of the natural residual,
     `result` `nonlinear_divergence` where the line search found no decrease (at the
@@ -403,7 +407,13 @@ def complementarity_margins(
     return jnp.linalg.eigvalsh(z)[::-1]
 
 
-def rank_branch(alpha: Matrix, operator: Operator, rank: Rank, x0: Matrix) -> Matrix:
+def rank_branch(
+    alpha: Matrix,
+    operator: Operator,
+    rank: Rank,
+    x0: Matrix,
+    atol: float | Float[Array, ""] = 1e-12,
+) -> Matrix:
     """The SDCP's solution with its active rank held at `rank`: the root of
     `X − Π_r(X − α − B[X])` near `x0`, with `Π_r` the truncation to the `rank` largest
     eigenpairs (`rank_projection`). It is the SDCP's solution while that has rank
@@ -415,15 +425,21 @@ def rank_branch(alpha: Matrix, operator: Operator, rank: Rank, x0: Matrix) -> Ma
     - `alpha`, `operator`: the SDCP, as for `sdcp_solve`.
     - `rank`: the active rank to hold (an int, or a traced one).
     - `x0`: the starting point, e.g. the SDCP's solution.
+    - `atol`: Newton's tolerance on the residual (`rtol` is 1e-10, or 100 ε of the
+      dtype where larger); from an SDCP's solution, the residual it reached
+      (`sdcp_tolerance`), which in float32 is far above the default.
 
     **Returns:** the `(k, k)` solution on the branch.
     """
     if isinstance(rank, int) and rank == 0:
         return jnp.zeros_like(alpha)
     residual = lambda x, p: natural_residual(x, *p)
-    operator = _regularized(operator)
-    # No tolerance below the residual's rounding error (float32's is far above the
-    # default atol): else every call would run to the step limit.
-    atol = jax.lax.stop_gradient(jnp.maximum(1e-12, _rounding(x0, alpha, operator)))
     rtol = max(1e-10, 100 * float(jnp.finfo(alpha.dtype).eps))
-    return _newton_root(residual, x0, (alpha, operator, rank), 64, rtol, atol)[0]
+    atol = jax.lax.stop_gradient(atol)
+    return _newton_root(residual, x0, (alpha, _regularized(operator), rank), 64, rtol, atol)[0]
+
+
+def sdcp_tolerance(solution: SDCPSolution) -> Float[Array, ""]:
+    """`rank_branch`'s tolerance from `solution`: ten times the residual it reached, and
+    at least the default 1e-12 (float64's solves reach below it, float32's not)."""
+    return jnp.maximum(1e-12, 10 * solution.residual)

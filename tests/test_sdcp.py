@@ -17,6 +17,7 @@ from centralflows._sdcp import (
     rank_branch,
     rank_projection,
     sdcp_solve,
+    sdcp_tolerance,
     smoothed_psd_projection,
 )
 
@@ -230,8 +231,9 @@ def test_the_rank_branch_is_the_solution_at_its_own_rank(seed, k):
 
 @pytest.mark.parametrize("seed, k", [(31, 4), (2, 5), (3, 8)])
 def test_the_rank_branch_in_float32_stops_at_its_rounding_error(monkeypatch, seed, k):
-    # From the SDCP's solution, at its own rank, Newton's first step lands on the branch;
-    # with the default tolerances below float32's rounding it would take all 64.
+    # From the SDCP's solution, at its own rank and to the residual the SDCP reached,
+    # Newton's first step lands on the branch; to the default tolerance, below float32's
+    # rounding, it would take all 64.
     alpha, operator = random_instance(seed, k)
     evaluations = []
     counted = lambda x, *p: (
@@ -244,9 +246,9 @@ def test_the_rank_branch_in_float32_stops_at_its_rounding_error(monkeypatch, see
         sol = sdcp_solve(alpha, operator)
         rank = int(np.sum(np.asarray(complementarity_margins(sol.X, alpha, operator)) > 0))
         evaluations.clear()
-        branch = rank_branch(alpha, operator, rank, sol.X)
+        branch = rank_branch(alpha, operator, rank, sol.X, sdcp_tolerance(sol))
     assert branch.dtype == jnp.float32
-    np.testing.assert_allclose(branch, sol.X, atol=1e-5)
+    np.testing.assert_allclose(branch, sol.X, rtol=1e-5, atol=1e-5)
     assert 0 < len(evaluations) <= 4
 
 
