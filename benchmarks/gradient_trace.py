@@ -26,9 +26,8 @@ jax.config.update("jax_enable_x64", True)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_grad import ARGS, toy_outcomes  # noqa: E402
-
 from centralflows.internal import count_compiles  # noqa: E402
+from tests.test_grad import ARGS, toy_outcomes  # noqa: E402
 
 # (phase, the function whose cumulative time measures it)
 PHASES = (
