@@ -116,34 +116,34 @@ def test_stationary_nu_solves_its_fixed_point_with_two_active_directions():
     assert abs(float(terms.ritz.values[1]) - 2) < 0.1
 
 
+def check_refused_for_gd(monkeypatch, config, process, match):
+    """`cf.run` refuses `process` for GD before computing anything, and the config
+    `config` (written here, GD on the toy) refuses it when loaded."""
+    monkeypatch.setattr(
+        "centralflows._run._check_start", lambda *a: pytest.fail("computed before refusing")
+    )
+    with pytest.raises(ValueError, match=match):
+        cf.run(toy_loss, jnp.zeros(2), cf.GD(0.1), steps=5, processes=[process])
+    config.write_text('[opt]\nname = "gd"\nlr = 0.1\n[problem]\nname = "toy"\n')
+    with pytest.raises(ConfigError, match=f'"{process}", which is undefined'):
+        load_config(config, [f'run.processes=["{process}"]'])
+
+
 def test_the_ablated_flow_is_refused_for_gd_before_any_computation(monkeypatch, tmp_path):
     objective = cf.Objective.from_function(toy_loss, jnp.zeros(2))
     with pytest.raises(ValueError, match="undefined for GD.*`stable`"):
         CentralFlow(objective, cf.GD(0.1), TAU, 1, penalty=False)
-    monkeypatch.setattr(
-        "centralflows._run._check_start", lambda *a: pytest.fail("computed before refusing")
+    check_refused_for_gd(
+        monkeypatch, tmp_path / "gd.toml", "central_no_penalty", "undefined for GD"
     )
-    with pytest.raises(ValueError, match="undefined for GD"):
-        cf.run(toy_loss, jnp.zeros(2), cf.GD(0.1), steps=5, processes=["central_no_penalty"])
-    config = tmp_path / "gd.toml"
-    config.write_text('[opt]\nname = "gd"\nlr = 0.1\n[problem]\nname = "toy"\n')
-    with pytest.raises(ConfigError, match='"central_no_penalty", which is undefined'):
-        load_config(config, ['run.processes=["central_no_penalty"]'])
 
 
 def test_the_stationary_flow_is_refused_for_gd_before_any_computation(monkeypatch, tmp_path):
     objective = cf.Objective.from_function(toy_loss, jnp.zeros(2))
     with pytest.raises(ValueError, match="not for GD: GD has no ν"):
         stationary_nu(CentralFlow(objective, cf.GD(0.1), TAU, 1), None, jnp.eye(2))
-    monkeypatch.setattr(
-        "centralflows._run._check_start", lambda *a: pytest.fail("computed before refusing")
-    )
-    with pytest.raises(ValueError, match="not for GD"):
-        cf.run(toy_loss, jnp.zeros(2), cf.GD(0.1), steps=5, processes=["central_stationary"])
     config = tmp_path / "gd.toml"
-    config.write_text('[opt]\nname = "gd"\nlr = 0.1\n[problem]\nname = "toy"\n')
-    with pytest.raises(ConfigError, match='"central_stationary", which is undefined'):
-        load_config(config, ['run.processes=["central_stationary"]'])
+    check_refused_for_gd(monkeypatch, config, "central_stationary", "not for GD")
     config.write_text(config.read_text().replace('"gd"\nlr = 0.1', '"rmsprop"\nlr = 0.1'))
     with pytest.raises(ConfigError, match="defined without the modified-equation term"):
         load_config(config, ['run.processes=["central_stationary"]', "central.modified=true"])

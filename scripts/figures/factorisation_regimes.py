@@ -110,6 +110,12 @@ def measure() -> dict[str, np.ndarray]:
     }
 
 
+def plot_solved(ax, regime: str, values: np.ndarray, y: float) -> None:
+    """The central flow solved at the learning rates of `CENTRAL[regime]`, against ηy."""
+    lrs, _ = CENTRAL[regime]
+    ax.plot(np.array(lrs) * y, values, "C2s", mfc="none", label="central flow, solved")
+
+
 def draw(result: dict[str, np.ndarray]):
     """The three panels."""
     figure = _figure_class()(figsize=(12, 8.4), layout="constrained")
@@ -141,14 +147,7 @@ def draw(result: dict[str, np.ndarray]):
         "C2--",
         label="central flow's: min(ηS_GF, 2)",
     )
-    lrs, _ = CENTRAL["sub"]
-    sharpness.plot(
-        np.array(lrs) * y,
-        result["central_sub_sharpness"],
-        "C2s",
-        mfc="none",
-        label="central flow, solved",
-    )
+    plot_solved(sharpness, "sub", result["central_sub_sharpness"], y)
     sharpness.plot(SUBCRITICAL * y, result["sub_limit"], "C0o", ms=4, label="GD's")
     sharpness.plot(SUBCRITICAL * y, 2 * SUBCRITICAL * y, "k:", lw=1, label="ηS_min = 2ηy")
     sharpness.axhline(2, color="k", lw=0.8)
@@ -176,14 +175,7 @@ def draw(result: dict[str, np.ndarray]):
     averaged.plot(dense * y, excess / 4, "C1-", label="GD's orbit: (y² − 1/η²)/4")
     averaged.plot(SUPERCRITICAL * y, result["super_mean_loss"], "C1o", ms=4, label="GD, measured")
     averaged.plot(dense * y, 2 * excess / 9, "C2--", label="central flow: 2(y² − 1/η²)/9")
-    lrs, _ = CENTRAL["super"]
-    averaged.plot(
-        np.array(lrs) * y,
-        result["central_super_loss"],
-        "C2s",
-        mfc="none",
-        label="central flow, solved",
-    )
+    plot_solved(averaged, "super", result["central_super_loss"], y)
     averaged.set_xlabel("ηy = ηS_min/2  (1: critical)")
     averaged.set_ylabel("time-averaged loss")
     averaged.set_title(
