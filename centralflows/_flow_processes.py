@@ -560,6 +560,15 @@ class StableFlowProcess(AbstractFlowProcess):
         del num_critical, rank
         return StableFlow(self.objective, self.optimizer, self.options.modified)
 
+    def basis(self, state: FlowProcessState, num_critical: int) -> Float[Array, "b n"]:
+        """The top `options.guard` tracked vectors (zero rows while fewer are tracked):
+        the vector field uses no basis and the conditions only its top Ritz value, so
+        that padding rows would cost products for nothing."""
+        del num_critical
+        size = min(self.options.guard, most_tracked(state.tracking, self.eig))
+        used = min(size, int(state.tracking.effective.count))
+        return _padded_rows(state.tracking.effective.vectors, size, critical_count(used))
+
     def plan(self, state, now, fired=None, margins=None):
         del fired, margins
         # A crossing already past when planned is recorded now: an event cannot fire on a
