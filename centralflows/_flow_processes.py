@@ -40,7 +40,7 @@ from ._integrate import FlowOptions, Segment, SegmentStart, integrate_segment
 from ._objective import Objective
 from ._optimizers import AbstractOptimizer
 from ._processes import grow, initial_opt_state
-from ._sdcp import complementarity_margins, rank_branch, sdcp_tolerance
+from ._sdcp import complementarity_margins, held_at_rank
 from ._stationary import (
     StationaryFlow,
     StationaryNu,
@@ -198,14 +198,17 @@ class AbstractFlowProcess(eqx.Module):
 
     def basis(self, state: FlowProcessState, num_critical: int) -> Float[Array, "b n"]:
         """The tracked vectors the vector field works in: the critical ones and
-        `options.guard` more, padded with zero rows to a power of two rows (at least
-        `guard + 2`, at most the tracked capacity), so that a handful of compiled
-        programs serve every critical-set size."""
+        `options.guard` more, padded with zero rows to `basis_width` rows (at most the
+        tracked capacity)."""
         effective = state.tracking.effective
         used = min(num_critical + self.options.guard, int(effective.count))
-        bucket = max(self.options.guard + 2, 1 << (used - 1).bit_length())
-        size = min(bucket, most_tracked(state.tracking, self.eig))
+        size = min(self.basis_width(used), most_tracked(state.tracking, self.eig))
         return _padded_rows(effective.vectors, size, critical_count(used))
+
+    def basis_width(self, used: int) -> int:
+        """The rows of a basis of `used` vectors: a power of two (at least `guard + 2`),
+        so that a handful of compiled programs serve every critical-set size."""
+        return max(self.options.guard + 2, 1 << (used - 1).bit_length())
 
     @abc.abstractmethod
     def field(self, num_critical: Count, rank: Count | None = None) -> CentralFlow | StableFlow:
@@ -387,11 +390,12 @@ class AbstractFlowProcess(eqx.Module):
         and one SDCP branch the rank margins (`conditions_from_terms`); otherwise one
         batch of Hessian-vector products gives the Ritz and track values
         (`conditions_from_products`)."""
+        slots = self.slots(num_critical)
         from_products = self.conditions_from_products(events, num_critical)
-        if "activate" not in self.slots(num_critical):
+        if "activate" not in slots:
             return lambda y, basis, terms=None: from_products(y, basis)
         from_terms = self.conditions_from_terms(events, num_critical)
-        rank_armed = _rank_armed(events, self.slots(num_critical))
+        rank_armed = _rank_armed(events, slots)
 
         def values(y, basis, terms=None):
             given = lambda: from_terms(y, basis, terms)
@@ -560,14 +564,12 @@ class StableFlowProcess(AbstractFlowProcess):
         del num_critical, rank
         return StableFlow(self.objective, self.optimizer, self.options.modified)
 
-    def basis(self, state: FlowProcessState, num_critical: int) -> Float[Array, "b n"]:
-        """The top `options.guard` tracked vectors (zero rows while fewer are tracked):
-        the vector field uses no basis and the conditions only its top Ritz value, so
-        that padding rows would cost products for nothing."""
-        del num_critical
-        size = min(self.options.guard, most_tracked(state.tracking, self.eig))
-        used = min(size, int(state.tracking.effective.count))
-        return _padded_rows(state.tracking.effective.vectors, size, critical_count(used))
+    def basis_width(self, used: int) -> int:
+        """`guard` rows, nothing critical ever: the vector field uses no basis and the
+        conditions only its top Ritz value, so that padding rows would cost products for
+        nothing."""
+        del used
+        return self.options.guard
 
     def plan(self, state, now, fired=None, margins=None):
         del fired, margins
@@ -698,11 +700,7 @@ class CentralFlowProcess(AbstractFlowProcess):
         `rank` (default: at its solution): while X has rank r, the r first are positive
         and the rest negative. With r = 0 the first is `−λ_min(α)`, positive once X = 0
         no longer solves the SDCP (the EOS onset)."""
-        if rank is None:
-            x = terms.X
-        else:
-            tolerance = sdcp_tolerance(terms.sdcp)
-            x = rank_branch(terms.alpha, terms.operator, rank, terms.X, tolerance)
+        x = held_at_rank(terms.alpha, terms.operator, terms.sdcp, rank)
         critical = jnp.arange(len(basis)) < num_critical
         return complementarity_margins(x, terms.alpha, terms.operator, critical)
 

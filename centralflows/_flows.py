@@ -12,7 +12,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 from ._eigen import below, masked_products, preconditioner_diagonal
 from ._objective import Objective
 from ._optimizers import GD, AbstractOptimizer
-from ._sdcp import SDCPSolution, pad_sdcp, rank_branch, sdcp_solve, sdcp_tolerance
+from ._sdcp import SDCPSolution, held_at_rank, pad_sdcp, sdcp_solve
 
 Vector = Float[Array, " n"]
 Basis = Float[Array, "m n"]
@@ -284,9 +284,7 @@ class CentralFlow(eqx.Module):
         # also compile them one at a time, a second copy of the products in every program
         # that holds the terms.
         products = jax.lax.cond(
-            k > 0,
-            lambda: jax.vmap(jax.linearize(self.objective.grad, w)[1])(basis),
-            lambda: jnp.zeros_like(basis),
+            k > 0, lambda: self.objective.hvps(w, basis), lambda: jnp.zeros_like(basis)
         )
         ritz = ritz_pairs(products, basis, p_diag, used)
         u, hu = (jnp.where(critical[:, None], x, 0) for x in (ritz.vectors, ritz.hessian_vectors))
@@ -359,10 +357,7 @@ class CentralFlow(eqx.Module):
         m = jnp.diag(2 - lam)  # Uᵀ(2P − H)U with UᵀPU = I, UᵀHU = Λ
         alpha, operator = pad_sdcp(a + m / self.tau, operator, critical)
         sdcp = sdcp_solve(alpha, operator)
-        if self.rank is None:
-            x = sdcp.X
-        else:
-            x = rank_branch(alpha, operator, self.rank, sdcp.X, sdcp_tolerance(sdcp))
+        x = held_at_rank(alpha, operator, sdcp, self.rank)
         dw, ds, _ = rates(x)
         hh = hu @ hu.T
         return CentralTerms(

@@ -443,3 +443,13 @@ def sdcp_tolerance(solution: SDCPSolution) -> Float[Array, ""]:
     """`rank_branch`'s tolerance from `solution`: ten times the residual it reached, and
     at least the default 1e-12 (float64's solves reach below it, float32's not)."""
     return jnp.maximum(1e-12, 10 * solution.residual)
+
+
+def held_at_rank(
+    alpha: Matrix, operator: Operator, solution: SDCPSolution, rank: Rank | None
+) -> Matrix:
+    """`solution`'s `X`, or with `rank` given its continuation on that active rank's
+    branch (`rank_branch`, to the accuracy the solve reached: `sdcp_tolerance`)."""
+    if rank is None:
+        return solution.X
+    return rank_branch(alpha, operator, rank, solution.X, sdcp_tolerance(solution))

@@ -12,12 +12,12 @@ from centralflows._sdcp import (
     _regularized,
     apply_operator,
     complementarity_margins,
+    held_at_rank,
     natural_residual,
     psd_projection,
     rank_branch,
     rank_projection,
     sdcp_solve,
-    sdcp_tolerance,
     smoothed_psd_projection,
 )
 
@@ -246,7 +246,7 @@ def test_the_rank_branch_in_float32_stops_at_its_rounding_error(monkeypatch, see
         sol = sdcp_solve(alpha, operator)
         rank = int(np.sum(np.asarray(complementarity_margins(sol.X, alpha, operator)) > 0))
         evaluations.clear()
-        branch = rank_branch(alpha, operator, rank, sol.X, sdcp_tolerance(sol))
+        branch = held_at_rank(alpha, operator, sol, rank)
     assert branch.dtype == jnp.float32
     np.testing.assert_allclose(branch, sol.X, rtol=1e-5, atol=1e-5)
     assert 0 < len(evaluations) <= 4
