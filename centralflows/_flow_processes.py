@@ -1,7 +1,6 @@
 """The stable and central flows as processes observed at integer times."""
 
 import abc
-import math
 import warnings
 from collections.abc import Callable
 from typing import ClassVar, NamedTuple
@@ -116,17 +115,16 @@ def _state_record(state: FlowProcessState, p_diag: Vector) -> Record:
 
 class PlannedSegment(NamedTuple):
     """One integrated segment, as planned from concrete values: from `t0` to `t1`
-    (where `event`, if not `None`, stopped it), first step `dt`, no step longer than
-    `dt_max`, `num_critical` critical directions in the frozen `basis`, of which X
-    spans `rank` (the SDCP's active rank)."""
+    (where `event`, if not `None`, stopped it) in solver steps ending at `step_ends`
+    (the last may pass the event), `num_critical` critical directions in the frozen
+    `basis`, of which X spans `rank` (the SDCP's active rank)."""
 
     t0: float
     t1: float
-    dt: Scalar
+    step_ends: tuple[float, ...]
     num_critical: int
     basis: Basis
     event: Event | None
-    dt_max: float = math.inf
     rank: int = 0
 
 
@@ -517,9 +515,9 @@ class AbstractFlowProcess(eqx.Module):
             fired = self.fired_event(events, k, int(segment.event))
             if trace is not None:
                 rank = next((e.rank for e in events if e.kind.changes_rank), 0)
-                trace.append(
-                    PlannedSegment(now, float(segment.t), state.dt, k, basis, fired, dt_max, rank)
-                )
+                ends = np.asarray(segment.step_ends)
+                ends = tuple(float(t) for t in ends[np.isfinite(ends)])
+                trace.append(PlannedSegment(now, float(segment.t), ends, k, basis, fired, rank))
             state = eqx.tree_at(lambda s: (s.y, s.dt), state, (segment.y, segment.dt))
             now = float(segment.t)
             if fired is not None:

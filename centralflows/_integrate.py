@@ -1,6 +1,7 @@
 """Integrating the flows with diffrax, one segment at a time."""
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import diffrax as dfx
 import equinox as eqx
@@ -42,8 +43,6 @@ class FlowOptions(eqx.Module):
     - `guard`: tracked eigenvectors beyond the critical ones kept in the Rayleigh–Ritz
       basis inside the vector field: they let the critical directions rotate within a
       unit of time, and show the next eigenvalue entering the critical set.
-    - `adjoint`: how diffrax differentiates a segment (reverse mode by default;
-      `central_flow` switches to `ForwardMode()` by itself under `jax.jvp`/`jacfwd`).
     - `modified`: add the modified-equation term `−½ P⁻¹ H P⁻¹ ∇L` to `dw/dt` (in the
       central flow, along the stable directions only), so that the flow tracks the
       optimizer's iterates to second order in the step: for GD, the gradient flow of
@@ -62,7 +61,6 @@ class FlowOptions(eqx.Module):
     max_seff: float = 100.0
     max_steps: int = eqx.field(default=1024, static=True)
     guard: int = eqx.field(default=2, static=True)
-    adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint()
     modified: bool = eqx.field(default=False, static=True)
     stationary_nu: bool = eqx.field(default=False, static=True)
 
@@ -97,22 +95,47 @@ class FlowOptions(eqx.Module):
         return _EVALS_PER_STEP[type(self.solver)]
 
 
+class ExplicitTableau(NamedTuple):
+    """An explicit Runge–Kutta method: from `y` and the vector field `f(y)` (the first
+    stage), stage `i + 1` is `f(y + h Σ_j a[i][j] k_j)` and the step ends at
+    `y + h Σ_j b_j k_j`; `fsal`: the last stage is the vector field at the step's end."""
+
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    fsal: bool
+
+
+def explicit_tableau(solver: dfx.AbstractSolver) -> ExplicitTableau:
+    """The coefficients of one of the flows' solvers (`FlowOptions.solver`)."""
+    if isinstance(solver, dfx.Euler):
+        return ExplicitTableau((), (1.0,), False)
+    tableau = solver.tableau
+    a = tuple(tuple(float(x) for x in row) for row in tableau.a_lower)
+    return ExplicitTableau(a, tuple(float(x) for x in tableau.b_sol), bool(tableau.fsal))
+
+
 class _FirstStep(dfx.AbstractStepSizeController):
     """`controller` whose first step is the traced `dt0` (cut to the segment's end
     `t_end`), given here rather than to `diffeqsolve`, which checks a traced `dt0`'s sign
     with a host callback (such a program cannot be kept in JAX's persistent compilation
     cache). Its state also holds the step that the last accepted step not cut short by
     `t_end` proposed next (at first `dt0`): the step the next segment starts with, as the
-    solver would have gone on. No step is longer than `dt_max`."""
+    solver would have gone on; and the accepted steps' end times (inf past the last),
+    which a replay steps through. No step is longer than `dt_max`."""
 
     controller: dfx.AbstractStepSizeController
     dt0: Scalar
     t_end: Scalar
     dt_max: Scalar
+    max_steps: int = eqx.field(static=True)
 
     def wrap(self, direction):
         return _FirstStep(
-            self.controller.wrap(direction), self.dt0 * direction, self.t_end, self.dt_max
+            self.controller.wrap(direction),
+            self.dt0 * direction,
+            self.t_end,
+            self.dt_max,
+            self.max_steps,
         )
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
@@ -121,17 +144,20 @@ class _FirstStep(dfx.AbstractStepSizeController):
         t_next, state = self.controller.init(
             terms, t0, t1, _unwatched(y0), first, args, func, error_order
         )
-        return t_next, (state, self.dt0)
+        ends = jnp.full(self.max_steps, jnp.inf, jnp.result_type(t0))
+        return t_next, (state, self.dt0, ends, jnp.array(0))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
-        state, proposed = state
+        state, proposed, ends, accepted = state
         y0, y1_candidate, y_error = map(_unwatched, (y0, y1_candidate, y_error))
         keep, next_t0, next_t1, jump, state, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, state
         )
         next_t1 = jnp.minimum(next_t1, next_t0 + self.dt_max)
         proposed = jnp.where(keep & (t1 < self.t_end), next_t1 - next_t0, proposed)
-        return keep, next_t0, next_t1, jump, (state, proposed), result
+        ends = jnp.where(keep, ends.at[accepted].set(t1, mode="drop"), ends)
+        state = (state, proposed, ends, accepted + keep)
+        return keep, next_t0, next_t1, jump, state, result
 
 
 class SegmentStart(eqx.Module):
@@ -188,16 +214,6 @@ class _Watching(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
     the step's error is the flow state's alone."""
 
     solver: dfx.AbstractRungeKutta
-    # What diffrax's adjoints set on a Runge–Kutta solver for forward-mode autodiff (how
-    # its stages loop), handed on to `solver`.
-    scan_kind: str | None = None
-
-    def _inner(self) -> dfx.AbstractRungeKutta:
-        if self.scan_kind is None:
-            return self.solver
-        return eqx.tree_at(
-            lambda s: s.scan_kind, self.solver, self.scan_kind, is_leaf=lambda x: x is None
-        )
 
     @property
     def term_structure(self):
@@ -218,10 +234,10 @@ class _Watching(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         return self.solver.error_order(terms)
 
     def init(self, terms, t0, t1, y0, args):
-        return self._inner().init(terms, t0, t1, y0, args)
+        return self.solver.init(terms, t0, t1, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        y1, y_error, dense_info, solver_state, result = self._inner().step(
+        y1, y_error, dense_info, solver_state, result = self.solver.step(
             terms, t0, t1, y0, args, solver_state, made_jump
         )
         _, last_stage = solver_state
@@ -230,7 +246,7 @@ class _Watching(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         return y1, y_error, dense_info, solver_state, result
 
     def func(self, terms, t0, y0, args):
-        return self._inner().func(terms, t0, y0, args)
+        return self.solver.func(terms, t0, y0, args)
 
 
 def _unwatched(y):
@@ -248,6 +264,9 @@ class Segment(eqx.Module):
     rejected: Int[Array, ""]
     failed: Bool[Array, ""]  # e.g. max_steps reached, or a non-finite step
     dt: Scalar  # the first step size for the next segment
+    # The accepted steps' end times (the last one's may pass the event that cut it
+    # short), inf past them.
+    step_ends: Float[Array, " max_steps"]
 
 
 def integrate_segment(
@@ -344,12 +363,15 @@ def integrate_segment(
         basis,
         saveat=dfx.SaveAt(t1=True, controller_state=True),
         stepsize_controller=_FirstStep(
-            options.stepsize_controller, jnp.asarray(dt0), t1, jnp.asarray(dt_max)
+            options.stepsize_controller,
+            jnp.asarray(dt0),
+            t1,
+            jnp.asarray(dt_max),
+            options.max_steps,
         ),
         event=event,
         solver_state=solver_state,
         max_steps=options.max_steps,
-        adjoint=options.adjoint,
         throw=False,
     )
     y_end = _unwatched(jtu.tree_map(lambda x: x[-1], solution.ys))
@@ -364,7 +386,7 @@ def integrate_segment(
         solution.result == dfx.RESULTS.event_occurred
     )
     t_end = solution.ts[-1]
-    _, proposed = solution.controller_state
+    _, proposed, step_ends, _ = solution.controller_state
     dt = jnp.where(constant, dt0, proposed)
     return Segment(
         y_end,
@@ -374,4 +396,5 @@ def integrate_segment(
         solution.stats["num_rejected_steps"],
         ~ok,
         dt,
+        step_ends,
     )

@@ -4,12 +4,13 @@ The discrete decisions of a flow (how many directions are critical, which event 
 each segment, how many eigenpairs are tracked) are made in Python from concrete
 eigenvalues, so `jax.grad` cannot trace them. A replay takes those decisions from a
 concrete solve and recomputes everything else as a function of the traced inputs: the
-tracked eigenbasis by `eigenbasis` (implicit eigenvector derivatives), each segment by
-diffrax, and each event time by the implicit function theorem.
+tracked eigenbasis by `eigenbasis` (implicit eigenvector derivatives), each segment in
+the solver steps the solve took, and each event time by the implicit function theorem.
 """
 
 import pathlib
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import equinox as eqx
@@ -23,6 +24,7 @@ from ._eigen import eigenbasis
 from ._events import ArmedEvents
 from ._flow_processes import AbstractFlowProcess, Count, PlannedSegment, critical_count
 from ._flows import Basis, FlowState, ritz_at
+from ._integrate import explicit_tableau
 
 _NEWTON_STEPS = 10
 # How far before the event the replay may stop, in time. Re-solving to another end time
@@ -56,16 +58,9 @@ def _memory_maps() -> int:
 
 
 def _structures(segments: list[PlannedSegment]) -> set:
-    """The structures of segment a replay compiles a program for: basis width, whether
-    a direction is critical, and the event's kind and rank."""
-    return {
-        (
-            segment.basis.shape[0],
-            segment.num_critical > 0,
-            None if segment.event is None else (segment.event.kind, segment.event.rank),
-        )
-        for segment in segments
-    }
+    """The structures of segment a replay compiles programs for: their basis widths
+    (critical counts, ranks and events are data)."""
+    return {segment.basis.shape[0] for segment in segments}
 
 
 def _check_map_limit(segments: list[PlannedSegment]) -> None:
@@ -162,6 +157,66 @@ def _axpy(a: Scalar, x: FlowState, y: FlowState) -> FlowState:
     return jtu.tree_map(lambda u, v: a * u + v, x, y)
 
 
+@eqx.filter_jit
+def _stage_point(
+    y: FlowState, h: Scalar, weights: tuple[float, ...], stages: tuple[FlowState, ...]
+) -> FlowState:
+    """`y + h Σ_j weights_j stages_j`: where a Runge–Kutta stage is evaluated, or the
+    step ends."""
+    return jtu.tree_map(
+        lambda y0, *ks: y0 + h * sum(a * k for a, k in zip(weights, ks) if a != 0), y, *stages
+    )
+
+
+def _stepper(
+    process: AbstractFlowProcess,
+    segment: PlannedSegment,
+    y: FlowState,
+    basis: Basis,
+) -> Callable[[float], FlowState]:
+    """`t -> y(t)` along `segment` from `y` at its start: the solver's steps as the solve
+    took them (its accepted `step_ends`), the last one cut at `t` (or one more step to
+    a `t` past them), X held at the segment's active rank.
+
+    The steps are the solve's own rather than an adaptive solve again, so that reverse
+    mode transposes only the vector field (one program per basis width, `_velocity`),
+    not a while loop of steps; and so that the values are those of the solve. Each
+    planned step is taken once, however many end times are asked for (the event's
+    Newton iteration)."""
+    k, rank = critical_count(segment.num_critical), critical_count(segment.rank)
+    tableau = explicit_tableau(process.options.solver)
+    field = lambda x: _velocity(process, k, rank, x, basis)
+    dtype = y.w.dtype
+    # After the first i planned steps: the time, the state and the vector field there
+    # (`None` until a step needs it).
+    taken = [(segment.t0, y, None)]
+
+    def step(t0: float, t1: float, y0: FlowState, f0: FlowState | None):
+        """`(y1, f1)`: the step's end, and the vector field there where the step gave
+        it (first same as last), else `None`."""
+        h = jnp.asarray(t1 - t0, dtype)
+        stages, point = (field(y0) if f0 is None else f0,), y0
+        for weights in tableau.a:
+            point = _stage_point(y0, h, weights, stages[: len(weights)])
+            stages += (field(point),)
+        if tableau.fsal:  # the last stage is at the step's end
+            return point, stages[-1]
+        return _stage_point(y0, h, tableau.b, stages), None
+
+    def at(t: float) -> FlowState:
+        # The planned steps that end by `t` (to round-off), then one to `t` if need be.
+        resolution = 1e-12 * max(1.0, abs(t))
+        full = [end for end in segment.step_ends if end <= t + resolution]
+        while len(taken) <= len(full):
+            t0, y0, f0 = taken[-1]
+            t1 = full[len(taken) - 1]
+            taken.append((t1, *step(t0, t1, y0, f0)))
+        t0, y0, f0 = taken[len(full)]
+        return y0 if t - t0 <= resolution else step(t0, t, y0, f0)[0]
+
+    return at
+
+
 def _through_event(
     process: AbstractFlowProcess,
     segment: PlannedSegment,
@@ -192,10 +247,7 @@ def _through_event(
     """
     k, rank = critical_count(segment.num_critical), critical_count(segment.rank)
     armed = process.arm((segment.event,), k, y.w)
-
-    def integrate(t1):
-        t0, dt_max = jnp.asarray(segment.t0), jnp.asarray(segment.dt_max)
-        return process.segment(y, segment.dt, basis, t0, t1, k, None, dt_max, rank=rank).y
+    integrate = _stepper(process, segment, y, basis)
 
     # Newton's method on the event time, to a point just before the event (c < 0): a
     # solver step that straddled the switch would differentiate the new vector field's
@@ -207,7 +259,7 @@ def _through_event(
     t_end, before, after, past = segment.t1, segment.t0, None, 0
     for i in range(_NEWTON_STEPS):
         window = _EVENT_TOLERANCE * 2.0 ** max(0, i - 2)
-        end = integrate(jnp.asarray(t_end))
+        end = integrate(t_end)
         value, rate, velocity = _condition_and_rate(process, armed, k, rank, end, basis)
         gap = float(jax.lax.stop_gradient(value / rate))
         if -window < gap <= 0:
@@ -236,7 +288,7 @@ def _through_event(
             "of basis there is not differentiated through its time).",
             stacklevel=2,
         )
-        end = integrate(jnp.asarray(segment.t1))
+        end = integrate(segment.t1)
         return end, _basis(process, end, following.basis), jnp.asarray(segment.t1)
     if gap < -_EVENT_TOLERANCE:
         warnings.warn(
@@ -262,21 +314,6 @@ def _through_event(
     return _axpy(segment.t1 - t_event, after, end), next_basis, t_event
 
 
-@eqx.filter_jit
-def _unit(
-    process: AbstractFlowProcess,
-    y: FlowState,
-    times: tuple[Scalar, Scalar, Scalar, Scalar],
-    num_critical: Count,
-    rank: Count,
-    basis: Basis,
-) -> FlowState:
-    """Integrate an event-free segment from `y` over `times = (t0, t1, dt, dt_max)` in
-    `basis`, X held at active `rank`."""
-    t0, t1, dt, dt_max = times
-    return process.segment(y, dt, basis, t0, t1, num_critical, None, dt_max, rank=rank).y
-
-
 def replay(
     process: AbstractFlowProcess, y0: FlowState, trace: list
 ) -> tuple[list[tuple[FlowState, Record]], dict[str, Scalar]]:
@@ -300,15 +337,11 @@ def replay(
     for i, segment in enumerate(segments):
         starts.append(y)
         if segment.event is None:
-            span = (jnp.asarray(segment.t0), jnp.asarray(segment.t1), segment.dt)
-            span += (jnp.asarray(segment.dt_max),)
-            k = segment.num_critical
             if basis is None:
                 # Differentiated at `y` where the vector field uses it (something is
-                # critical); either way computed here, so that one program serves both a
-                # basis carried across an event and one made at the segment's start.
-                basis = _basis(process, y, segment.basis) if k > 0 else segment.basis
-            y = _unit(process, y, span, critical_count(k), critical_count(segment.rank), basis)
+                # critical).
+                basis = _basis(process, y, segment.basis) if segment.num_critical else segment.basis
+            y = _stepper(process, segment, y, basis)(segment.t1)
             basis = None
             continue
         if basis is None:

@@ -3,7 +3,6 @@
 import math
 from collections.abc import Callable, Sequence
 
-import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -152,9 +151,6 @@ def _solve(
     objective, optimizer, w, unravel_w0 = prepare(loss, w0, optimizer, opt_state0)
     leaves = jtu.tree_leaves((objective, optimizer, w, opt_state0))
     traced = _has_tracers(leaves)
-    if any(isinstance(x, jax.interpreters.ad.JVPTracer) for x in leaves):
-        # Forward mode (jax.jvp, jacfwd): diffrax's checkpointed adjoint is reverse-only.
-        options = eqx.tree_at(lambda o: o.adjoint, options, dfx.ForwardMode())
     key = jr.key(0) if key is None else key
     process = cls(*_concrete((objective, optimizer)), eig, options)
     state = process.init(_concrete(w), key, _concrete(opt_state0))
@@ -255,10 +251,9 @@ def central_flow(
     such as `jax.tree_util.Partial(fn, strength=λ)`). The flow is first solved with
     concrete values, recording its discrete decisions (critical sets, events, tracked bases);
     that solve is then replayed with the traced inputs: eigenvectors are differentiated
-    implicitly (`eigenbasis`), the SDCP implicitly, segments by diffrax's adjoint
-    (`options.adjoint`; forward mode is chosen by itself under `jax.jvp`), event times
-    by the implicit function theorem. Not under `jax.jit` or `jax.vmap`: planning needs
-    concrete values.
+    implicitly (`eigenbasis`), the SDCP implicitly, each segment in the solver steps the
+    solve took, event times by the implicit function theorem. Not under `jax.jit` or
+    `jax.vmap`: planning needs concrete values.
 
     Turns on JAX's persistent compilation cache (`centralflows.enable_compilation_cache`;
     `CENTRALFLOWS_CACHE_DIR=off` keeps it off), so that a new process reuses the

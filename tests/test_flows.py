@@ -163,30 +163,6 @@ def test_watched_conditions_at_a_step_end_come_from_its_last_stage():
     assert counts[1] > 0  # the bisection still evaluates them inside the step
 
 
-def test_a_watched_segment_differentiates_in_forward_mode():
-    # dw/dt = −w with a watch (its condition never fires): under jax.jvp, diffrax's
-    # ForwardMode sets the Runge–Kutta solver's scan_kind, which the watching wrapper
-    # must hand on; dw(2)/dw0 = e^{−2}.
-    field = lambda t, y, basis: FlowState(-y.w, jnp.zeros(1))
-    never = lambda y: jnp.stack([-1.0 - 0 * y.w[0], -jnp.inf])
-    watch = lambda y, basis: (field(None, y, basis), never(y))
-    options = cf.FlowOptions(
-        stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-10), adjoint=dfx.ForwardMode()
-    )
-    basis = jnp.zeros((1, 1))
-
-    def end(w0):
-        y0 = FlowState(w0, jnp.zeros(1))
-        segment = _flow_processes.integrate_segment(
-            field, y0, 0.0, 2.0, 0.1, basis, options, lambda y, b: never(y), watch=watch
-        )
-        return segment.y.w
-
-    value, tangent = jax.jvp(end, (jnp.ones(1),), (jnp.ones(1),))
-    np.testing.assert_allclose(value, np.exp(-2.0), rtol=1e-6)
-    np.testing.assert_allclose(tangent, np.exp(-2.0), rtol=1e-6)
-
-
 def two_direction_loss(w):
     # Two oscillating directions x1, x2 whose sharpnesses both depend on y1, y2.
     a1 = 1.0 - 1.0 * w[2] - 0.5 * w[3]

@@ -12,7 +12,11 @@ import pytest
 import centralflows as cf
 from centralflows import _replay
 from centralflows._eigen import eigenbasis
-from centralflows._flow_processes import PlannedSegment
+from centralflows._flow_processes import PlannedSegment, StableFlowProcess
+from centralflows._flows import FlowState
+from centralflows._integrate import explicit_tableau
+from centralflows._processes import initial_opt_state
+from centralflows._solve import prepare
 
 from .helpers import leaving_loss, small_mlp_objective
 
@@ -335,10 +339,51 @@ def test_a_flow_under_jit_says_it_needs_concrete_values():
         jax.jit(lambda lr: toy_outcomes(lr, TOY, jnp.array(0.0), 5))(ETA)
 
 
+@pytest.mark.parametrize("solver", [dfx.Bosh3(), dfx.Tsit5(), dfx.Heun(), dfx.Euler()])
+def test_the_replay_takes_the_planned_steps(solver, monkeypatch):
+    # GD's stable flow on L = ½ a w² is linear, dw/dt = −η a w. To any time the replay
+    # takes the planned steps that end before it and one cut at it, as diffrax's own
+    # solver stepping to the same times; each planned step is taken once.
+    objective, optimizer, w, _ = prepare(
+        lambda w: 1.5 * w @ w, jnp.array([1.0, -2.0]), cf.GD(0.4), None
+    )
+    process = StableFlowProcess(objective, optimizer, cf.EigConfig(), cf.FlowOptions(solver))
+    y0 = FlowState(w, initial_opt_state(optimizer, objective, w, None))
+    basis = jnp.zeros((2, 2))
+    segment = PlannedSegment(0.0, 1.0, (0.3, 0.7, 1.0), 0, basis, None)
+    calls = []
+    velocity = _replay._velocity
+    monkeypatch.setattr(_replay, "_velocity", lambda *a: (calls.append(1), velocity(*a))[1])
+    at = _replay._stepper(process, segment, y0, basis)
+    tableau = explicit_tableau(solver)
+    one_step = len(tableau.a) + (0 if tableau.fsal else 1)
+
+    def stepped(times):
+        return dfx.diffeqsolve(
+            dfx.ODETerm(process.field(0)),
+            solver,
+            0.0,
+            times[-1],
+            None,
+            y0,
+            basis,
+            stepsize_controller=dfx.StepTo(times),
+        ).ys.w[-1]
+
+    np.testing.assert_allclose(at(1.0).w, stepped([0.0, 0.3, 0.7, 1.0]), rtol=1e-14)
+    assert len(calls) == 3 * one_step + (1 if tableau.fsal else 0)
+    np.testing.assert_allclose(at(0.5).w, stepped([0.0, 0.3, 0.5]), rtol=1e-14)
+    np.testing.assert_array_equal(at(0.7).w, at(0.7).w)
+    before = len(calls)
+    np.testing.assert_allclose(at(1.25).w, stepped([0.0, 0.3, 0.7, 1.0, 1.25]), rtol=1e-14)
+    assert len(calls) == before + one_step
+    np.testing.assert_array_equal(at(0.3).w, at(0.3 + 1e-14).w)  # no step of round-off
+
+
 def _segments(structures: int) -> list[PlannedSegment]:
     """Planned segments of `structures` structures (one basis width each)."""
     return [
-        PlannedSegment(0.0, 1.0, jnp.array(0.1), 1, jnp.zeros((m, 3)), None)
+        PlannedSegment(0.0, 1.0, (1.0,), 1, jnp.zeros((m, 3)), None)
         for m in range(1, structures + 1)
     ]
 
