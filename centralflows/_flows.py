@@ -292,11 +292,13 @@ class CentralFlow(eqx.Module):
         # G_ij = ∇_w(u_iᵀ H(w) u_j) with U held fixed, one third-order product per pair
         # i ≤ j < k (the ½∇⟨H, Σ⟩ of paper eqs. 19 and 34): the gradient of a Hessian-vector
         # product contraction.
+        # Rematerialised under differentiation: reverse mode through the map would
+        # otherwise keep every pair's intermediates, zeros for the skipped ones, and
+        # transpose them all (at k = 0 on the digits MLP, 50 times the forward's time).
+        third_order = eqx.filter_checkpoint(self.objective.third_order)
         rows, cols = jnp.triu_indices(size)
         zero = jnp.zeros_like(w)
-        pair = lambda i, j: jax.lax.cond(
-            j < k, lambda: self.objective.third_order(w, u[i], u[j]), lambda: zero
-        )
+        pair = lambda i, j: jax.lax.cond(j < k, lambda: third_order(w, u[i], u[j]), lambda: zero)
         pairs = jax.lax.map(lambda ij: pair(*ij), (rows, cols))
         third = jnp.zeros((size, size, w.size), w.dtype).at[rows, cols].set(pairs)
         third = third.at[cols, rows].set(pairs)
