@@ -138,8 +138,11 @@ def ritz_pairs(
     inner = jax.scipy.linalg.solve_triangular(chol, a, lower=True)
     inner = jax.scipy.linalg.solve_triangular(chol, inner.T, lower=True)
     inner = (inner + inner.T) / 2
-    # Unused rows: a block of their own, shifted below every used Ritz value.
-    values, z = jnp.linalg.eigh(inner - jnp.diag(jnp.where(used, 0, below(inner))))
+    # Unused rows: a block of their own, shifted below every used Ritz value, each by
+    # another amount: `eigh`'s derivative divides by the gaps between eigenvalues, and
+    # equal ones made it NaN (a flow's gradient through 3 critical directions of 8 rows).
+    shift = below(inner) + jnp.arange(len(used), dtype=inner.dtype)
+    values, z = jnp.linalg.eigh(inner - jnp.diag(jnp.where(used, 0, shift)))
     coefficients = jax.scipy.linalg.solve_triangular(chol.T, z[:, ::-1], lower=False)
     values = jnp.where(jnp.arange(len(used)) < jnp.sum(used), values[::-1], jnp.nan)
     return RitzPairs(values, coefficients.T @ basis, coefficients.T @ hessian_basis)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import centralflows as cf
-from centralflows import _flow_processes
+from centralflows import _flow_processes, _flows
 from centralflows._flow_processes import FLOW_PROCESSES
 from centralflows._flows import FlowState
 
@@ -420,3 +420,24 @@ def test_a_tracked_set_that_is_all_critical_warns(max_neigs):
         with pytest.warns(UserWarning, match=r"All eig\.max_neigs = 2 tracked .* critical"):
             process.advance_unit(state, 9)
     assert int(state.tracking.effective.count) == max_neigs
+
+
+def test_ritz_pairs_differentiate_with_several_unused_rows():
+    # The unused rows of a basis are shifted below the used Ritz values; shifted by one
+    # amount they gave `eigh` equal eigenvalues, whose derivative (divided by their gap)
+    # was NaN: a flow's gradient through 3 critical directions in 8 rows.
+    key1, key2 = jr.split(jr.key(0))
+    a = jr.normal(key1, (6, 6))
+    hessian = a @ a.T
+    used = jnp.array([True, True, True, False, False, False])
+    basis = jnp.where(used[:, None], jnp.linalg.qr(jr.normal(key2, (6, 6)))[0][:, :6].T, 0)
+    p_diag = jnp.linspace(1.0, 2.0, 6)
+
+    def top(scale):
+        pairs = _flows.ritz_pairs(basis @ (scale * hessian), basis, p_diag, used)
+        return jnp.concatenate([pairs.values[:3], pairs.hessian_vectors[:3].ravel() ** 2])
+
+    derivative = jax.jacrev(top)(1.0)
+    assert bool(jnp.all(jnp.isfinite(derivative)))
+    difference = (top(1.0 + 1e-6) - top(1.0 - 1e-6)) / 2e-6
+    np.testing.assert_allclose(derivative, difference, rtol=1e-6, atol=1e-8)
