@@ -32,10 +32,6 @@ from tests.test_grad import ARGS, toy_outcomes  # noqa: E402
 # (phase, the function whose cumulative time measures it)
 PHASES = (
     ("transposing (reverse mode)", ("jax/_src/interpreters/ad.py", "backward_pass3")),
-    (
-        "  of which equinox's checkpointed while loop",
-        ("_loop/checkpointed.py", "_checkpointed_while_loop_bwd"),
-    ),
     ("batching (jacrev's vmap)", ("jax/_src/pjit.py", "_pjit_batcher")),
     ("tracing to jaxprs", ("jax/_src/interpreters/partial_eval.py", "trace_to_jaxpr_dynamic")),
     ("lowering to StableHLO", ("jax/_src/interpreters/mlir.py", "lower_jaxpr_to_module")),

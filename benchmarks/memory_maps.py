@@ -2,11 +2,11 @@
 
 XLA's CPU backend maps the code of each compiled program, and past Linux's
 `vm.max_map_count` LLVM aborts the process. A replay warns where its estimate (the maps
-held now, plus a constant per structure of segment: basis width, whether a direction is
-critical, the event) passes 80% of the limit; this measures that constant. Each problem's
-gradient runs in this one process from a cleared cache: maps before it, where its replay
-starts (after the planning solve, as the warning sees them) and after it, the structures
-its replay met, and the maps the replay added per structure.
+held now, plus a constant per structure of segment: its basis width) passes 80% of the
+limit; this measures that constant. Each problem's gradient runs in this one process
+from a cleared cache: maps before it, where its replay starts (after the planning solve,
+as the warning sees them) and after it, the structures its replay met, and the maps the
+replay added per structure.
 
     python benchmarks/memory_maps.py --units 40
 Writes benchmarks/results/memory_maps.json.

@@ -27,8 +27,8 @@ from ._flows import Basis, FlowState, ritz_at
 from ._integrate import explicit_tableau
 
 _NEWTON_STEPS = 10
-# How far before the event the replay may stop, in time. Re-solving to another end time
-# takes other steps, so the condition there is only as accurate as the solve: about 1e-4
+# How far before the event the replay may stop, in time. Stepping to another end time
+# cuts the last step elsewhere, so the condition there is only as accurate as the solve: about 1e-4
 # in time at the default rtol 1e-6, more where the condition crosses 0 slowly (an
 # active-rank event: 4e-3 on the deactivation toy of the tests). The window doubles after
 # the third Newton step, up to 0.128; the linear extrapolation over the gap errs by
@@ -36,9 +36,10 @@ _NEWTON_STEPS = 10
 _EVENT_TOLERANCE = 1e-3
 
 
-# Memory maps a replay adds per structure of segment it compiles (basis width, whether a
-# direction is critical, the event): measured 3,700 (toy) and 5,800 (digits MLP) from the
-# replay's start (`benchmarks/memory_maps.py`, benchmarks/results/memory_maps.json).
+# Memory maps a replay adds per structure of segment it compiles (its basis width):
+# measured 3,700 (toy) and 5,800 (digits MLP) from the replay's start, when a replay
+# compiled an adaptive solve per structure, more than it does now (`benchmarks/
+# memory_maps.py`, benchmarks/results/memory_maps.json).
 _MAPS_PER_STRUCTURE = 6000
 
 

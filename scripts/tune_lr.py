@@ -16,11 +16,9 @@ Writes benchmarks/results/tune-<optimizer>.json (or --out) after every tuning st
 seconds and in gradient evaluations: the discrete runs' own count, and the flow's time
 divided by the time of one discrete gradient evaluation measured on the grid.
 
-Most of a flow gradient's time is compiling its programs. JAX's persistent cache keeps
-them across tuning steps and runs, but skips programs with Equinox's runtime checks (host
-callbacks); with those turned into NaNs the cache takes them all:
-    EQX_ON_ERROR=nan JAX_COMPILATION_CACHE_DIR=~/.cache/jax python scripts/tune_lr.py ...
-(a failed check then shows as a non-finite gradient, which stops the tuning).
+The flows' programs are compiled once for the whole tuning (hyperparameters are their
+inputs) and kept in the package's persistent compilation cache for later runs
+(`CENTRALFLOWS_CACHE_DIR` moves it). A non-finite flow gradient stops the tuning.
 """
 
 import argparse
