@@ -214,7 +214,7 @@ def test_gradient_through_a_track_event(bracketed, monkeypatch):
     np.testing.assert_allclose(z, fd, rtol=1e-5)
 
 
-@pytest.mark.slow  # 209 s
+@pytest.mark.slow  # 70 s alone on 2 cores
 def test_mlp_gradient_through_eos_matches_finite_differences():
     # From the gradient-flow point at t = 34, through the EOS onset (≈ 4.8 units later),
     # with respect to η and to the start along a random direction.
@@ -240,7 +240,7 @@ def test_mlp_gradient_through_eos_matches_finite_differences():
     np.testing.assert_allclose(jnp.vdot(g_w, direction), fd_w, rtol=1e-4)
 
 
-@pytest.mark.slow  # 23 min on 2 cores shared with three other jobs: `pytest -m slow`
+@pytest.mark.slow  # 83 s alone on 2 cores: `pytest -m slow`
 def test_rmsprop_gradient_through_eos_matches_finite_differences():
     # RMSProp on a small MLP, from its stable flow at t = 62 (S_eff = 1.6, with the flow's
     # ν as `opt_state0`), through the EOS onset: the predicted loss 12 units later w.r.t.
