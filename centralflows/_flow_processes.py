@@ -327,23 +327,20 @@ class AbstractFlowProcess(eqx.Module):
         t0: Scalar,
         t1: Scalar,
         num_critical: Count,
-        events: ArmedEvents | None,
+        events: ArmedEvents,
         dt_max: Scalar,
         terms: CentralTerms | None = None,
-        rank: Count | None = None,
     ) -> Segment:
         """Integrate from `(t0, y)` towards `t1` in the frozen `basis` in steps of at
-        most `dt_max`, stopping where the first armed slot of `events` (if given) rises
-        through 0; `Segment.event` is that slot's number. `terms`, the flow's terms at
-        `y` where known (`point_terms`), give its first stage and initial conditions;
-        `rank`, where given, the active rank X is held at (`field`)."""
-        conditions = None if events is None else self.conditions(events, num_critical)
+        most `dt_max`, stopping where the first armed slot of `events` rises through 0;
+        `Segment.event` is that slot's number. `terms`, the flow's terms at `y` where
+        known (`point_terms`), give its first stage and initial conditions."""
+        conditions = self.conditions(events, num_critical)
         start = None
         if terms is not None:
-            initial = None if conditions is None else conditions(y, basis, terms)
-            start = SegmentStart(terms.derivative, initial)
+            start = SegmentStart(terms.derivative, conditions(y, basis, terms))
         return integrate_segment(
-            self.field(num_critical, rank),
+            self.field(num_critical),
             y,
             t0,
             t1,
@@ -353,7 +350,7 @@ class AbstractFlowProcess(eqx.Module):
             conditions,
             dt_max,
             start,
-            None if events is None else self.watch(events, num_critical),
+            self.watch(events, num_critical),
         )
 
     def watch(

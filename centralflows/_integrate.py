@@ -13,8 +13,6 @@ from jaxtyping import Array, Bool, Float, Int, Scalar
 
 from ._flows import Basis, CentralFlow, FlowState, StableFlow
 
-# Right-hand-side evaluations per step (first-same-as-last counted once).
-_EVALS_PER_STEP = {dfx.Euler: 1, dfx.Heun: 2, dfx.Tsit5: 6, dfx.Dopri5: 6, dfx.Bosh3: 3}
 # Where each solver's stability region meets the negative real axis (hλ ≥ −r is stable).
 _STABILITY_RADIUS = {dfx.Euler: 2.0, dfx.Heun: 2.0, dfx.Tsit5: 3.3, dfx.Dopri5: 3.3, dfx.Bosh3: 2.5}
 
@@ -69,8 +67,8 @@ class FlowOptions(eqx.Module):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-        if type(self.solver) not in _EVALS_PER_STEP:
-            names = ", ".join(cls.__name__ for cls in _EVALS_PER_STEP)
+        if type(self.solver) not in _STABILITY_RADIUS:
+            names = ", ".join(cls.__name__ for cls in _STABILITY_RADIUS)
             raise ValueError(f"Unsupported solver {self.solver!r}; use one of {names}.")
         if self.guard < 1:
             raise ValueError(f"`guard` must be >= 1, got {self.guard}.")
@@ -91,8 +89,9 @@ class FlowOptions(eqx.Module):
 
     @property
     def evals_per_step(self) -> int:
-        """Right-hand-side evaluations per solver step."""
-        return _EVALS_PER_STEP[type(self.solver)]
+        """Right-hand-side evaluations per solver step (first same as last counted once)."""
+        tableau = explicit_tableau(self.solver)
+        return len(tableau.a) + (0 if tableau.fsal else 1)
 
 
 class ExplicitTableau(NamedTuple):
